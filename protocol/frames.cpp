@@ -1,0 +1,154 @@
+// FrameScanner and the decoders of tracked backend messages (see frames.hpp).
+#include "protocol/frames.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace pgrelay::protocol {
+
+FrameScanner::Status FrameScanner::next(std::span<const uint8_t> buf, size_t& pos, Frame& out) noexcept {
+    if (remaining_ > 0) {
+        const size_t take = static_cast<size_t>(std::min<uint64_t>(remaining_, buf.size() - pos));
+        pos += take;
+        remaining_ -= take;
+        if (remaining_ > 0) return Status::NeedMore;
+    }
+    if (buf.size() - pos < 5) return Status::NeedMore;
+
+    const char type = static_cast<char>(buf[pos]);
+    const uint32_t len = read_u32(buf.data() + pos + 1);
+    if (len < 4 || len > max_frame_) {
+        bad_type_ = type;
+        bad_length_ = len;
+        return Status::Error;
+    }
+    out.type = type;
+    out.length = len;
+    out.offset = pos;
+    const size_t have = buf.size() - pos;
+    const size_t wire = size_t(len) + 1;
+    if (watched_[static_cast<uint8_t>(type)] && len <= max_watched_) {
+        if (have < wire) return Status::NeedMore;
+        out.complete = true;
+        pos += wire;
+        return Status::Frame;
+    }
+    out.complete = have >= wire;
+    const size_t take = std::min(have, wire);
+    pos += take;
+    remaining_ = wire - take;
+    return Status::Frame;
+}
+
+std::optional<CancelKey> decode_backend_key_data(std::span<const uint8_t> body) noexcept {
+    if (body.size() != 8) return std::nullopt;
+    return CancelKey{static_cast<int32_t>(read_u32(body.data())), static_cast<int32_t>(read_u32(body.data() + 4))};
+}
+
+void rewrite_backend_key_data(std::span<uint8_t> body, CancelKey key) noexcept {
+    if (body.size() != 8) return;
+    write_u32(body.data(), static_cast<uint32_t>(key.pid));
+    write_u32(body.data() + 4, static_cast<uint32_t>(key.secret));
+}
+
+std::optional<TxStatus> decode_ready_for_query(std::span<const uint8_t> body) noexcept {
+    if (body.size() != 1) return std::nullopt;
+    switch (body[0]) {
+        case 'I': return TxStatus::Idle;
+        case 'T': return TxStatus::InTransaction;
+        case 'E': return TxStatus::Failed;
+        default: return std::nullopt;
+    }
+}
+
+std::optional<ErrorFields> decode_error_fields(std::span<const uint8_t> body) noexcept {
+    ErrorFields f;
+    std::string_view localized_severity;
+    size_t pos = 0;
+    const char* base = reinterpret_cast<const char*>(body.data());
+    while (pos < body.size()) {
+        const char code = base[pos++];
+        if (code == 0) {
+            if (pos != body.size()) return std::nullopt;
+            if (f.severity.empty()) f.severity = localized_severity;
+            return f;
+        }
+        const void* nul = std::memchr(base + pos, 0, body.size() - pos);
+        if (!nul) return std::nullopt;
+        const size_t end = static_cast<const char*>(nul) - base;
+        std::string_view value(base + pos, end - pos);
+        switch (code) {
+            case 'S': localized_severity = value; break;
+            case 'V': f.severity = value; break;
+            case 'C': f.sqlstate = value; break;
+            case 'M': f.message = value; break;
+            default: break;
+        }
+        pos = end + 1;
+    }
+    return std::nullopt;
+}
+
+std::optional<ParameterStatus> decode_parameter_status(std::span<const uint8_t> body) noexcept {
+    const char* base = reinterpret_cast<const char*>(body.data());
+    const void* nul1 = std::memchr(base, 0, body.size());
+    if (!nul1) return std::nullopt;
+    const size_t n1 = static_cast<const char*>(nul1) - base;
+    const void* nul2 = std::memchr(base + n1 + 1, 0, body.size() - n1 - 1);
+    if (!nul2) return std::nullopt;
+    const size_t n2 = static_cast<const char*>(nul2) - base;
+    if (n2 + 1 != body.size()) return std::nullopt;
+    return ParameterStatus{std::string_view(base, n1), std::string_view(base + n1 + 1, n2 - n1 - 1)};
+}
+
+std::string_view to_string(BackendType t) noexcept {
+    switch (t) {
+        case BackendType::Authentication: return "Authentication";
+        case BackendType::BackendKeyData: return "BackendKeyData";
+        case BackendType::BindComplete: return "BindComplete";
+        case BackendType::CloseComplete: return "CloseComplete";
+        case BackendType::CommandComplete: return "CommandComplete";
+        case BackendType::CopyData: return "CopyData";
+        case BackendType::CopyDone: return "CopyDone";
+        case BackendType::CopyInResponse: return "CopyInResponse";
+        case BackendType::CopyOutResponse: return "CopyOutResponse";
+        case BackendType::CopyBothResponse: return "CopyBothResponse";
+        case BackendType::DataRow: return "DataRow";
+        case BackendType::EmptyQueryResponse: return "EmptyQueryResponse";
+        case BackendType::ErrorResponse: return "ErrorResponse";
+        case BackendType::FunctionCallResponse: return "FunctionCallResponse";
+        case BackendType::NegotiateProtocolVersion: return "NegotiateProtocolVersion";
+        case BackendType::NoData: return "NoData";
+        case BackendType::NoticeResponse: return "NoticeResponse";
+        case BackendType::NotificationResponse: return "NotificationResponse";
+        case BackendType::ParameterDescription: return "ParameterDescription";
+        case BackendType::ParameterStatus: return "ParameterStatus";
+        case BackendType::ParseComplete: return "ParseComplete";
+        case BackendType::PortalSuspended: return "PortalSuspended";
+        case BackendType::ReadyForQuery: return "ReadyForQuery";
+        case BackendType::RowDescription: return "RowDescription";
+    }
+    return "unknown";
+}
+
+std::string_view to_string(FrontendType t) noexcept {
+    switch (t) {
+        case FrontendType::Bind: return "Bind";
+        case FrontendType::Close: return "Close";
+        case FrontendType::CopyData: return "CopyData";
+        case FrontendType::CopyDone: return "CopyDone";
+        case FrontendType::CopyFail: return "CopyFail";
+        case FrontendType::Describe: return "Describe";
+        case FrontendType::Execute: return "Execute";
+        case FrontendType::Flush: return "Flush";
+        case FrontendType::FunctionCall: return "FunctionCall";
+        case FrontendType::Parse: return "Parse";
+        case FrontendType::PasswordMessage: return "PasswordMessage";
+        case FrontendType::Query: return "Query";
+        case FrontendType::Sync: return "Sync";
+        case FrontendType::Terminate: return "Terminate";
+    }
+    return "unknown";
+}
+
+}  // namespace pgrelay::protocol

@@ -1,0 +1,291 @@
+// Config loading with toml++ (config.hpp). Every key is checked: unknown keys,
+// wrong types and bad values are errors with a line number, because a typo in a
+// proxy's config should fail at start, not route traffic somewhere surprising.
+#include "proxy/config.hpp"
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <toml++/toml.h>
+
+namespace pgrelay {
+
+std::string ConfigError::describe() const {
+    if (line > 0) return file + ":" + std::to_string(line) + ": " + what();
+    return file + ": " + what();
+}
+
+const char* to_string(PortRole r) noexcept { return r == PortRole::ReadWrite ? "rw" : "ro"; }
+
+unsigned Config::effective_threads() const noexcept {
+    if (threads > 0) return threads;
+    const unsigned n = std::thread::hardware_concurrency();
+    return n > 0 ? n : 1;
+}
+
+bool parse_duration(const std::string& s, std::chrono::milliseconds& out) {
+    if (s.empty()) return false;
+    size_t idx = 0;
+    double v = 0;
+    try {
+        v = std::stod(s, &idx);
+    } catch (...) {
+        return false;
+    }
+    if (v < 0) return false;
+    const std::string unit = s.substr(idx);
+    double ms;
+    if (unit == "ms") ms = v;
+    else if (unit == "s" || unit.empty()) ms = v * 1000;
+    else if (unit == "m" || unit == "min") ms = v * 60000;
+    else return false;
+    out = std::chrono::milliseconds(static_cast<int64_t>(ms + 0.5));
+    return true;
+}
+
+namespace {
+
+class Loader {
+public:
+    explicit Loader(std::string path) : path_(std::move(path)) {}
+
+    [[noreturn]] void fail(const toml::node* n, const std::string& msg) const {
+        throw ConfigError(path_, n ? static_cast<int>(n->source().begin.line) : 0, msg);
+    }
+
+    // Rejects keys not in `allowed`: a misspelt option must not be ignored.
+    void only_keys(const toml::table& t, const std::string& where, std::initializer_list<std::string_view> allowed) {
+        for (const auto& [k, v] : t) {
+            bool ok = false;
+            for (auto a : allowed) ok = ok || k.str() == a;
+            if (!ok) {
+                std::string list;
+                for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+                fail(&v, "unknown key '" + std::string(k.str()) + "' in " + where + " (expected one of: " + list + ")");
+            }
+        }
+    }
+
+    const toml::table* table(const toml::table& parent, std::string_view key) {
+        const toml::node* n = parent.get(key);
+        if (!n) return nullptr;
+        if (!n->is_table()) fail(n, "'" + std::string(key) + "' must be a table");
+        return n->as_table();
+    }
+
+    bool get_bool(const toml::table& t, std::string_view key, bool def) {
+        const toml::node* n = t.get(key);
+        if (!n) return def;
+        if (auto v = n->value<bool>(); v && n->is_boolean()) return *v;
+        fail(n, "'" + std::string(key) + "' must be true or false");
+    }
+
+    std::string get_string(const toml::table& t, std::string_view key, const std::string& def) {
+        const toml::node* n = t.get(key);
+        if (!n) return def;
+        if (!n->is_string()) fail(n, "'" + std::string(key) + "' must be a string");
+        return *n->value<std::string>();
+    }
+
+    int64_t get_int(const toml::table& t, std::string_view key, int64_t def, int64_t lo, int64_t hi) {
+        const toml::node* n = t.get(key);
+        if (!n) return def;
+        if (!n->is_integer()) fail(n, "'" + std::string(key) + "' must be an integer");
+        const int64_t v = *n->value<int64_t>();
+        if (v < lo || v > hi)
+            fail(n, "'" + std::string(key) + "' = " + std::to_string(v) + " is out of range [" + std::to_string(lo) +
+                        ", " + std::to_string(hi) + "]");
+        return v;
+    }
+
+    std::chrono::milliseconds get_duration(const toml::table& t, std::string_view key, std::chrono::milliseconds def) {
+        const toml::node* n = t.get(key);
+        if (!n) return def;
+        std::chrono::milliseconds out;
+        if (n->is_integer() || n->is_floating_point()) {
+            const double v = *n->value<double>();
+            if (v >= 0) return std::chrono::milliseconds(static_cast<int64_t>(v * 1000 + 0.5));
+        } else if (n->is_string() && parse_duration(*n->value<std::string>(), out)) {
+            return out;
+        }
+        fail(n, "'" + std::string(key) + "' must be a duration such as \"500ms\", \"5s\" or \"2m\" (a number means seconds)");
+    }
+
+    // "host:port" or "[v6]:port"; an empty string disables the listener.
+    ListenConfig get_listen(const toml::table& t, std::string_view key, PortRole role, const std::string& def) {
+        ListenConfig l;
+        l.role = role;
+        const std::string s = get_string(t, key, def);
+        if (s.empty()) return l;
+        const toml::node* n = t.get(key);
+        std::string host, port;
+        if (!s.empty() && s[0] == '[') {
+            const auto close = s.find(']');
+            if (close == std::string::npos || close + 1 >= s.size() || s[close + 1] != ':')
+                fail(n, "'" + std::string(key) + "' = \"" + s + "\": expected \"[address]:port\"");
+            host = s.substr(1, close - 1);
+            port = s.substr(close + 2);
+        } else {
+            const auto colon = s.rfind(':');
+            if (colon == std::string::npos) fail(n, "'" + std::string(key) + "' = \"" + s + "\": expected \"address:port\"");
+            host = s.substr(0, colon);
+            port = s.substr(colon + 1);
+        }
+        l.host = host.empty() ? "0.0.0.0" : host;
+        l.port = parse_port(n, port, key);
+        l.enabled = true;
+        return l;
+    }
+
+    uint16_t parse_port(const toml::node* n, const std::string& s, std::string_view key) {
+        int v = -1;
+        try {
+            size_t idx = 0;
+            v = std::stoi(s, &idx);
+            if (idx != s.size()) v = -1;
+        } catch (...) {
+        }
+        if (v < 1 || v > 65535) fail(n, "'" + std::string(key) + "': port must be 1..65535, got \"" + s + "\"");
+        return static_cast<uint16_t>(v);
+    }
+
+    std::vector<std::string> get_string_list(const toml::table& t, std::string_view key) {
+        std::vector<std::string> out;
+        const toml::node* n = t.get(key);
+        if (!n) return out;
+        const toml::array* a = n->as_array();
+        if (!a) fail(n, "'" + std::string(key) + "' must be an array of strings");
+        for (const auto& e : *a) {
+            if (!e.is_string()) fail(&e, "'" + std::string(key) + "' must contain only strings");
+            out.push_back(*e.value<std::string>());
+        }
+        return out;
+    }
+
+    Config load(const toml::table& root) {
+        Config c;
+        c.path = path_;
+        only_keys(root, "the top level", {"server", "listen", "routing", "topology"});
+
+        if (const toml::table* s = table(root, "server")) {
+            only_keys(*s, "[server]", {"threads", "log_level", "connect_timeout", "startup_timeout", "max_frame_size"});
+            c.threads = static_cast<unsigned>(get_int(*s, "threads", 0, 0, 256));
+            const std::string lvl = get_string(*s, "log_level", "info");
+            if (!log::parse_level(lvl, c.log_level))
+                fail(s->get("log_level"), "log_level must be one of debug, info, warning, error; got \"" + lvl + "\"");
+            c.connect_timeout = get_duration(*s, "connect_timeout", c.connect_timeout);
+            c.startup_timeout = get_duration(*s, "startup_timeout", c.startup_timeout);
+            if (c.connect_timeout.count() == 0) fail(s->get("connect_timeout"), "connect_timeout must be above 0");
+            if (c.startup_timeout.count() == 0) fail(s->get("startup_timeout"), "startup_timeout must be above 0");
+            c.max_frame_size = static_cast<uint32_t>(get_int(*s, "max_frame_size", c.max_frame_size, 8192, 0x7fffffff));
+        }
+
+        if (const toml::table* l = table(root, "listen")) {
+            only_keys(*l, "[listen]", {"rw", "ro"});
+            c.rw = get_listen(*l, "rw", PortRole::ReadWrite, "");
+            c.ro = get_listen(*l, "ro", PortRole::ReadOnly, "");
+        }
+        if (!c.rw.enabled && !c.ro.enabled) fail(root.get("listen"), "[listen] must set rw and/or ro (\"address:port\")");
+        if (c.rw.enabled && c.ro.enabled && c.rw.port == c.ro.port && c.rw.host == c.ro.host)
+            fail(root.get("listen"), "[listen] rw and ro must not use the same address and port");
+
+        if (const toml::table* r = table(root, "routing")) {
+            only_keys(*r, "[routing]", {"ro_fallback_to_primary", "ro_balance", "max_replica_lag", "weights", "exclude"});
+            c.routing.ro_fallback_to_primary = get_bool(*r, "ro_fallback_to_primary", true);
+            const std::string bal = get_string(*r, "ro_balance", "round_robin");
+            if (bal == "round_robin") c.routing.ro_balance = topology::Balance::RoundRobin;
+            else if (bal == "least_conn") c.routing.ro_balance = topology::Balance::LeastConn;
+            else fail(r->get("ro_balance"), "ro_balance must be \"round_robin\" or \"least_conn\", got \"" + bal + "\"");
+            c.routing.max_replica_lag = static_cast<uint64_t>(
+                get_int(*r, "max_replica_lag", static_cast<int64_t>(c.routing.max_replica_lag), 0, INT64_MAX));
+            if (const toml::table* w = table(*r, "weights")) {
+                for (const auto& [k, v] : *w) {
+                    if (!v.is_integer() || *v.value<int64_t>() < 0 || *v.value<int64_t>() > 1000)
+                        fail(&v, "weight of '" + std::string(k.str()) + "' must be an integer 0..1000");
+                    c.weights[std::string(k.str())] = static_cast<uint32_t>(*v.value<int64_t>());
+                }
+            }
+            c.exclude = get_string_list(*r, "exclude");
+        }
+
+        const toml::table* t = table(root, "topology");
+        if (!t) fail(nullptr, "missing [topology] section (source and members)");
+        only_keys(*t, "[topology]", {"source", "health_check_interval", "health_check_timeout", "members"});
+        c.topology_source = get_string(*t, "source", "static");
+        if (c.topology_source != "static")
+            fail(t->get("source"), "topology source must be \"static\", got \"" + c.topology_source + "\"");
+        c.health_check_interval = get_duration(*t, "health_check_interval", c.health_check_interval);
+        c.health_check_timeout = get_duration(*t, "health_check_timeout", c.health_check_timeout);
+        if (c.health_check_interval.count() == 0) fail(t->get("health_check_interval"), "health_check_interval must be above 0");
+        load_members(*t, c);
+        return c;
+    }
+
+    void load_members(const toml::table& t, Config& c) {
+        const toml::node* n = t.get("members");
+        if (!n) fail(&t, "[topology] source \"static\" needs [[topology.members]] entries");
+        const toml::array* arr = n->as_array();
+        if (!arr || arr->empty()) fail(n, "[[topology.members]] must be a non-empty array of tables");
+        std::set<std::string> names;
+        int primaries = 0;
+        for (const auto& e : *arr) {
+            const toml::table* m = e.as_table();
+            if (!m) fail(&e, "each [[topology.members]] entry must be a table");
+            only_keys(*m, "[[topology.members]]", {"name", "host", "port", "role", "tags"});
+            topology::Member mem;
+            mem.name = get_string(*m, "name", "");
+            if (mem.name.empty()) fail(&e, "member without a name");
+            if (!names.insert(mem.name).second) fail(m->get("name"), "duplicate member name '" + mem.name + "'");
+            mem.host = get_string(*m, "host", "");
+            if (mem.host.empty()) fail(&e, "member '" + mem.name + "' has no host");
+            mem.port = static_cast<uint16_t>(get_int(*m, "port", 5432, 1, 65535));
+            const std::string role = get_string(*m, "role", "");
+            if (role == "primary" || role == "master") {
+                mem.role = topology::Role::Primary;
+                ++primaries;
+            } else if (role == "replica") {
+                mem.role = topology::Role::Replica;
+            } else {
+                fail(m->get("role") ? m->get("role") : &e,
+                     "member '" + mem.name + "': role must be \"primary\" or \"replica\"");
+            }
+            mem.tags = get_string_list(*m, "tags");
+            c.static_members.push_back(std::move(mem));
+        }
+        if (primaries > 1) fail(n, "at most one static member may have role \"primary\"");
+        for (const auto& [name, w] : c.weights)
+            if (!names.count(name)) fail(nullptr, "[routing.weights] names unknown member '" + name + "'");
+        for (const auto& name : c.exclude)
+            if (!names.count(name)) fail(nullptr, "[routing] exclude names unknown member '" + name + "'");
+        for (auto& m : c.static_members) {
+            if (auto it = c.weights.find(m.name); it != c.weights.end()) m.weight = it->second;
+            for (const auto& x : c.exclude) m.excluded = m.excluded || x == m.name;
+        }
+    }
+
+private:
+    std::string path_;
+};
+
+}  // namespace
+
+Config parse_config(const std::string& text, const std::string& path) {
+    toml::table root;
+    try {
+        root = toml::parse(text, path);
+    } catch (const toml::parse_error& e) {
+        throw ConfigError(path, static_cast<int>(e.source().begin.line), std::string(e.description()));
+    }
+    return Loader(path).load(root);
+}
+
+Config load_config(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw ConfigError(path, 0, "cannot open config file");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return parse_config(ss.str(), path);
+}
+
+}  // namespace pgrelay

@@ -1,0 +1,68 @@
+// pgrelay's configuration, loaded from a TOML file (conf/pgrelay.toml documents
+// every key). Loading validates everything up front: a bad file yields a
+// ConfigError naming the file, the line and what is wrong.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "proxy/log.hpp"
+#include "topology/routing.hpp"
+#include "topology/topology.hpp"
+
+namespace pgrelay {
+
+struct ConfigError : std::runtime_error {
+    ConfigError(std::string file, int line, const std::string& what)
+        : std::runtime_error(what), file(std::move(file)), line(line) {}
+    std::string file;
+    int line;  // 0 when unknown
+    std::string describe() const;  // "FILE:LINE: message"
+};
+
+enum class PortRole { ReadWrite, ReadOnly };
+const char* to_string(PortRole r) noexcept;  // "rw" / "ro"
+
+struct ListenConfig {
+    PortRole role = PortRole::ReadWrite;
+    bool enabled = false;
+    std::string host;
+    uint16_t port = 0;
+};
+
+struct Config {
+    std::string path;
+    unsigned threads = 0;  // 0 = one per core
+    log::Level log_level = log::Level::Info;
+
+    ListenConfig rw{PortRole::ReadWrite, false, {}, 0};
+    ListenConfig ro{PortRole::ReadOnly, false, {}, 0};
+
+    std::chrono::milliseconds connect_timeout{5000};
+    std::chrono::milliseconds startup_timeout{10000};
+    uint32_t max_frame_size = 1u << 30;
+
+    topology::RoutingOptions routing;
+    std::map<std::string, uint32_t> weights;  // member name -> weight
+    std::vector<std::string> exclude;         // member names never routed to
+
+    std::string topology_source = "static";
+    std::vector<topology::Member> static_members;
+    std::chrono::milliseconds health_check_interval{1000};
+    std::chrono::milliseconds health_check_timeout{1000};
+
+    unsigned effective_threads() const noexcept;
+};
+
+// Throws ConfigError.
+Config load_config(const std::string& path);
+Config parse_config(const std::string& toml_text, const std::string& path_for_errors);
+
+// "250ms", "5s", "2m" or a plain number of seconds; false on anything else.
+bool parse_duration(const std::string& s, std::chrono::milliseconds& out);
+
+}  // namespace pgrelay

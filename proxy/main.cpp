@@ -1,0 +1,83 @@
+// pgrelay entry point: command line, config loading, and the top-level catch.
+// Exit codes: 0 ok, 1 runtime failure (e.g. port in use), 2 bad config or usage.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "proxy/config.hpp"
+#include "proxy/log.hpp"
+#include "proxy/server.hpp"
+
+#ifndef PGRELAY_VERSION
+#define PGRELAY_VERSION "0.0.0"
+#endif
+
+namespace {
+
+void usage(FILE* out) {
+    std::fputs(
+        "Usage: pgrelay --config FILE [--check-config]\n"
+        "       pgrelay --version | --help\n"
+        "\n"
+        "PostgreSQL-aware proxy: a read-write port that reaches the primary and a\n"
+        "read-only port that balances over the replicas.\n"
+        "\n"
+        "  -c, --config FILE   TOML configuration (see conf/pgrelay.toml)\n"
+        "      --check-config  validate FILE and exit (0 valid, 2 invalid)\n"
+        "  -V, --version       print the version and exit\n"
+        "  -h, --help          print this help and exit\n",
+        out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string config_path;
+    bool check_only = false;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "-h" || a == "--help") {
+            usage(stdout);
+            return 0;
+        } else if (a == "-V" || a == "--version") {
+            std::printf("pgrelay %s\n", PGRELAY_VERSION);
+            return 0;
+        } else if (a == "--check-config") {
+            check_only = true;
+        } else if ((a == "-c" || a == "--config") && i + 1 < argc) {
+            config_path = argv[++i];
+        } else if (a.rfind("--config=", 0) == 0) {
+            config_path = a.substr(9);
+        } else {
+            std::fprintf(stderr, "pgrelay: unknown argument '%s'\n\n", a.c_str());
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (config_path.empty()) {
+        std::fprintf(stderr, "pgrelay: --config FILE is required\n\n");
+        usage(stderr);
+        return 2;
+    }
+
+    pgrelay::Config config;
+    try {
+        config = pgrelay::load_config(config_path);
+    } catch (const pgrelay::ConfigError& e) {
+        std::fprintf(stderr, "pgrelay: invalid configuration: %s\n", e.describe().c_str());
+        return 2;
+    }
+    if (check_only) {
+        std::printf("pgrelay: configuration %s is valid\n", config_path.c_str());
+        return 0;
+    }
+    pgrelay::log::set_level(config.log_level);
+    try {
+        pgrelay::log::info("pgrelay {} starting with {}", PGRELAY_VERSION, config_path);
+        pgrelay::Server server(std::move(config));
+        return server.run();
+    } catch (const std::exception& e) {
+        pgrelay::log::error("fatal: {}", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,387 @@
+// Session coroutine (session.hpp). Errors on the relay path are error_codes
+// (as_tuple), never exceptions; pgrelay's own failures reach the client as a
+// PostgreSQL ErrorResponse with a SQLSTATE (docs/INTERNALS.md has the table).
+#include "proxy/session.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <chrono>
+#include <string>
+
+#include "protocol/encode.hpp"
+#include "protocol/frames.hpp"
+#include "protocol/startup.hpp"
+#include "proxy/log.hpp"
+
+namespace pgrelay {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using namespace asio::experimental::awaitable_operators;
+using std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+constexpr size_t kRelayBuffer = 16 * 1024;
+constexpr uint32_t kMaxWatched = 8192;  // ErrorResponse/ParameterStatus held whole up to this size
+
+std::string endpoint_string(const tcp::socket& s) {
+    boost::system::error_code ec;
+    const auto ep = s.remote_endpoint(ec);
+    if (ec) return "?";
+    if (ep.address().is_v6()) return "[" + ep.address().to_string() + "]:" + std::to_string(ep.port());
+    return ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
+void tune_socket(tcp::socket& s) {
+    boost::system::error_code ec;
+    s.set_option(tcp::no_delay(true), ec);
+    s.set_option(asio::socket_base::keep_alive(true), ec);
+}
+
+class Session {
+public:
+    Session(tcp::socket client, PortRole role, WorkerShared& shared)
+        : client_(std::move(client)), backend_(client_.get_executor()), role_(role), shared_(shared),
+          cfg_(shared.config), peer_(endpoint_string(client_)), started_(steady_clock::now()) {}
+
+    ~Session() {
+        if (proxy_key_) shared_.cancels->remove(*proxy_key_);
+    }
+
+    asio::awaitable<void> run();
+
+private:
+    const char* role_name() const { return to_string(role_); }
+    asio::awaitable<bool> startup(std::string& startup_bytes, protocol::StartupPacket& packet);
+    asio::awaitable<bool> connect_backend(const protocol::StartupPacket& packet);
+    asio::awaitable<void> relay_client_to_backend();
+    asio::awaitable<void> relay_backend_to_client();
+    asio::awaitable<void> forward_cancel(protocol::CancelKey key);
+    asio::awaitable<void> send_error(const char* sqlstate, const std::string& message, const std::string& hint = {});
+    asio::awaitable<bool> connect_with_timeout(tcp::socket& sock, const Target& t, boost::system::error_code& ec);
+
+    tcp::socket client_;
+    tcp::socket backend_;
+    PortRole role_;
+    WorkerShared& shared_;
+    std::shared_ptr<const Config> cfg_;
+    std::string peer_;
+    steady_clock::time_point started_;
+    Target target_;
+    std::optional<protocol::CancelKey> proxy_key_;
+
+    // Relay state, shared by the two directions (same thread, no lock).
+    uint64_t bytes_up_ = 0, bytes_down_ = 0;
+    bool client_closed_ = false;   // client ended the session (EOF or Terminate)
+    bool backend_closed_ = false;  // backend closed
+    bool down_writing_ = false;    // a write to the client is in flight
+    bool down_dirty_ = false;      // a write to the client was cut off midway
+    const char* end_sqlstate_ = nullptr;  // pgrelay's own error to report, if any
+    std::string end_message_;
+    protocol::FrameScanner down_scanner_{1};  // replaced in relay_backend_to_client
+    bool down_boundary_ = true;
+};
+
+asio::awaitable<void> Session::send_error(const char* sqlstate, const std::string& message, const std::string& hint) {
+    std::string out;
+    protocol::encode_error_response(out, protocol::Severity::Fatal, sqlstate, message, hint);
+    // Bounded: a client that does not read must not pin the session.
+    asio::steady_timer t(client_.get_executor(), std::chrono::seconds(2));
+    co_await (asio::async_write(client_, asio::buffer(out), use_tuple) || t.async_wait(use_tuple));
+}
+
+// Reads the startup phase. Returns true with a StartupMessage to forward; false
+// when the connection is done (cancel handled, error sent, timeout, EOF).
+asio::awaitable<bool> Session::startup(std::string& startup_bytes, protocol::StartupPacket& packet) {
+    protocol::StartupOp op({.tls_available = false});
+    asio::steady_timer deadline(client_.get_executor(), cfg_->startup_timeout);
+    std::string buf;
+    uint8_t chunk[1024];
+    for (;;) {
+        auto action = op.next({reinterpret_cast<const uint8_t*>(buf.data()), buf.size()});
+        using K = protocol::StartupOp::Kind;
+        switch (action.kind) {
+            case K::ReadMore: {
+                auto r = co_await (client_.async_read_some(asio::buffer(chunk), use_tuple) ||
+                                   deadline.async_wait(use_tuple));
+                if (r.index() == 1) {
+                    log::warn("[{}] client={} startup not completed within {} ms, closing", role_name(), peer_,
+                              cfg_->startup_timeout.count());
+                    co_await send_error("08P01", std::string("pgrelay ") + role_name() +
+                                                     ": startup packet not received in time");
+                    co_return false;
+                }
+                auto [ec, n] = std::get<0>(r);
+                if (ec) {
+                    if (buf.empty() && ec == asio::error::eof)
+                        log::debug("[{}] client={} closed before sending a startup packet", role_name(), peer_);
+                    else
+                        log::info("[{}] client={} connection ended during startup: {}", role_name(), peer_, ec.message());
+                    co_return false;
+                }
+                buf.append(reinterpret_cast<const char*>(chunk), n);
+                continue;
+            }
+            case K::Reply: {
+                const char reply = action.reply;
+                auto [ec, n] = co_await asio::async_write(client_, asio::buffer(&reply, 1), use_tuple);
+                if (ec) co_return false;
+                buf.erase(0, action.consumed);
+                continue;
+            }
+            case K::StartTls:  // not offered: tls_available is false until TLS termination lands
+            case K::Close:
+                log::warn("[{}] client={} protocol violation during startup: {} (SQLSTATE {})", role_name(), peer_,
+                          action.message, action.sqlstate);
+                co_await send_error(action.sqlstate, std::string("pgrelay ") + role_name() + ": " + action.message);
+                co_return false;
+            case K::Cancel:
+                co_await forward_cancel(action.packet->cancel_key);
+                co_return false;
+            case K::Forward:
+                packet = *action.packet;
+                startup_bytes.assign(buf, 0, action.consumed);
+                // A client may pipeline its first message behind the startup packet.
+                startup_bytes.append(buf, action.consumed);
+                co_return true;
+        }
+    }
+}
+
+asio::awaitable<bool> Session::connect_with_timeout(tcp::socket& sock, const Target& t, boost::system::error_code& ec) {
+    asio::steady_timer timer(sock.get_executor(), cfg_->connect_timeout);
+    boost::system::error_code aec;
+    const auto addr = asio::ip::make_address(t.host, aec);
+    if (aec) {
+        tcp::resolver resolver(sock.get_executor());
+        auto r = co_await (resolver.async_resolve(t.host, std::to_string(t.port), use_tuple) || timer.async_wait(use_tuple));
+        if (r.index() == 1) {
+            ec = asio::error::timed_out;
+            co_return false;
+        }
+        auto [rec, results] = std::get<0>(r);
+        if (rec) {
+            ec = rec;
+            co_return false;
+        }
+        auto c = co_await (asio::async_connect(sock, results, use_tuple) || timer.async_wait(use_tuple));
+        if (c.index() == 1) {
+            ec = asio::error::timed_out;
+            co_return false;
+        }
+        ec = std::get<0>(std::get<0>(c));
+        co_return !ec;
+    }
+    auto c = co_await (sock.async_connect(tcp::endpoint(addr, t.port), use_tuple) || timer.async_wait(use_tuple));
+    if (c.index() == 1) {
+        ec = asio::error::timed_out;
+        co_return false;
+    }
+    ec = std::get<0>(std::get<0>(c));
+    co_return !ec;
+}
+
+asio::awaitable<void> Session::forward_cancel(protocol::CancelKey key) {
+    auto target = shared_.cancels->find(key);
+    if (!target) {
+        // PostgreSQL ignores unknown keys silently too: nothing to tell an attacker.
+        log::info("[{}] client={} cancel request with unknown key ignored", role_name(), peer_);
+        co_return;
+    }
+    tcp::socket sock(client_.get_executor());
+    boost::system::error_code ec;
+    const Target t{target->member, target->host, target->port};
+    if (!co_await connect_with_timeout(sock, t, ec)) {
+        log::warn("[{}] client={} cancel: cannot reach backend {} ({}): {}", role_name(), peer_, t.member, t.address(),
+                  ec.message());
+        co_return;
+    }
+    std::string out;
+    protocol::encode_cancel_request(out, target->backend_key);
+    co_await asio::async_write(sock, asio::buffer(out), use_tuple);
+    // The backend closes the connection once it has read the request; waiting
+    // for that keeps the cancel ordered before the client's next query.
+    asio::steady_timer t2(sock.get_executor(), cfg_->connect_timeout);
+    uint8_t dummy[16];
+    co_await (sock.async_read_some(asio::buffer(dummy), use_tuple) || t2.async_wait(use_tuple));
+    log::info("[{}] client={} cancel forwarded to {} ({})", role_name(), peer_, t.member, t.address());
+}
+
+asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& packet) {
+    const auto& topo = shared_.topology.current();
+    RouteDecision d = shared_.router->route(role_, topo.get());
+    if (d.candidates.empty()) {
+        log::warn("[{}] client={} user={} refused: {}", role_name(), peer_, packet.parameter("user"), d.message);
+        co_await send_error(d.sqlstate, d.message, "Retry later; the cluster has no member that can serve this port.");
+        co_return false;
+    }
+    std::string failures;
+    for (const Target& t : d.candidates) {
+        boost::system::error_code ec;
+        tcp::socket sock(client_.get_executor());
+        if (co_await connect_with_timeout(sock, t, ec)) {
+            backend_ = std::move(sock);
+            target_ = t;
+            co_return true;
+        }
+        log::warn("[{}] client={} backend {} ({}) unreachable: {}", role_name(), peer_, t.member, t.address(),
+                  ec.message());
+        if (!failures.empty()) failures += "; ";
+        failures += t.member + " (" + t.address() + "): " + ec.message();
+    }
+    const std::string what = role_ == PortRole::ReadWrite ? "primary" : "backend";
+    co_await send_error("08006", std::string("pgrelay ") + role_name() + ": could not connect to " + what + " " + failures,
+                        "The database server may be down or restarting; retry shortly.");
+    co_return false;
+}
+
+asio::awaitable<void> Session::relay_client_to_backend() {
+    auto buf = std::make_unique<uint8_t[]>(kRelayBuffer);
+    protocol::FrameScanner scanner(cfg_->max_frame_size);
+    size_t len = 0;
+    for (;;) {
+        auto [rec, n] = co_await client_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
+        if (rec) {
+            if (rec != asio::error::operation_aborted) client_closed_ = true;
+            co_return;
+        }
+        len += n;
+        size_t pos = 0;
+        protocol::Frame f;
+        bool terminate = false;
+        for (;;) {
+            auto st = scanner.next({buf.get(), len}, pos, f);
+            if (st == protocol::FrameScanner::Status::NeedMore) break;
+            if (st == protocol::FrameScanner::Status::Error) {
+                end_sqlstate_ = "08P01";
+                end_message_ = std::string("pgrelay ") + role_name() + ": invalid message from client (type '" +
+                               std::string(1, scanner.bad_type()) + "', length " + std::to_string(scanner.bad_length()) +
+                               ", max_frame_size " + std::to_string(cfg_->max_frame_size) + ")";
+                co_return;
+            }
+            if (f.type == static_cast<char>(protocol::FrontendType::Terminate)) terminate = true;
+        }
+        if (pos > 0) {
+            auto [wec, wn] = co_await asio::async_write(backend_, asio::buffer(buf.get(), pos), use_tuple);
+            if (wec) {
+                if (wec != asio::error::operation_aborted) backend_closed_ = true;
+                co_return;
+            }
+            bytes_up_ += pos;
+        }
+        if (terminate) {
+            client_closed_ = true;
+            co_return;
+        }
+        std::memmove(buf.get(), buf.get() + pos, len - pos);
+        len -= pos;
+    }
+}
+
+asio::awaitable<void> Session::relay_backend_to_client() {
+    auto buf = std::make_unique<uint8_t[]>(kRelayBuffer);
+    down_scanner_ = protocol::FrameScanner(UINT32_MAX, kMaxWatched);
+    down_scanner_.watch(static_cast<char>(protocol::BackendType::BackendKeyData));
+    size_t len = 0;
+    for (;;) {
+        auto [rec, n] = co_await backend_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
+        if (rec) {
+            if (rec != asio::error::operation_aborted) backend_closed_ = true;
+            co_return;
+        }
+        len += n;
+        size_t pos = 0;
+        protocol::Frame f;
+        for (;;) {
+            auto st = down_scanner_.next({buf.get(), len}, pos, f);
+            if (st == protocol::FrameScanner::Status::NeedMore) break;
+            if (st == protocol::FrameScanner::Status::Error) {
+                log::error("[{}] client={} backend {} sent an invalid frame (type '{}', length {})", role_name(), peer_,
+                           target_.member, down_scanner_.bad_type(), down_scanner_.bad_length());
+                backend_closed_ = true;
+                co_return;
+            }
+            if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && f.complete) {
+                auto body = f.body({buf.get(), len});
+                if (auto key = protocol::decode_backend_key_data(body)) {
+                    if (proxy_key_) shared_.cancels->remove(*proxy_key_);
+                    proxy_key_ = shared_.cancels->add(CancelTarget{target_.member, target_.host, target_.port, *key});
+                    protocol::rewrite_backend_key_data(body, *proxy_key_);
+                }
+            }
+        }
+        if (pos > 0) {
+            down_writing_ = true;
+            auto [wec, wn] = co_await asio::async_write(client_, asio::buffer(buf.get(), pos), use_tuple);
+            down_writing_ = false;
+            if (wec) {
+                if (wec != asio::error::operation_aborted) client_closed_ = true;
+                co_return;
+            }
+            bytes_down_ += pos;
+        }
+        std::memmove(buf.get(), buf.get() + pos, len - pos);
+        len -= pos;
+    }
+}
+
+asio::awaitable<void> Session::run() {
+    tune_socket(client_);
+    std::string startup_bytes;
+    protocol::StartupPacket packet;
+    if (!co_await startup(startup_bytes, packet)) co_return;
+    const std::string user(packet.parameter("user"));
+    const std::string db(packet.parameter("database").empty() ? user : packet.parameter("database"));
+    if (!co_await connect_backend(packet)) co_return;
+    tune_socket(backend_);
+    auto [wec, wn] = co_await asio::async_write(backend_, asio::buffer(startup_bytes), use_tuple);
+    if (wec) {
+        co_await send_error("08006", std::string("pgrelay ") + role_name() + ": connection to " + target_.member +
+                                         " lost during startup: " + wec.message());
+        co_return;
+    }
+    log::info("[{}] client={} user={} db={} -> backend {} ({}) connected", role_name(), peer_, user, db,
+              target_.member, target_.address());
+
+    co_await (relay_client_to_backend() || relay_backend_to_client());
+
+    if (down_writing_) down_dirty_ = true;  // cancelled mid-write: the client stream is cut inside a frame
+    const bool can_tell_client = !client_closed_ && !down_dirty_ && down_scanner_.at_boundary();
+    if (end_sqlstate_ && can_tell_client) {
+        co_await send_error(end_sqlstate_, end_message_);
+    } else if (backend_closed_ && !client_closed_ && can_tell_client && bytes_down_ == 0) {
+        // The backend vanished before saying anything: tell the client why.
+        co_await send_error("08006", std::string("pgrelay ") + role_name() + ": backend " + target_.member +
+                                         " closed the connection during startup");
+    }
+    boost::system::error_code ec;
+    backend_.shutdown(tcp::socket::shutdown_both, ec);
+    backend_.close(ec);
+    client_.shutdown(tcp::socket::shutdown_both, ec);
+    client_.close(ec);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - started_).count();
+    const char* why = end_sqlstate_ ? end_message_.c_str() : client_closed_ ? "client closed" : "backend closed";
+    log::info("[{}] client={} backend {} closed: {} ({} bytes up, {} bytes down, {} ms)", role_name(), peer_,
+              target_.member, why, bytes_up_, bytes_down_, ms);
+}
+
+}  // namespace
+
+asio::awaitable<void> run_session(tcp::socket client, PortRole role, WorkerShared& shared) {
+    try {
+        Session s(std::move(client), role, shared);
+        co_await s.run();
+    } catch (const std::exception& e) {
+        log::error("[{}] session ended by an unexpected error: {}", to_string(role), e.what());
+    }
+}
+
+}  // namespace pgrelay

@@ -1,0 +1,328 @@
+// Test fixtures (fixtures.hpp).
+#include "fixtures.hpp"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "protocol/frames.hpp"
+
+#ifndef PGRELAY_SOURCE_DIR
+#error "PGRELAY_SOURCE_DIR must be defined"
+#endif
+#ifndef PGRELAY_BINARY
+#error "PGRELAY_BINARY must be defined"
+#endif
+
+namespace pgrelay::test {
+
+using namespace std::chrono_literals;
+
+TempDir::TempDir(const std::string& prefix) {
+    std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+    chmod(path_.c_str(), 0755);
+}
+
+TempDir::~TempDir() {
+    if (!path_.empty()) run_command("rm -rf '" + path_ + "'");
+}
+
+uint16_t free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("bind failed");
+    socklen_t len = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    ::close(fd);
+    return ntohs(a.sin_port);
+}
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+int run_command(const std::string& cmd, std::string* out) {
+    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+    if (!p) return -1;
+    char buf[4096];
+    std::string acc;
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) acc.append(buf, n);
+    const int st = pclose(p);
+    if (out) *out = acc;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static std::string fixture_script() { return std::string(PGRELAY_SOURCE_DIR) + "/tests/fixtures/pgcluster.py"; }
+
+PgCluster& PgCluster::shared() {
+    static PgCluster cluster;
+    return cluster;
+}
+
+PgCluster::PgCluster() : dir_(std::make_unique<TempDir>("pgrelay-cluster")) {
+    std::string out;
+    const std::string clusterdir = dir_->path() + "/c";
+    if (run_command("python3 " + fixture_script() + " up --dir " + clusterdir, &out) != 0)
+        throw std::runtime_error("pgcluster up failed:\n" + out);
+    std::istringstream in(out);
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream ls(line);
+        std::string word;
+        Node n;
+        if (ls >> word && word == "node" && ls >> n.name >> n.port >> n.role) nodes_.push_back(n);
+    }
+    if (nodes_.size() != 3 || nodes_[0].role != "primary") throw std::runtime_error("unexpected pgcluster output:\n" + out);
+}
+
+PgCluster::~PgCluster() {
+    run_command("python3 " + fixture_script() + " down --dir " + dir_->path() + "/c");
+}
+
+std::vector<Node> PgCluster::replicas() const { return {nodes_.begin() + 1, nodes_.end()}; }
+
+const Node& PgCluster::node(const std::string& name) const {
+    for (const auto& n : nodes_)
+        if (n.name == name) return n;
+    throw std::runtime_error("no node " + name);
+}
+
+void PgCluster::stop(const std::string& name, const std::string& mode) {
+    std::string out;
+    if (run_command("python3 " + fixture_script() + " stop --dir " + dir_->path() + "/c " + name + " --mode " + mode, &out) != 0)
+        throw std::runtime_error("pgcluster stop failed: " + out);
+}
+
+void PgCluster::start(const std::string& name) {
+    std::string out;
+    if (run_command("python3 " + fixture_script() + " start --dir " + dir_->path() + "/c " + name, &out) != 0)
+        throw std::runtime_error("pgcluster start failed: " + out);
+}
+
+std::string PgCluster::direct(const Node& n) const {
+    return "host=127.0.0.1 port=" + std::to_string(n.port) + " user=postgres password=postgres dbname=postgres connect_timeout=5";
+}
+
+Pgrelay::Pgrelay(const PgCluster& cluster, PgrelayOptions opts) : dir_(std::make_unique<TempDir>("pgrelay-proxy")) {
+    rw_ = free_port();
+    do ro_ = free_port(); while (ro_ == rw_);
+    std::ostringstream cfg;
+    cfg << "[server]\nthreads = " << opts.threads << "\nlog_level = \"debug\"\n"
+        << "connect_timeout = \"" << opts.connect_timeout << "\"\nstartup_timeout = \"" << opts.startup_timeout << "\"\n"
+        << opts.extra_server << "\n"
+        << "[listen]\nrw = \"127.0.0.1:" << rw_ << "\"\nro = \"127.0.0.1:" << ro_ << "\"\n"
+        << "[routing]\nro_fallback_to_primary = " << (opts.ro_fallback_to_primary ? "true" : "false") << "\n"
+        << "[topology]\nsource = \"static\"\nhealth_check_interval = \"200ms\"\nhealth_check_timeout = \"500ms\"\n";
+    for (const auto& n : cluster.nodes())
+        cfg << "[[topology.members]]\nname = \"" << n.name << "\"\nhost = \"127.0.0.1\"\nport = " << n.port
+            << "\nrole = \"" << n.role << "\"\n";
+    const std::string cfg_path = dir_->path() + "/pgrelay.toml";
+    std::ofstream(cfg_path) << cfg.str();
+    const std::string log_path = dir_->path() + "/pgrelay.log";
+
+    pid_ = fork();
+    if (pid_ == 0) {
+        const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(PGRELAY_BINARY, PGRELAY_BINARY, "--config", cfg_path.c_str(), nullptr);
+        _exit(127);
+    }
+    const bool up = eventually(
+        [&] {
+            RawClient a(rw_), b(ro_);
+            return a.connected() && b.connected();
+        },
+        10s);
+    if (!up) throw std::runtime_error("pgrelay did not start listening:\n" + log());
+}
+
+Pgrelay::~Pgrelay() {
+    if (pid_ > 0) {
+        kill(pid_, SIGTERM);
+        for (int i = 0; i < 100; ++i) {
+            if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+            std::this_thread::sleep_for(50ms);
+        }
+        kill(pid_, SIGKILL);
+        waitpid(pid_, nullptr, 0);
+    }
+}
+
+bool Pgrelay::running() { return pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == 0; }
+
+int Pgrelay::open_fds() const {
+    int n = 0;
+    DIR* d = opendir(("/proc/" + std::to_string(pid_) + "/fd").c_str());
+    if (!d) return -1;
+    while (dirent* e = readdir(d))
+        if (e->d_name[0] != '.') ++n;
+    closedir(d);
+    return n;
+}
+
+std::string Pgrelay::conninfo(uint16_t port, const std::string& user, const std::string& password) const {
+    return "host=127.0.0.1 port=" + std::to_string(port) + " user=" + user + " password=" + password +
+           " dbname=postgres connect_timeout=10 sslmode=disable gssencmode=disable";
+}
+
+std::string Pgrelay::log() const { return slurp(dir_->path() + "/pgrelay.log"); }
+
+PgConn::~PgConn() {
+    if (conn) PQfinish(conn);
+}
+
+PgConn pg_connect(const std::string& conninfo) {
+    PgConn r;
+    r.conn = PQconnectStart(conninfo.c_str());
+    if (!r.conn) {
+        r.error = "out of memory";
+        return r;
+    }
+    // Verbose mode makes libpq put the code of a connection-time
+    // ErrorResponse into the error message ("FATAL:  28P01"): the only way to
+    // see it, since a failed connect yields no PGresult.
+    PQsetErrorVerbosity(r.conn, PQERRORS_VERBOSE);
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        if (std::chrono::steady_clock::now() > deadline) break;
+        pollfd p{PQsocket(r.conn), static_cast<short>(st == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
+        if (p.fd >= 0) ::poll(&p, 1, 100);
+        st = PQconnectPoll(r.conn);
+    }
+    if (st != PGRES_POLLING_OK) {
+        r.error = PQerrorMessage(r.conn);
+        static const std::regex code(R"((FATAL|ERROR):  ([0-9A-Z]{5}))");
+        std::smatch m;
+        if (std::regex_search(r.error, m, code)) r.sqlstate = m[2];
+    }
+    PQsetErrorVerbosity(r.conn, PQERRORS_DEFAULT);
+    return r;
+}
+
+std::string query_value(PGconn* c, const std::string& sql) {
+    PGresult* res = PQexec(c, sql.c_str());
+    const auto st = PQresultStatus(res);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        const char* code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        std::string msg = std::string(code ? code : "?????") + " " + PQerrorMessage(c);
+        PQclear(res);
+        throw std::runtime_error(msg);
+    }
+    std::string v = (st == PGRES_TUPLES_OK && PQntuples(res) > 0) ? PQgetvalue(res, 0, 0) : "";
+    PQclear(res);
+    return v;
+}
+
+void exec(PGconn* c, const std::string& sql) { (void)query_value(c, sql); }
+
+RawClient::RawClient(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) close();
+}
+
+RawClient::~RawClient() { close(); }
+
+void RawClient::close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+}
+
+bool RawClient::send(const std::string& bytes) {
+    size_t off = 0;
+    while (off < bytes.size()) {
+        const ssize_t n = ::send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+        if (n <= 0) return false;
+        off += size_t(n);
+    }
+    return true;
+}
+
+std::string RawClient::read_all(std::chrono::milliseconds timeout) {
+    std::string out;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buf[4096];
+    while (fd_ >= 0) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        pollfd p{fd_, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+        const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        out.append(buf, size_t(n));
+    }
+    return out;
+}
+
+std::optional<ErrorInfo> first_error(const std::string& bytes) {
+    protocol::FrameScanner scanner(1 << 20, 1 << 20);
+    scanner.watch('E');
+    std::span<const uint8_t> buf(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+    size_t pos = 0;
+    protocol::Frame f;
+    while (scanner.next(buf, pos, f) == protocol::FrameScanner::Status::Frame) {
+        if (f.type != 'E' || !f.complete) continue;
+        std::span<const uint8_t> body = buf.subspan(f.offset + 5, f.length - 4);
+        if (auto e = protocol::decode_error_fields(body))
+            return ErrorInfo{std::string(e->severity), std::string(e->sqlstate), std::string(e->message)};
+    }
+    return std::nullopt;
+}
+
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        if (pred()) return true;
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(50ms);
+    }
+}
+
+std::string startup_message(const std::map<std::string, std::string>& params) {
+    std::string body;
+    auto put32 = [](std::string& s, uint32_t v) {
+        for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+    };
+    put32(body, 196608);
+    for (const auto& [k, v] : params) {
+        body += k;
+        body.push_back('\0');
+        body += v;
+        body.push_back('\0');
+    }
+    body.push_back('\0');
+    std::string out;
+    put32(out, static_cast<uint32_t>(body.size() + 4));
+    return out + body;
+}
+
+}  // namespace pgrelay::test

@@ -1,0 +1,135 @@
+// Black-box test fixtures: a real PostgreSQL 15 primary + replicas (via
+// tests/fixtures/pgcluster.py), a real pgrelay process, raw sockets and libpq
+// helpers. Everything runs on loopback, on free ports, in temp dirs.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace pgrelay::test {
+
+// A fresh directory under /tmp, removed with its contents on destruction.
+class TempDir {
+public:
+    explicit TempDir(const std::string& prefix);
+    ~TempDir();
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+};
+
+uint16_t free_port();
+std::string slurp(const std::string& path);
+// Runs a shell command; returns its exit status and fills `out` with stdout+stderr.
+int run_command(const std::string& cmd, std::string* out = nullptr);
+
+struct Node {
+    std::string name;
+    uint16_t port = 0;
+    std::string role;  // "primary" or "replica"
+};
+
+// Flow: PgCluster::shared() starts one cluster per test process on first use
+// (torn down at exit); stop()/start() take single nodes down and up.
+class PgCluster {
+public:
+    static PgCluster& shared();
+    ~PgCluster();
+    const Node& primary() const { return nodes_.at(0); }
+    const std::vector<Node>& nodes() const { return nodes_; }
+    std::vector<Node> replicas() const;
+    const Node& node(const std::string& name) const;
+    void stop(const std::string& name, const std::string& mode = "fast");
+    void start(const std::string& name);
+    // Superuser conninfo straight to a node (no proxy).
+    std::string direct(const Node& n) const;
+
+private:
+    PgCluster();
+    std::unique_ptr<TempDir> dir_;
+    std::vector<Node> nodes_;
+};
+
+// A pgrelay process with its own config (ports chosen here).
+struct PgrelayOptions {
+    bool ro_fallback_to_primary = true;
+    std::string startup_timeout = "3s";
+    std::string connect_timeout = "2s";
+    std::string extra_server;  // extra lines for [server]
+    unsigned threads = 2;
+};
+
+class Pgrelay {
+public:
+    Pgrelay(const PgCluster& cluster, PgrelayOptions opts = {});
+    ~Pgrelay();
+    uint16_t rw_port() const { return rw_; }
+    uint16_t ro_port() const { return ro_; }
+    std::string conninfo(uint16_t port, const std::string& user, const std::string& password) const;
+    std::string log() const;
+    bool running();
+    int open_fds() const;
+
+private:
+    std::unique_ptr<TempDir> dir_;
+    uint16_t rw_ = 0, ro_ = 0;
+    int pid_ = -1;
+};
+
+// libpq connection with the SQLSTATE of a failed connect kept apart.
+struct PgConn {
+    PGconn* conn = nullptr;
+    std::string error;     // PQerrorMessage on failure
+    std::string sqlstate;  // from the FATAL/ERROR line, when the server sent one
+    PgConn() = default;
+    PgConn(PgConn&& o) noexcept : conn(o.conn), error(std::move(o.error)), sqlstate(std::move(o.sqlstate)) { o.conn = nullptr; }
+    PgConn& operator=(PgConn&& o) noexcept {
+        std::swap(conn, o.conn);
+        error = std::move(o.error);
+        sqlstate = std::move(o.sqlstate);
+        return *this;
+    }
+    ~PgConn();
+    bool ok() const { return conn && PQstatus(conn) == CONNECTION_OK; }
+};
+PgConn pg_connect(const std::string& conninfo);
+
+// Single-value query; throws std::runtime_error with SQLSTATE on failure.
+std::string query_value(PGconn* c, const std::string& sql);
+void exec(PGconn* c, const std::string& sql);
+
+// Raw TCP client for hand-made protocol bytes.
+class RawClient {
+public:
+    explicit RawClient(uint16_t port);
+    ~RawClient();
+    bool connected() const { return fd_ >= 0; }
+    bool send(const std::string& bytes);
+    // Reads until EOF or timeout; returns all bytes read.
+    std::string read_all(std::chrono::milliseconds timeout);
+    void close();
+
+private:
+    int fd_ = -1;
+};
+
+// Decodes the first ErrorResponse in `bytes`; nullopt if there is none.
+struct ErrorInfo {
+    std::string severity, sqlstate, message;
+};
+std::optional<ErrorInfo> first_error(const std::string& bytes);
+
+// Polls `pred` every 50 ms until it returns true or `timeout` passes.
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
+
+std::string startup_message(const std::map<std::string, std::string>& params);
+
+}  // namespace pgrelay::test

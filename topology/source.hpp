@@ -1,0 +1,67 @@
+// The seam between topology sources and the proxy. A source (static list with
+// health checks, ZooKeeper watching Patroni) publishes whole Topology snapshots
+// into a SnapshotHub; proxy threads read the newest one without taking a lock.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+
+#include "topology/topology.hpp"
+
+namespace pgrelay::topology {
+
+// Flow: a source calls publish() from its own thread whenever the cluster
+// changes. Each proxy thread owns a Reader and calls current() per new
+// connection: one relaxed atomic load when nothing changed, a short mutex-guarded
+// copy of the pointer only after a publish.
+class SnapshotHub {
+public:
+    SnapshotHub();
+    // Stamps t->version and makes it current. Listeners run on the caller's thread.
+    void publish(std::shared_ptr<Topology> t);
+    TopologyPtr latest() const;
+    uint64_t version() const noexcept { return version_.load(std::memory_order_acquire); }
+
+    // Called after every publish with (old, new); e.g. to end sessions on a
+    // member that left. Must not block.
+    using Listener = std::function<void(const TopologyPtr& before, const TopologyPtr& after)>;
+    void on_change(Listener l);
+
+    class Reader {
+    public:
+        explicit Reader(const SnapshotHub& hub) : hub_(&hub) {}
+        const TopologyPtr& current() {
+            const uint64_t v = hub_->version();
+            if (v != seen_) {
+                snapshot_ = hub_->latest();
+                seen_ = snapshot_ ? snapshot_->version : 0;
+            }
+            return snapshot_;
+        }
+
+    private:
+        const SnapshotHub* hub_;
+        uint64_t seen_ = UINT64_MAX;
+        TopologyPtr snapshot_;
+    };
+
+private:
+    mutable std::mutex mu_;
+    TopologyPtr current_;
+    std::atomic<uint64_t> version_{0};
+    std::vector<Listener> listeners_;
+};
+
+// A topology source. start() begins publishing (the first snapshot may come
+// later, e.g. after connecting to ZooKeeper); stop() ends it. Both are called
+// from the control thread.
+class Source {
+public:
+    virtual ~Source() = default;
+    virtual void start() = 0;
+    virtual void stop() = 0;
+};
+
+}  // namespace pgrelay::topology

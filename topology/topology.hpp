@@ -1,0 +1,54 @@
+// The Topology value: an immutable snapshot of the cluster (who is primary, which
+// members exist, their role, state, lag and tags) that sources publish and the
+// router reads. Routing decisions are pure functions of a snapshot (routing.hpp).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pgrelay::topology {
+
+// Patroni's member roles; `master` and `primary` both map to Primary.
+enum class Role { Primary, Replica, StandbyLeader, Other };
+// Patroni's member states, reduced to what routing needs. A static topology's
+// health check sets Running or Stopped.
+enum class State { Running, Starting, Stopped, Other };
+
+std::string_view to_string(Role r) noexcept;
+std::string_view to_string(State s) noexcept;
+
+struct Member {
+    std::string name;
+    std::string host;
+    uint16_t port = 0;
+    Role role = Role::Other;
+    State state = State::Other;
+    std::optional<uint64_t> lag_bytes;  // unknown -> treated as lagging by lag-aware routing
+    std::vector<std::string> tags;      // set tags (e.g. "noloadbalance")
+    uint32_t weight = 1;                // 0 = never chosen for reads
+    bool excluded = false;              // operator's static exclude list
+
+    bool has_tag(std::string_view t) const noexcept;
+    std::string address() const;  // "host:port"
+};
+
+struct Topology {
+    uint64_t version = 0;                 // increases with every published snapshot
+    std::string source;                   // "static", "zookeeper", ...
+    std::vector<Member> members;
+    std::optional<size_t> primary;        // index into members: the member allowed to take writes
+    std::string primary_reason;           // why there is no primary, when there is none
+
+    const Member* primary_member() const noexcept {
+        return primary ? &members[*primary] : nullptr;
+    }
+    const Member* find(std::string_view name) const noexcept;
+};
+
+using TopologyPtr = std::shared_ptr<const Topology>;
+
+}  // namespace pgrelay::topology
