@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything pgrelay needs to build, test and run its demo, from Debian
+# bookworm packages. Idempotent: skips apt-get when all packages are present.
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  g++ cmake make pkg-config ccache
+  # libraries
+  libboost1.81-dev libpq-dev libssl-dev libzookeeper-mt-dev libfmt-dev catch2 libtomlplusplus-dev
+  # real components for tests and the demo
+  postgresql-15 postgresql-client-15 python3
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "deps: all ${#PACKAGES[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: install dependencies, build, run the whole suite (unit and
+# integration tests against real PostgreSQL) with ctest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/deps.sh
+bash .ci/build.sh
+cd "${BUILD_DIR:-build}"
+ctest --output-on-failure --timeout 1500
