@@ -3,6 +3,8 @@
 // proxy's config should fail at start, not route traffic somewhere surprising.
 #include "proxy/config.hpp"
 
+#include <cctype>
+#include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -24,24 +26,37 @@ unsigned Config::effective_threads() const noexcept {
     return n > 0 ? n : 1;
 }
 
+namespace {
+// Longest accepted duration: a day is far beyond any sane timeout, and keeps
+// every conversion to milliseconds exact.
+constexpr double kMaxDurationMs = 24.0 * 3600 * 1000;
+
+bool to_duration(double ms, std::chrono::milliseconds& out) {
+    if (!(ms >= 0 && ms <= kMaxDurationMs)) return false;  // also rejects NaN
+    out = std::chrono::milliseconds(static_cast<int64_t>(ms + 0.5));
+    return true;
+}
+}  // namespace
+
 bool parse_duration(const std::string& s, std::chrono::milliseconds& out) {
-    if (s.empty()) return false;
-    size_t idx = 0;
-    double v = 0;
-    try {
-        v = std::stod(s, &idx);
-    } catch (...) {
-        return false;
+    // Strict: digits with an optional fraction, then an optional unit. No
+    // signs, spaces, exponents, hex or "inf" (std::stod would take them all).
+    size_t i = 0;
+    while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
+    const size_t int_digits = i;
+    if (i < s.size() && s[i] == '.') {
+        ++i;
+        while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
     }
-    if (v < 0) return false;
-    const std::string unit = s.substr(idx);
+    if (int_digits == 0 || i > 18) return false;
+    const double v = std::stod(s.substr(0, i));
+    const std::string unit = s.substr(i);
     double ms;
     if (unit == "ms") ms = v;
     else if (unit == "s" || unit.empty()) ms = v * 1000;
     else if (unit == "m" || unit == "min") ms = v * 60000;
     else return false;
-    out = std::chrono::milliseconds(static_cast<int64_t>(ms + 0.5));
-    return true;
+    return to_duration(ms, out);
 }
 
 namespace {
@@ -104,12 +119,12 @@ public:
         if (!n) return def;
         std::chrono::milliseconds out;
         if (n->is_integer() || n->is_floating_point()) {
-            const double v = *n->value<double>();
-            if (v >= 0) return std::chrono::milliseconds(static_cast<int64_t>(v * 1000 + 0.5));
+            if (to_duration(*n->value<double>() * 1000, out)) return out;
         } else if (n->is_string() && parse_duration(*n->value<std::string>(), out)) {
             return out;
         }
-        fail(n, "'" + std::string(key) + "' must be a duration such as \"500ms\", \"5s\" or \"2m\" (a number means seconds)");
+        fail(n, "'" + std::string(key) +
+                    "' must be a duration from 0 to 24 hours such as \"500ms\", \"5s\" or \"2m\" (a number means seconds)");
     }
 
     // "host:port" or "[v6]:port"; an empty string disables the listener.
@@ -131,6 +146,8 @@ public:
             if (colon == std::string::npos) fail(n, "'" + std::string(key) + "' = \"" + s + "\": expected \"address:port\"");
             host = s.substr(0, colon);
             port = s.substr(colon + 1);
+            if (host.find(':') != std::string::npos)
+                fail(n, "'" + std::string(key) + "' = \"" + s + "\": write IPv6 addresses as \"[address]:port\"");
         }
         l.host = host.empty() ? "0.0.0.0" : host;
         l.port = parse_port(n, port, key);
@@ -188,7 +205,7 @@ public:
         }
         if (!c.rw.enabled && !c.ro.enabled) fail(root.get("listen"), "[listen] must set rw and/or ro (\"address:port\")");
         if (c.rw.enabled && c.ro.enabled && c.rw.port == c.ro.port && c.rw.host == c.ro.host)
-            fail(root.get("listen"), "[listen] rw and ro must not use the same address and port");
+            fail(root["listen"]["ro"].node(), "[listen] rw and ro must not use the same address and port");
 
         if (const toml::table* r = table(root, "routing")) {
             only_keys(*r, "[routing]", {"ro_fallback_to_primary", "ro_balance", "max_replica_lag", "weights", "exclude"});
@@ -218,11 +235,12 @@ public:
         c.health_check_interval = get_duration(*t, "health_check_interval", c.health_check_interval);
         c.health_check_timeout = get_duration(*t, "health_check_timeout", c.health_check_timeout);
         if (c.health_check_interval.count() == 0) fail(t->get("health_check_interval"), "health_check_interval must be above 0");
-        load_members(*t, c);
+        if (c.health_check_timeout.count() == 0) fail(t->get("health_check_timeout"), "health_check_timeout must be above 0");
+        load_members(*t, root.get_as<toml::table>("routing"), c);
         return c;
     }
 
-    void load_members(const toml::table& t, Config& c) {
+    void load_members(const toml::table& t, const toml::table* routing, Config& c) {
         const toml::node* n = t.get("members");
         if (!n) fail(&t, "[topology] source \"static\" needs [[topology.members]] entries");
         const toml::array* arr = n->as_array();
@@ -243,7 +261,8 @@ public:
             const std::string role = get_string(*m, "role", "");
             if (role == "primary" || role == "master") {
                 mem.role = topology::Role::Primary;
-                ++primaries;
+                if (++primaries > 1)
+                    fail(m->get("role"), "member '" + mem.name + "' is a second primary; at most one static member may have role \"primary\"");
             } else if (role == "replica") {
                 mem.role = topology::Role::Replica;
             } else {
@@ -253,11 +272,14 @@ public:
             mem.tags = get_string_list(*m, "tags");
             c.static_members.push_back(std::move(mem));
         }
-        if (primaries > 1) fail(n, "at most one static member may have role \"primary\"");
-        for (const auto& [name, w] : c.weights)
-            if (!names.count(name)) fail(nullptr, "[routing.weights] names unknown member '" + name + "'");
-        for (const auto& name : c.exclude)
-            if (!names.count(name)) fail(nullptr, "[routing] exclude names unknown member '" + name + "'");
+        if (const toml::table* w = routing ? routing->get_as<toml::table>("weights") : nullptr)
+            for (const auto& [name, v] : *w)
+                if (!names.count(std::string(name.str())))
+                    fail(&v, "[routing.weights] names unknown member '" + std::string(name.str()) + "'");
+        if (const toml::array* x = routing ? routing->get_as<toml::array>("exclude") : nullptr)
+            for (const auto& e : *x)
+                if (!names.count(*e.value<std::string>()))
+                    fail(&e, "[routing] exclude names unknown member '" + *e.value<std::string>() + "'");
         for (auto& m : c.static_members) {
             if (auto it = c.weights.find(m.name); it != c.weights.end()) m.weight = it->second;
             for (const auto& x : c.exclude) m.excluded = m.excluded || x == m.name;

@@ -27,7 +27,16 @@ RouteDecision Router::route(PortRole role, const topology::Topology* t) {
     }
     if (t) {
         const uint64_t rr = ro_rr_.fetch_add(1, std::memory_order_relaxed);
-        for (size_t i : topology::ro_candidates(*t, opts_, rr)) d.candidates.push_back(to_target(t->members[i]));
+        std::vector<uint32_t> conns;
+        if (opts_.ro_balance == topology::Balance::LeastConn) {
+            std::lock_guard lock(mu_);
+            for (const auto& m : t->members) {
+                auto it = open_.find(m.name);
+                conns.push_back(it == open_.end() ? 0 : it->second);
+            }
+        }
+        for (size_t i : topology::ro_candidates(*t, opts_, rr, conns.empty() ? nullptr : &conns))
+            d.candidates.push_back(to_target(t->members[i]));
     }
     if (d.candidates.empty()) {
         d.sqlstate = "57P03";
@@ -35,6 +44,23 @@ RouteDecision Router::route(PortRole role, const topology::Topology* t) {
                                                  : "pgrelay ro: no replica available (ro_fallback_to_primary is off)";
     }
     return d;
+}
+
+void Router::opened(const std::string& member) {
+    std::lock_guard lock(mu_);
+    ++open_[member];
+}
+
+void Router::closed(const std::string& member) {
+    std::lock_guard lock(mu_);
+    auto it = open_.find(member);
+    if (it != open_.end() && it->second > 0 && --it->second == 0) open_.erase(it);
+}
+
+uint32_t Router::open_count(const std::string& member) const {
+    std::lock_guard lock(mu_);
+    auto it = open_.find(member);
+    return it == open_.end() ? 0 : it->second;
 }
 
 }  // namespace pgrelay

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <atomic>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "proxy/config.hpp"
@@ -25,14 +27,22 @@ struct RouteDecision {
     std::string message;
 };
 
+// Flow: route() per new connection; opened()/closed() around every backend
+// connection of the ro port, which least_conn balances on. Thread-safe; the
+// counters take a mutex once per connection, never per message.
 class Router {
 public:
     explicit Router(topology::RoutingOptions opts) : opts_(opts) {}
     RouteDecision route(PortRole role, const topology::Topology* t);
+    void opened(const std::string& member);
+    void closed(const std::string& member);
+    uint32_t open_count(const std::string& member) const;
 
 private:
     topology::RoutingOptions opts_;
     std::atomic<uint64_t> ro_rr_{0};
+    mutable std::mutex mu_;
+    std::unordered_map<std::string, uint32_t> open_;  // ro backend connections by member
 };
 
 }  // namespace pgrelay

@@ -54,6 +54,7 @@ public:
 
     ~Session() {
         if (proxy_key_) shared_.cancels->remove(*proxy_key_);
+        if (counted_) shared_.router->closed(target_.member);
     }
 
     asio::awaitable<void> run();
@@ -77,6 +78,8 @@ private:
     steady_clock::time_point started_;
     Target target_;
     std::optional<protocol::CancelKey> proxy_key_;
+    bool counted_ = false;  // included in the router's per-member connection count
+    std::string pipelined_;  // client bytes read after the StartupMessage
 
     // Relay state, shared by the two directions (same thread, no lock).
     uint64_t bytes_up_ = 0, bytes_down_ = 0;
@@ -149,8 +152,9 @@ asio::awaitable<bool> Session::startup(std::string& startup_bytes, protocol::Sta
             case K::Forward:
                 packet = *action.packet;
                 startup_bytes.assign(buf, 0, action.consumed);
-                // A client may pipeline its first message behind the startup packet.
-                startup_bytes.append(buf, action.consumed);
+                // A client may pipeline messages behind the startup packet: they
+                // start the client->backend relay so its framing sees them.
+                pipelined_.assign(buf, action.consumed);
                 co_return true;
         }
     }
@@ -230,6 +234,10 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
         if (co_await connect_with_timeout(sock, t, ec)) {
             backend_ = std::move(sock);
             target_ = t;
+            if (role_ == PortRole::ReadOnly) {
+                shared_.router->opened(t.member);
+                counted_ = true;
+            }
             co_return true;
         }
         log::warn("[{}] client={} backend {} ({}) unreachable: {}", role_name(), peer_, t.member, t.address(),
@@ -246,13 +254,23 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
 asio::awaitable<void> Session::relay_client_to_backend() {
     auto buf = std::make_unique<uint8_t[]>(kRelayBuffer);
     protocol::FrameScanner scanner(cfg_->max_frame_size);
-    size_t len = 0;
+    // Startup reads stop as soon as a whole packet (<= 10000 bytes) is
+    // buffered, so what came after it always fits.
+    size_t len = std::min(pipelined_.size(), kRelayBuffer);
+    std::memcpy(buf.get(), pipelined_.data(), len);
+    pipelined_.clear();
+    bool scan_before_read = len > 0;
     for (;;) {
-        auto [rec, n] = co_await client_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
-        if (rec) {
-            if (rec != asio::error::operation_aborted) client_closed_ = true;
-            co_return;
+        size_t n = 0;
+        if (!scan_before_read) {
+            auto [rec, got] = co_await client_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
+            if (rec) {
+                if (rec != asio::error::operation_aborted) client_closed_ = true;
+                co_return;
+            }
+            n = got;
         }
+        scan_before_read = false;
         len += n;
         size_t pos = 0;
         protocol::Frame f;

@@ -20,6 +20,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include <openssl/evp.h>
+
 #include "protocol/frames.hpp"
 
 #ifndef PGRELAY_SOURCE_DIR
@@ -268,6 +270,10 @@ bool RawClient::send(const std::string& bytes) {
 }
 
 std::string RawClient::read_all(std::chrono::milliseconds timeout) {
+    return read_until([](const std::string&) { return false; }, timeout);
+}
+
+std::string RawClient::read_until(const std::function<bool(const std::string&)>& done, std::chrono::milliseconds timeout) {
     std::string out;
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     char buf[4096];
@@ -279,6 +285,7 @@ std::string RawClient::read_all(std::chrono::milliseconds timeout) {
         const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
         if (n <= 0) break;
         out.append(buf, size_t(n));
+        if (done(out)) break;
     }
     return out;
 }
@@ -323,6 +330,96 @@ std::string startup_message(const std::map<std::string, std::string>& params) {
     std::string out;
     put32(out, static_cast<uint32_t>(body.size() + 4));
     return out + body;
+}
+
+namespace {
+void put32(std::string& s, uint32_t v) {
+    for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint32_t get32(const std::string& s, size_t at) {
+    return (uint32_t(uint8_t(s[at])) << 24) | (uint32_t(uint8_t(s[at + 1])) << 16) | (uint32_t(uint8_t(s[at + 2])) << 8) |
+           uint32_t(uint8_t(s[at + 3]));
+}
+std::string md5_hex(const std::string& in) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(in.data(), in.size(), md, &len, EVP_md5(), nullptr);
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+        out.push_back(hex[md[i] >> 4]);
+        out.push_back(hex[md[i] & 15]);
+    }
+    return out;
+}
+bool has_frame(const std::string& bytes, char type) {
+    for (const auto& [t, body] : frames_of(bytes))
+        if (t == type) return true;
+    return false;
+}
+}  // namespace
+
+std::vector<std::pair<char, std::string>> frames_of(const std::string& bytes) {
+    std::vector<std::pair<char, std::string>> out;
+    size_t pos = 0;
+    while (bytes.size() - pos >= 5) {
+        const uint32_t len = get32(bytes, pos + 1);
+        if (len < 4 || bytes.size() - pos < size_t(len) + 1) break;
+        out.emplace_back(bytes[pos], bytes.substr(pos + 5, len - 4));
+        pos += size_t(len) + 1;
+    }
+    return out;
+}
+
+std::string cancel_request(int32_t pid, int32_t secret) {
+    std::string s;
+    put32(s, 16);
+    put32(s, 80877102);
+    put32(s, static_cast<uint32_t>(pid));
+    put32(s, static_cast<uint32_t>(secret));
+    return s;
+}
+
+std::string query_message(const std::string& sql) {
+    std::string s(1, 'Q');
+    put32(s, static_cast<uint32_t>(sql.size() + 5));
+    s += sql;
+    s.push_back('\0');
+    return s;
+}
+
+RawSession md5_login(uint16_t port, const std::string& user, const std::string& password) {
+    RawSession r;
+    r.client = std::make_unique<RawClient>(port);
+    auto& c = *r.client;
+    if (!c.send(startup_message({{"user", user}, {"database", "postgres"}}))) {
+        r.error = "send failed";
+        return r;
+    }
+    std::string in = c.read_until([](const std::string& b) { return has_frame(b, 'R') || has_frame(b, 'E'); }, 10s);
+    auto frames = frames_of(in);
+    if (frames.empty() || frames[0].first != 'R' || frames[0].second.size() != 8 || get32(frames[0].second, 0) != 5) {
+        r.error = "expected AuthenticationMD5Password";
+        return r;
+    }
+    // PasswordMessage: "md5" + md5(md5(password + user) + salt), protocol-flow.html
+    const std::string salt = frames[0].second.substr(4, 4);
+    const std::string hashed = "md5" + md5_hex(md5_hex(password + user) + salt);
+    std::string msg(1, 'p');
+    put32(msg, static_cast<uint32_t>(hashed.size() + 5));
+    msg += hashed;
+    msg.push_back('\0');
+    c.send(msg);
+    in = c.read_until([](const std::string& b) { return has_frame(b, 'Z') || has_frame(b, 'E'); }, 10s);
+    for (const auto& [t, body] : frames_of(in)) {
+        if (t == 'E') r.error = "login failed";
+        if (t == 'K' && body.size() == 8) {
+            r.pid = static_cast<int32_t>(get32(body, 0));
+            r.secret = static_cast<int32_t>(get32(body, 4));
+        }
+    }
+    if (r.error.empty() && !has_frame(in, 'Z')) r.error = "no ReadyForQuery";
+    return r;
 }
 
 }  // namespace pgrelay::test

@@ -115,6 +115,8 @@ public:
     bool send(const std::string& bytes);
     // Reads until EOF or timeout; returns all bytes read.
     std::string read_all(std::chrono::milliseconds timeout);
+    // Reads until `done(bytes so far)` holds, EOF or timeout; returns the bytes.
+    std::string read_until(const std::function<bool(const std::string&)>& done, std::chrono::milliseconds timeout);
     void close();
 
 private:
@@ -131,5 +133,19 @@ std::optional<ErrorInfo> first_error(const std::string& bytes);
 bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 
 std::string startup_message(const std::map<std::string, std::string>& params);
+
+// Backend messages (type, body) in `bytes`, up to the last complete one.
+std::vector<std::pair<char, std::string>> frames_of(const std::string& bytes);
+
+// A protocol-level session logged in with md5 by hand, to get at what libpq
+// hides: the BackendKeyData handed to the client.
+struct RawSession {
+    std::unique_ptr<RawClient> client;
+    int32_t pid = 0, secret = 0;
+    std::string error;  // non-empty when the login failed
+};
+RawSession md5_login(uint16_t port, const std::string& user, const std::string& password);
+std::string cancel_request(int32_t pid, int32_t secret);
+std::string query_message(const std::string& sql);
 
 }  // namespace pgrelay::test

@@ -304,3 +304,48 @@ TEST_CASE("pgbench select-only and tpcb-like through rw finish with zero failed 
     }
     CHECK(relay.running());
 }
+
+TEST_CASE("a cancel key works from the other port and thread; oversized client frames get 08P01", "[integration]") {
+    auto& cluster = PgCluster::shared();
+    Pgrelay relay(cluster);
+    // Session on rw; its query is cancelled through a CancelRequest sent to ro.
+    RawSession s = md5_login(relay.rw_port(), "md5user", "md5pass");
+    REQUIRE(s.error.empty());
+    REQUIRE(s.pid != 0);
+    REQUIRE(s.client->send(query_message("SELECT pg_sleep(30)")));
+    PgConn direct = pg_connect(cluster.direct(cluster.primary()));
+    REQUIRE(direct.ok());
+    REQUIRE(eventually(
+        [&] {
+            return query_value(direct.conn,
+                               "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'") == "1";
+        },
+        10s));
+    {
+        RawClient cancel(relay.ro_port());
+        REQUIRE(cancel.send(cancel_request(s.pid, s.secret)));
+        CHECK(cancel.read_all(5s).empty());  // no answer, then close: as PostgreSQL
+    }
+    const std::string reply = s.client->read_until(
+        [](const std::string& b) {
+            for (const auto& [t, body] : frames_of(b))
+                if (t == 'Z') return true;
+            return false;
+        },
+        10s);
+    auto err = first_error(reply);
+    REQUIRE(err);
+    CHECK(err->sqlstate == "57014");
+
+    // The same session then sends a message whose length word exceeds
+    // max_frame_size: pgrelay answers 08P01 itself instead of allocating.
+    std::string huge = "Q";
+    huge += std::string("\x7f\xff\xff\xff", 4);
+    REQUIRE(s.client->send(huge));
+    const std::string after = s.client->read_all(5s);
+    auto perr = first_error(after);
+    REQUIRE(perr);
+    CHECK(perr->sqlstate == "08P01");
+    CHECK_THAT(perr->message, Catch::Contains("max_frame_size"));
+    CHECK(relay.running());
+}

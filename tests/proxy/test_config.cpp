@@ -1,0 +1,518 @@
+// Config loading: a full valid TOML config parses to the expected values; every
+// kind of bad config raises ConfigError pointing at the offending line
+// ("test.toml:<line>: ..."); parse_duration accepts ms/s/m/plain seconds only.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <string>
+
+#include "proxy/config.hpp"
+
+using namespace std::chrono_literals;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+using pgrelay::ConfigError;
+using pgrelay::parse_config;
+using pgrelay::topology::Role;
+
+namespace {
+
+// Marks the offending line in the error-case texts (a TOML comment).
+constexpr const char* kHere = "# <- here";
+
+// 1-based number of the first line of `text` containing `needle`, 0 if none.
+int line_of(const std::string& text, const std::string& needle) {
+    const size_t pos = text.find(needle);
+    if (pos == std::string::npos) return 0;
+    int line = 1;
+    for (size_t i = 0; i < pos; ++i)
+        if (text[i] == '\n') ++line;
+    return line;
+}
+
+// Parses `text`, requiring a ConfigError on the line marked kHere whose message
+// contains `message_part`.
+void require_error_at_marker(const std::string& text, const std::string& message_part) {
+    const int want = line_of(text, kHere);
+    REQUIRE(want > 0);
+    INFO("config text:\n" << text);
+    try {
+        parse_config(text, "test.toml");
+        FAIL("parse_config accepted the config");
+    } catch (const ConfigError& e) {
+        INFO("describe(): " << e.describe());
+        CHECK(e.file == "test.toml");
+        CHECK(e.line == want);
+        CHECK_THAT(e.describe(), StartsWith("test.toml:" + std::to_string(want) + ":"));
+        CHECK_THAT(std::string(e.what()), Contains(message_part));
+    }
+}
+
+// A minimal valid config, for tests that add one thing to it.
+const std::string kListen = "[listen]\nrw = \"127.0.0.1:6432\"\n";
+const std::string kTopology =
+    "[topology]\n"
+    "[[topology.members]]\n"
+    "name = \"pg1\"\n"
+    "host = \"10.0.0.1\"\n"
+    "role = \"primary\"\n";
+
+const std::string kFullConfig = R"(# every key pgrelay knows
+[server]
+threads = 4
+log_level = "warning"
+connect_timeout = "250ms"
+startup_timeout = "2m"
+max_frame_size = 65536
+
+[listen]
+rw = "127.0.0.1:6432"
+ro = "[::1]:6433"
+
+[routing]
+ro_fallback_to_primary = false
+ro_balance = "least_conn"
+max_replica_lag = 1048576
+exclude = ["pg3"]
+
+[routing.weights]
+pg1 = 3
+pg2 = 0
+
+[topology]
+source = "static"
+health_check_interval = "5s"
+health_check_timeout = 2
+
+[[topology.members]]
+name = "pg1"
+host = "10.0.0.1"
+port = 5433
+role = "primary"
+
+[[topology.members]]
+name = "pg2"
+host = "10.0.0.2"
+role = "replica"
+tags = ["nofailover", "noloadbalance"]
+
+[[topology.members]]
+name = "pg3"
+host = "db3.internal"
+port = 6543
+role = "replica"
+)";
+
+}  // namespace
+
+TEST_CASE("a full config parses to the expected values", "[config]") {
+    const pgrelay::Config c = parse_config(kFullConfig, "test.toml");
+
+    CHECK(c.path == "test.toml");
+    CHECK(c.threads == 4);
+    CHECK(c.effective_threads() == 4);
+    CHECK(c.log_level == pgrelay::log::Level::Warning);
+    CHECK(c.connect_timeout == 250ms);
+    CHECK(c.startup_timeout == 120s);
+    CHECK(c.max_frame_size == 65536);
+
+    CHECK(c.rw.enabled);
+    CHECK(c.rw.role == pgrelay::PortRole::ReadWrite);
+    CHECK(c.rw.host == "127.0.0.1");
+    CHECK(c.rw.port == 6432);
+    CHECK(c.ro.enabled);
+    CHECK(c.ro.role == pgrelay::PortRole::ReadOnly);
+    CHECK(c.ro.host == "::1");
+    CHECK(c.ro.port == 6433);
+
+    CHECK_FALSE(c.routing.ro_fallback_to_primary);
+    CHECK(c.routing.ro_balance == pgrelay::topology::Balance::LeastConn);
+    CHECK(c.routing.max_replica_lag == 1048576);
+    CHECK(c.weights == std::map<std::string, uint32_t>{{"pg1", 3}, {"pg2", 0}});
+    CHECK(c.exclude == std::vector<std::string>{"pg3"});
+
+    CHECK(c.topology_source == "static");
+    CHECK(c.health_check_interval == 5s);
+    CHECK(c.health_check_timeout == 2s);
+
+    REQUIRE(c.static_members.size() == 3);
+    const auto& m1 = c.static_members[0];
+    CHECK(m1.name == "pg1");
+    CHECK(m1.host == "10.0.0.1");
+    CHECK(m1.port == 5433);
+    CHECK(m1.role == Role::Primary);
+    CHECK(m1.tags.empty());
+    CHECK(m1.weight == 3);
+    CHECK_FALSE(m1.excluded);
+
+    const auto& m2 = c.static_members[1];
+    CHECK(m2.name == "pg2");
+    CHECK(m2.host == "10.0.0.2");
+    CHECK(m2.port == 5432);  // default
+    CHECK(m2.role == Role::Replica);
+    CHECK(m2.tags == std::vector<std::string>{"nofailover", "noloadbalance"});
+    CHECK(m2.has_tag("noloadbalance"));
+    CHECK(m2.weight == 0);
+    CHECK_FALSE(m2.excluded);
+
+    const auto& m3 = c.static_members[2];
+    CHECK(m3.name == "pg3");
+    CHECK(m3.host == "db3.internal");
+    CHECK(m3.port == 6543);
+    CHECK(m3.role == Role::Replica);
+    CHECK(m3.weight == 1);  // not in [routing.weights]
+    CHECK(m3.excluded);
+}
+
+TEST_CASE("a minimal config gets the documented defaults", "[config]") {
+    const pgrelay::Config c = parse_config(kListen + kTopology, "test.toml");
+    CHECK(c.threads == 0);
+    CHECK(c.effective_threads() >= 1);
+    CHECK(c.log_level == pgrelay::log::Level::Info);
+    CHECK(c.connect_timeout == 5s);
+    CHECK(c.startup_timeout == 10s);
+    CHECK(c.max_frame_size == (1u << 30));
+    CHECK(c.rw.enabled);
+    CHECK_FALSE(c.ro.enabled);
+    CHECK(c.routing.ro_fallback_to_primary);
+    CHECK(c.routing.ro_balance == pgrelay::topology::Balance::RoundRobin);
+    CHECK(c.routing.max_replica_lag == (16ull << 20));
+    CHECK(c.weights.empty());
+    CHECK(c.exclude.empty());
+    CHECK(c.topology_source == "static");
+    CHECK(c.health_check_interval == 1s);
+    CHECK(c.health_check_timeout == 1s);
+    REQUIRE(c.static_members.size() == 1);
+    CHECK(c.static_members[0].port == 5432);
+    CHECK(c.static_members[0].weight == 1);
+}
+
+TEST_CASE("config value forms: plain-number durations, master role, ro-only, empty host", "[config]") {
+    const std::string text = "[server]\n"
+                             "connect_timeout = 3\n"
+                             "startup_timeout = 1.5\n"
+                             "[listen]\n"
+                             "ro = \":6433\"\n"
+                             "[topology]\n"
+                             "health_check_interval = \"10\"\n"
+                             "health_check_timeout = \"1min\"\n"
+                             "[[topology.members]]\n"
+                             "name = \"old\"\n"
+                             "host = \"10.0.0.9\"\n"
+                             "role = \"master\"\n";
+    const pgrelay::Config c = parse_config(text, "test.toml");
+    CHECK(c.connect_timeout == 3s);
+    CHECK(c.startup_timeout == 1500ms);
+    CHECK(c.health_check_interval == 10s);
+    CHECK(c.health_check_timeout == 60s);
+    CHECK_FALSE(c.rw.enabled);
+    CHECK(c.ro.enabled);
+    CHECK(c.ro.host == "0.0.0.0");
+    CHECK(c.ro.port == 6433);
+    REQUIRE(c.static_members.size() == 1);
+    CHECK(c.static_members[0].role == Role::Primary);
+}
+
+TEST_CASE("config error: TOML syntax error", "[config]") {
+    SECTION("unclosed table header") {
+        require_error_at_marker("[listen]\nrw = \"127.0.0.1:6432\"\n\n[server # <- here\nthreads = 2\n" + kTopology, "");
+    }
+    SECTION("missing value") {
+        require_error_at_marker(kListen + "[server]\nthreads = 2\nlog_level = # <- here\n" + kTopology, "");
+    }
+    SECTION("duplicate key") {
+        require_error_at_marker(kListen + "[server]\nthreads = 2\nthreads = 3 # <- here\n" + kTopology, "");
+    }
+}
+
+TEST_CASE("config error: unknown keys everywhere", "[config]") {
+    SECTION("top level key") {
+        require_error_at_marker("conect_timeout = \"5s\" # <- here\n" + kListen + kTopology, "unknown key 'conect_timeout'");
+    }
+    SECTION("top level table") {
+        require_error_at_marker(kListen + "[sever] # <- here\nthreads = 2\n" + kTopology, "unknown key 'sever'");
+    }
+    SECTION("[server]") {
+        require_error_at_marker(kListen + "[server]\nthreads = 2\nconect_timeout = \"5s\" # <- here\n" + kTopology,
+                                "unknown key 'conect_timeout' in [server]");
+    }
+    SECTION("[listen]") {
+        require_error_at_marker("[listen]\nrw = \"127.0.0.1:6432\"\nrd = \"127.0.0.1:6433\" # <- here\n" + kTopology,
+                                "unknown key 'rd' in [listen]");
+    }
+    SECTION("[routing]") {
+        require_error_at_marker(kListen + "[routing]\nro_fallback_to_primry = false # <- here\n" + kTopology,
+                                "unknown key 'ro_fallback_to_primry' in [routing]");
+    }
+    SECTION("[topology]") {
+        require_error_at_marker(kListen +
+                                    "[topology]\nhelth_check_interval = \"1s\" # <- here\n"
+                                    "[[topology.members]]\nname = \"pg1\"\nhost = \"h\"\nrole = \"primary\"\n",
+                                "unknown key 'helth_check_interval' in [topology]");
+    }
+    SECTION("[[topology.members]]") {
+        require_error_at_marker(kListen +
+                                    "[topology]\n[[topology.members]]\nname = \"pg1\"\nhots = \"h\" # <- here\n"
+                                    "role = \"primary\"\n",
+                                "unknown key 'hots' in [[topology.members]]");
+    }
+}
+
+TEST_CASE("config error: wrong types", "[config]") {
+    SECTION("threads as a string") {
+        require_error_at_marker(kListen + "[server]\nthreads = \"2\" # <- here\n" + kTopology, "'threads' must be an integer");
+    }
+    SECTION("bool as a string") {
+        require_error_at_marker(kListen + "[routing]\nro_fallback_to_primary = \"yes\" # <- here\n" + kTopology,
+                                "'ro_fallback_to_primary' must be true or false");
+    }
+    SECTION("listen address as a number") {
+        require_error_at_marker("[listen]\nrw = 6432 # <- here\n" + kTopology, "'rw' must be a string");
+    }
+    SECTION("tags as a string") {
+        require_error_at_marker(kListen + kTopology + "tags = \"noloadbalance\" # <- here\n", "'tags' must be an array");
+    }
+    SECTION("exclude containing a number") {
+        require_error_at_marker(kListen + "[routing]\nexclude = [\"pg1\", 2] # <- here\n" + kTopology,
+                                "'exclude' must contain only strings");
+    }
+    SECTION("[server] as a value") {
+        require_error_at_marker("server = 1 # <- here\n" + kListen + kTopology, "'server' must be a table");
+    }
+    SECTION("weight as a string") {
+        require_error_at_marker(kListen + "[routing.weights]\npg1 = \"2\" # <- here\n" + kTopology,
+                                "weight of 'pg1' must be an integer 0..1000");
+    }
+}
+
+TEST_CASE("config error: out of range numbers", "[config]") {
+    SECTION("member port above 65535") {
+        require_error_at_marker(kListen + kTopology + "port = 70000 # <- here\n", "'port' = 70000 is out of range");
+    }
+    SECTION("member port 0") {
+        require_error_at_marker(kListen + kTopology + "port = 0 # <- here\n", "'port' = 0 is out of range");
+    }
+    SECTION("listen port above 65535") {
+        require_error_at_marker("[listen]\nrw = \"127.0.0.1:70000\" # <- here\n" + kTopology, "port must be 1..65535");
+    }
+    SECTION("listen port 0") {
+        require_error_at_marker("[listen]\nrw = \"127.0.0.1:0\" # <- here\n" + kTopology, "port must be 1..65535");
+    }
+    SECTION("listen port not a number") {
+        require_error_at_marker("[listen]\nrw = \"127.0.0.1:pg\" # <- here\n" + kTopology, "port must be 1..65535");
+    }
+    SECTION("threads above 256") {
+        require_error_at_marker(kListen + "[server]\nthreads = 257 # <- here\n" + kTopology, "out of range [0, 256]");
+    }
+    SECTION("max_frame_size below 8192") {
+        require_error_at_marker(kListen + "[server]\nmax_frame_size = 100 # <- here\n" + kTopology, "out of range");
+    }
+    SECTION("weight above 1000") {
+        require_error_at_marker(kListen + "[routing.weights]\npg1 = 1001 # <- here\n" + kTopology, "0..1000");
+    }
+    SECTION("negative max_replica_lag") {
+        require_error_at_marker(kListen + "[routing]\nmax_replica_lag = -1 # <- here\n" + kTopology, "out of range");
+    }
+}
+
+TEST_CASE("config error: bad values", "[config]") {
+    SECTION("duration with an unknown unit") {
+        require_error_at_marker(kListen + "[server]\nconnect_timeout = \"5 parsecs\" # <- here\n" + kTopology,
+                                "'connect_timeout' must be a duration");
+    }
+    SECTION("negative duration") {
+        require_error_at_marker(kListen + "[topology]\nhealth_check_timeout = -1 # <- here\n"
+                                          "[[topology.members]]\nname = \"pg1\"\nhost = \"h\"\nrole = \"primary\"\n",
+                                "'health_check_timeout' must be a duration");
+    }
+    SECTION("zero connect_timeout") {
+        require_error_at_marker(kListen + "[server]\nconnect_timeout = \"0ms\" # <- here\n" + kTopology,
+                                "connect_timeout must be above 0");
+    }
+    SECTION("bad log_level") {
+        require_error_at_marker(kListen + "[server]\nlog_level = \"verbose\" # <- here\n" + kTopology, "log_level must be one of");
+    }
+    SECTION("bad ro_balance") {
+        require_error_at_marker(kListen + "[routing]\nro_balance = \"random\" # <- here\n" + kTopology,
+                                "ro_balance must be");
+    }
+    SECTION("bad topology source") {
+        require_error_at_marker(kListen + "[topology]\nsource = \"etcd\" # <- here\n"
+                                          "[[topology.members]]\nname = \"pg1\"\nhost = \"h\"\nrole = \"primary\"\n",
+                                "topology source must be \"static\"");
+    }
+    SECTION("bad role") {
+        require_error_at_marker(kListen +
+                                    "[topology]\n[[topology.members]]\nname = \"pg1\"\nhost = \"h\"\n"
+                                    "role = \"leader\" # <- here\n",
+                                "role must be \"primary\" or \"replica\"");
+    }
+}
+
+TEST_CASE("config error: members", "[config]") {
+    SECTION("duplicate member name") {
+        require_error_at_marker(kListen + kTopology +
+                                    "[[topology.members]]\nname = \"pg1\" # <- here\nhost = \"10.0.0.2\"\nrole = \"replica\"\n",
+                                "duplicate member name 'pg1'");
+    }
+    SECTION("two primaries: the second primary's role is the offending line") {
+        require_error_at_marker(kListen + kTopology +
+                                    "[[topology.members]]\nname = \"pg2\"\nhost = \"10.0.0.2\"\nrole = \"primary\" # <- here\n",
+                                "at most one static member may have role \"primary\"");
+    }
+    SECTION("member without a host") {
+        require_error_at_marker(kListen + "[topology]\n[[topology.members]] # <- here\nname = \"pg1\"\nrole = \"primary\"\n",
+                                "has no host");
+    }
+    SECTION("missing members") {
+        require_error_at_marker(kListen + "[topology] # <- here\nsource = \"static\"\n", "needs [[topology.members]]");
+    }
+    SECTION("empty members array") {
+        require_error_at_marker(kListen + "[topology]\nmembers = [] # <- here\n", "non-empty array");
+    }
+}
+
+TEST_CASE("config error: listen addresses", "[config]") {
+    SECTION("IPv4 without port") {
+        require_error_at_marker("[listen]\nrw = \"127.0.0.1\" # <- here\n" + kTopology, "expected \"address:port\"");
+    }
+    SECTION("bracketed IPv6 without port") {
+        require_error_at_marker("[listen]\nrw = \"127.0.0.1:6432\"\nro = \"[::1]\" # <- here\n" + kTopology,
+                                "expected \"[address]:port\"");
+    }
+    SECTION("rw and ro on the same address: the second of the two is the offending line") {
+        require_error_at_marker("[listen]\nrw = \"127.0.0.1:6432\"\nro = \"127.0.0.1:6432\" # <- here\n" + kTopology,
+                                "rw and ro must not use the same address and port");
+    }
+}
+
+TEST_CASE("config error: neither listener set", "[config]") {
+    try {
+        parse_config("[listen]\n" + kTopology, "test.toml");
+        FAIL("parse_config accepted a config with no listener");
+    } catch (const ConfigError& e) {
+        CHECK_THAT(std::string(e.what()), Contains("[listen] must set rw and/or ro"));
+        CHECK(e.line == 1);
+        CHECK_THAT(e.describe(), StartsWith("test.toml:1:"));
+    }
+}
+
+TEST_CASE("config error: weights or exclude naming an unknown member", "[config]") {
+    SECTION("weights") {
+        require_error_at_marker(kListen + "[routing.weights]\npg1 = 2\npg9 = 2 # <- here\n" + kTopology,
+                                "[routing.weights] names unknown member 'pg9'");
+    }
+    SECTION("exclude") {
+        require_error_at_marker(kListen + "[routing]\nexclude = [\"pg9\"] # <- here\n" + kTopology,
+                                "[routing] exclude names unknown member 'pg9'");
+    }
+}
+
+TEST_CASE("config error: missing [topology] has no line to point at", "[config]") {
+    try {
+        parse_config(kListen + "[server]\nthreads = 2\n", "test.toml");
+        FAIL("parse_config accepted a config without [topology]");
+    } catch (const ConfigError& e) {
+        CHECK(e.file == "test.toml");
+        CHECK(e.line == 0);
+        CHECK_THAT(std::string(e.what()), Contains("missing [topology]"));
+        CHECK(e.describe() == "test.toml: " + std::string(e.what()));
+    }
+}
+
+TEST_CASE("config error: non-finite durations are rejected", "[config]") {
+    SECTION("TOML inf") {
+        require_error_at_marker(kListen + "[server]\nconnect_timeout = inf # <- here\n" + kTopology,
+                                "'connect_timeout' must be a duration");
+    }
+    SECTION("TOML nan") {
+        require_error_at_marker(kListen + "[server]\nconnect_timeout = nan # <- here\n" + kTopology,
+                                "'connect_timeout' must be a duration");
+    }
+    SECTION("string \"inf\"") {
+        require_error_at_marker(kListen + "[server]\nstartup_timeout = \"inf\" # <- here\n" + kTopology,
+                                "'startup_timeout' must be a duration");
+    }
+    SECTION("string \"nan\"") {
+        require_error_at_marker(kListen + "[server]\nstartup_timeout = \"nan\" # <- here\n" + kTopology,
+                                "'startup_timeout' must be a duration");
+    }
+}
+
+TEST_CASE("config: a huge duration is rejected or stays positive", "[config]") {
+    for (const char* value : {"1e300", "\"1e300s\"", "9.3e15"}) {
+        INFO("connect_timeout = " << value);
+        const std::string text = kListen + "[server]\nconnect_timeout = " + value + "\n" + kTopology;
+        try {
+            const pgrelay::Config c = parse_config(text, "test.toml");
+            CHECK(c.connect_timeout > 0ms);
+        } catch (const ConfigError& e) {
+            CHECK(e.line == 4);
+        }
+    }
+}
+
+TEST_CASE("ConfigError::describe formats file and line", "[config]") {
+    CHECK(ConfigError("a.toml", 12, "boom").describe() == "a.toml:12: boom");
+    CHECK(ConfigError("a.toml", 0, "boom").describe() == "a.toml: boom");
+}
+
+TEST_CASE("load_config on a missing file raises ConfigError", "[config]") {
+    try {
+        pgrelay::load_config("/nonexistent/pgrelay-test.toml");
+        FAIL("load_config accepted a missing file");
+    } catch (const ConfigError& e) {
+        CHECK(e.file == "/nonexistent/pgrelay-test.toml");
+        CHECK(e.line == 0);
+        CHECK_THAT(std::string(e.what()), Contains("cannot open"));
+    }
+}
+
+TEST_CASE("parse_duration accepts ms, s, m/min and plain seconds", "[config][duration]") {
+    std::chrono::milliseconds d{-1};
+    CHECK(pgrelay::parse_duration("250ms", d));
+    CHECK(d == 250ms);
+    CHECK(pgrelay::parse_duration("5s", d));
+    CHECK(d == 5s);
+    CHECK(pgrelay::parse_duration("2m", d));
+    CHECK(d == 120s);
+    CHECK(pgrelay::parse_duration("3min", d));
+    CHECK(d == 180s);
+    CHECK(pgrelay::parse_duration("7", d));
+    CHECK(d == 7s);
+    CHECK(pgrelay::parse_duration("1.5s", d));
+    CHECK(d == 1500ms);
+    CHECK(pgrelay::parse_duration("0.25", d));
+    CHECK(d == 250ms);
+    CHECK(pgrelay::parse_duration("0.5ms", d));  // rounds half up
+    CHECK(d == 1ms);
+    CHECK(pgrelay::parse_duration("0", d));
+    CHECK(d == 0ms);
+}
+
+TEST_CASE("parse_duration rejects anything else and leaves the output alone", "[config][duration]") {
+    for (const char* bad : {"", "5 parsecs", "5parsecs", "ms", "s", "-1s", "-5", "5h", "5sec", "5 s", "5S", "abc",
+                            "5msx", "5m5s"}) {
+        INFO("input \"" << bad << "\"");
+        std::chrono::milliseconds d{1234};
+        CHECK_FALSE(pgrelay::parse_duration(bad, d));
+        CHECK(d == 1234ms);
+    }
+}
+
+TEST_CASE("parse_duration rejects non-finite numbers", "[config][duration]") {
+    for (const char* bad : {"nan", "inf", "infinity", "infs", "nanms"}) {
+        INFO("input \"" << bad << "\"");
+        std::chrono::milliseconds d{1234};
+        CHECK_FALSE(pgrelay::parse_duration(bad, d));
+    }
+}
+
+TEST_CASE("parse_duration never yields a negative duration for huge inputs", "[config][duration]") {
+    for (const char* big : {"1e300", "1e300s", "1e300ms", "9.3e15"}) {
+        INFO("input \"" << big << "\"");
+        std::chrono::milliseconds d{1234};
+        if (pgrelay::parse_duration(big, d)) CHECK(d > 0ms);
+        else CHECK(d == 1234ms);
+    }
+}
