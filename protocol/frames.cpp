@@ -90,6 +90,7 @@ std::optional<ErrorFields> decode_error_fields(std::span<const uint8_t> body) no
 }
 
 std::optional<ParameterStatus> decode_parameter_status(std::span<const uint8_t> body) noexcept {
+    if (body.empty()) return std::nullopt;
     const char* base = reinterpret_cast<const char*>(body.data());
     const void* nul1 = std::memchr(base, 0, body.size());
     if (!nul1) return std::nullopt;

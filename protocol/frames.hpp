@@ -21,7 +21,7 @@ struct Frame {
     char type = 0;
     uint32_t length = 0;    // as on the wire: body + 4
     size_t offset = 0;      // of the type byte in the scanned buffer
-    bool complete = false;  // whole frame inside the buffer (always true for watched types)
+    bool complete = false;  // whole frame inside the buffer (always, for watched types within max_watched_length)
 
     size_t wire_size() const noexcept { return size_t(length) + 1; }
     // The body (after the length word); only meaningful when complete.

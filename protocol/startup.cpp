@@ -17,8 +17,10 @@ std::string_view to_string(StartupKind k) noexcept {
 }
 
 std::string_view StartupPacket::parameter(std::string_view name) const noexcept {
-    for (const auto& [k, v] : parameters)
-        if (k == name) return v;
+    // The last occurrence wins, as in postmaster.c (each one overwrites the
+    // previous): pgrelay must see the same user and database as the backend.
+    for (auto it = parameters.rbegin(); it != parameters.rend(); ++it)
+        if (it->first == name) return it->second;
     return {};
 }
 
