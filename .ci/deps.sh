@@ -7,9 +7,10 @@ PACKAGES=(
   # toolchain
   g++ cmake make pkg-config ccache
   # libraries
-  libboost1.81-dev libpq-dev libssl-dev libzookeeper-mt-dev libfmt-dev catch2 libtomlplusplus-dev
-  # real components for tests and the demo
-  postgresql-15 postgresql-client-15 python3
+  libboost1.81-dev libboost-json1.81-dev libpq-dev libssl-dev libzookeeper-mt-dev libfmt-dev catch2
+  libtomlplusplus-dev
+  # real components for tests and the demo: PostgreSQL, ZooKeeper (Java), Patroni
+  postgresql-15 postgresql-client-15 python3 zookeeper patroni python3-kazoo
 )
 
 missing=()

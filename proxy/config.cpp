@@ -208,7 +208,10 @@ public:
             fail(root["listen"]["ro"].node(), "[listen] rw and ro must not use the same address and port");
 
         if (const toml::table* r = table(root, "routing")) {
-            only_keys(*r, "[routing]", {"ro_fallback_to_primary", "ro_balance", "max_replica_lag", "weights", "exclude"});
+            only_keys(*r, "[routing]", {"ro_fallback_to_primary", "ro_balance", "max_replica_lag", "weights", "exclude",
+                                        "hold_timeout", "allow_standby_leader"});
+            c.hold_timeout = get_duration(*r, "hold_timeout", c.hold_timeout);
+            c.allow_standby_leader = get_bool(*r, "allow_standby_leader", false);
             c.routing.ro_fallback_to_primary = get_bool(*r, "ro_fallback_to_primary", true);
             const std::string bal = get_string(*r, "ro_balance", "round_robin");
             if (bal == "round_robin") c.routing.ro_balance = topology::Balance::RoundRobin;
@@ -228,14 +231,48 @@ public:
 
         const toml::table* t = table(root, "topology");
         if (!t) fail(nullptr, "missing [topology] section (source and members)");
-        only_keys(*t, "[topology]", {"source", "health_check_interval", "health_check_timeout", "members"});
+        only_keys(*t, "[topology]",
+                  {"source", "health_check_interval", "health_check_timeout", "members", "zookeeper", "probe"});
         c.topology_source = get_string(*t, "source", "static");
-        if (c.topology_source != "static")
-            fail(t->get("source"), "topology source must be \"static\", got \"" + c.topology_source + "\"");
+        if (c.topology_source != "static" && c.topology_source != "zookeeper")
+            fail(t->get("source"), "topology source must be \"static\" or \"zookeeper\", got \"" + c.topology_source + "\"");
         c.health_check_interval = get_duration(*t, "health_check_interval", c.health_check_interval);
         c.health_check_timeout = get_duration(*t, "health_check_timeout", c.health_check_timeout);
         if (c.health_check_interval.count() == 0) fail(t->get("health_check_interval"), "health_check_interval must be above 0");
         if (c.health_check_timeout.count() == 0) fail(t->get("health_check_timeout"), "health_check_timeout must be above 0");
+        if (const toml::table* p = table(*t, "probe")) {
+            only_keys(*p, "[topology.probe]", {"user", "password", "dbname", "interval", "connect_timeout"});
+            c.probe.user = get_string(*p, "user", c.probe.user);
+            c.probe.password = get_string(*p, "password", c.probe.password);
+            c.probe.dbname = get_string(*p, "dbname", c.probe.dbname);
+            c.probe.interval = get_duration(*p, "interval", c.probe.interval);
+            c.probe.connect_timeout = get_duration(*p, "connect_timeout", c.probe.connect_timeout);
+            if (c.probe.interval.count() == 0) fail(p->get("interval"), "probe interval must be above 0");
+            if (c.probe.connect_timeout.count() < 1000)
+                fail(p->get("connect_timeout"), "probe connect_timeout must be at least 1s (libpq's granularity)");
+        }
+        if (c.topology_source == "zookeeper") {
+            const toml::table* z = table(*t, "zookeeper");
+            if (!z) fail(t, "[topology] source \"zookeeper\" needs a [topology.zookeeper] section (hosts, scope)");
+            only_keys(*z, "[topology.zookeeper]", {"hosts", "namespace", "scope", "session_timeout"});
+            c.zookeeper.hosts = get_string(*z, "hosts", "");
+            if (c.zookeeper.hosts.empty()) fail(z, "[topology.zookeeper] hosts is required, e.g. \"zk1:2181,zk2:2181\"");
+            c.zookeeper.namespace_ = get_string(*z, "namespace", c.zookeeper.namespace_);
+            c.zookeeper.scope = get_string(*z, "scope", "");
+            if (c.zookeeper.scope.empty()) fail(z, "[topology.zookeeper] scope (Patroni's cluster name) is required");
+            // Patroni writes namespace "/service/"; accept it with or without slashes.
+            for (std::string* part : {&c.zookeeper.namespace_, &c.zookeeper.scope}) {
+                while (!part->empty() && part->front() == '/') part->erase(0, 1);
+                while (!part->empty() && part->back() == '/') part->pop_back();
+            }
+            c.zookeeper.session_timeout = get_duration(*z, "session_timeout", c.zookeeper.session_timeout);
+            if (c.zookeeper.session_timeout.count() < 1000)
+                fail(z->get("session_timeout"), "session_timeout must be at least 1s");
+            if (t->get("members")) fail(t->get("members"), "[[topology.members]] is only for source \"static\"");
+            c.routing.lag_aware = true;
+            return c;
+        }
+        if (t->get("zookeeper")) fail(t->get("zookeeper"), "[topology.zookeeper] is only for source \"zookeeper\"");
         load_members(*t, root.get_as<toml::table>("routing"), c);
         return c;
     }

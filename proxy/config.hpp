@@ -47,13 +47,33 @@ struct Config {
     uint32_t max_frame_size = 1u << 30;
 
     topology::RoutingOptions routing;
+    // How long a new connection waits for a primary (rw) or for a first
+    // topology (both ports) before it gets 57P03. 0 = refuse at once.
+    std::chrono::milliseconds hold_timeout{30000};
+    bool allow_standby_leader = false;
     std::map<std::string, uint32_t> weights;  // member name -> weight
     std::vector<std::string> exclude;         // member names never routed to
 
-    std::string topology_source = "static";
+    std::string topology_source = "static";  // "static" or "zookeeper"
     std::vector<topology::Member> static_members;
     std::chrono::milliseconds health_check_interval{1000};
     std::chrono::milliseconds health_check_timeout{1000};
+
+    struct ZooKeeper {
+        std::string hosts;                 // "h1:2181,h2:2181[/chroot]"
+        std::string namespace_ = "service";  // Patroni's namespace
+        std::string scope;                 // Patroni's scope (cluster name)
+        std::chrono::milliseconds session_timeout{10000};
+        std::string base() const { return "/" + namespace_ + "/" + scope; }
+    } zookeeper;
+
+    struct Probe {
+        std::string user = "postgres";
+        std::string password;
+        std::string dbname = "postgres";
+        std::chrono::milliseconds interval{1000};
+        std::chrono::milliseconds connect_timeout{2000};
+    } probe;
 
     unsigned effective_threads() const noexcept;
 };

@@ -35,8 +35,9 @@ RouteDecision Router::route(PortRole role, const topology::Topology* t) {
                 conns.push_back(it == open_.end() ? 0 : it->second);
             }
         }
-        for (size_t i : topology::ro_candidates(*t, opts_, rr, conns.empty() ? nullptr : &conns))
-            d.candidates.push_back(to_target(t->members[i]));
+        const auto idx = topology::ro_candidates(*t, opts_, rr, conns.empty() ? nullptr : &conns);
+        for (size_t i : idx) d.candidates.push_back(to_target(t->members[i]));
+        d.primary_last = !idx.empty() && t->primary && idx.back() == *t->primary;
     }
     if (d.candidates.empty()) {
         d.sqlstate = "57P03";

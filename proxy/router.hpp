@@ -23,6 +23,7 @@ struct Target {
 
 struct RouteDecision {
     std::vector<Target> candidates;  // try in order; empty -> refuse with sqlstate/message
+    bool primary_last = false;       // ro: the last candidate is the primary (fallback)
     const char* sqlstate = "";
     std::string message;
 };

@@ -17,6 +17,7 @@
 #include "proxy/router.hpp"
 #include "proxy/session.hpp"
 #include "topology/static_source.hpp"
+#include "topology/zk_source.hpp"
 
 namespace pgrelay {
 
@@ -44,8 +45,11 @@ struct Worker {
     std::vector<std::pair<tcp::acceptor, PortRole>> acceptors;
     std::thread thread;
 
-    Worker(std::shared_ptr<const Config> cfg, const topology::SnapshotHub& hub, Router& router, CancelRegistry& cancels)
-        : shared{std::move(cfg), topology::SnapshotHub::Reader(hub), &router, &cancels} {}
+    Worker(std::shared_ptr<const Config> cfg, const topology::SnapshotHub& hub, Router& router, CancelRegistry& cancels,
+           std::atomic<int>& held)
+        : shared{std::move(cfg), topology::SnapshotHub::Reader(hub), &router, &cancels, &held, {}, nullptr} {
+        shared.topology_changed = std::make_unique<asio::steady_timer>(ctx, asio::steady_timer::time_point::max());
+    }
 
     asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, PortRole role) {
         asio::steady_timer backoff(ctx);
@@ -72,6 +76,7 @@ struct Server::Impl {
     topology::SnapshotHub hub;
     Router router;
     CancelRegistry cancels;
+    std::atomic<int> held{0};
     asio::io_context control{1};
     std::unique_ptr<topology::Source> source;
     std::vector<std::unique_ptr<Worker>> workers;
@@ -86,15 +91,32 @@ int Server::run() {
     Impl& s = *impl_;
     const Config& cfg = *s.config;
 
-    topology::StaticSourceOptions so;
-    so.members = cfg.static_members;
-    so.interval = cfg.health_check_interval;
-    so.timeout = cfg.health_check_timeout;
-    s.source = std::make_unique<topology::StaticSource>(s.control, s.hub, std::move(so));
+    if (cfg.topology_source == "zookeeper") {
+        topology::ZkSourceOptions zo;
+        zo.hosts = cfg.zookeeper.hosts;
+        zo.base = cfg.zookeeper.base();
+        zo.session_timeout = cfg.zookeeper.session_timeout;
+        zo.build.weights = cfg.weights;
+        zo.build.exclude = cfg.exclude;
+        zo.build.allow_standby_leader = cfg.allow_standby_leader;
+        zo.probe.user = cfg.probe.user;
+        zo.probe.password = cfg.probe.password;
+        zo.probe.dbname = cfg.probe.dbname;
+        zo.probe.interval = cfg.probe.interval;
+        zo.probe.connect_timeout = cfg.probe.connect_timeout;
+        s.source = std::make_unique<topology::ZkSource>(s.control, s.hub, std::move(zo));
+        log::info("topology: following Patroni in ZooKeeper {} at {}", cfg.zookeeper.hosts, cfg.zookeeper.base());
+    } else {
+        topology::StaticSourceOptions so;
+        so.members = cfg.static_members;
+        so.interval = cfg.health_check_interval;
+        so.timeout = cfg.health_check_timeout;
+        s.source = std::make_unique<topology::StaticSource>(s.control, s.hub, std::move(so));
+    }
 
     const unsigned n = cfg.effective_threads();
     for (unsigned i = 0; i < n; ++i) {
-        auto w = std::make_unique<Worker>(s.config, s.hub, s.router, s.cancels);
+        auto w = std::make_unique<Worker>(s.config, s.hub, s.router, s.cancels, s.held);
         for (const ListenConfig* l : {&cfg.rw, &cfg.ro}) {
             if (!l->enabled) continue;
             try {
@@ -107,7 +129,15 @@ int Server::run() {
         s.workers.push_back(std::move(w));
     }
 
-    s.source->start();  // publishes the first snapshot before any accept
+    // Every new snapshot reaches each worker on its own thread: held
+    // connections re-route, sessions on a member that lost its role end.
+    s.hub.on_change([&s](const topology::TopologyPtr&, const topology::TopologyPtr& after) {
+        for (auto& w : s.workers) {
+            Worker* wp = w.get();
+            asio::post(wp->ctx, [wp, after] { apply_topology_change(wp->shared, *after); });
+        }
+    });
+    s.source->start();  // the static source publishes its first snapshot before any accept
 
     for (auto& w : s.workers)
         for (auto& [acc, role] : w->acceptors) asio::co_spawn(w->ctx, w->accept_loop(acc, role), asio::detached);

@@ -46,21 +46,35 @@ void tune_socket(tcp::socket& s) {
     s.set_option(asio::socket_base::keep_alive(true), ec);
 }
 
-class Session {
+class Session final : public SessionHandle {
 public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
-        : client_(std::move(client)), backend_(client_.get_executor()), role_(role), shared_(shared),
-          cfg_(shared.config), peer_(endpoint_string(client_)), started_(steady_clock::now()) {}
+        : client_(std::move(client)), backend_(client_.get_executor()), kill_(client_.get_executor()), shared_(shared),
+          cfg_(shared.config), peer_(endpoint_string(client_)), started_(steady_clock::now()) {
+        this->role = role;
+        kill_.expires_at(steady_clock::time_point::max());
+    }
 
     ~Session() {
         if (proxy_key_) shared_.cancels->remove(*proxy_key_);
         if (counted_) shared_.router->closed(target_.member);
+        if (registered_) shared_.sessions.erase(self_);
+    }
+
+    void terminate(const char* sqlstate, std::string message) override {
+        if (end_sqlstate_) return;
+        end_sqlstate_ = sqlstate;
+        end_message_ = std::move(message);
+        log::info("[{}] client={} backend {}: {}", role_name(), peer_, target_.member, end_message_);
+        // Never cut a write to the client midway: the relay stops after it.
+        if (down_writing_) terminate_pending_ = true;
+        else kill_.cancel();
     }
 
     asio::awaitable<void> run();
 
 private:
-    const char* role_name() const { return to_string(role_); }
+    const char* role_name() const { return to_string(role); }
     asio::awaitable<bool> startup(std::string& startup_bytes, protocol::StartupPacket& packet);
     asio::awaitable<bool> connect_backend(const protocol::StartupPacket& packet);
     asio::awaitable<void> relay_client_to_backend();
@@ -69,9 +83,14 @@ private:
     asio::awaitable<void> send_error(const char* sqlstate, const std::string& message, const std::string& hint = {});
     asio::awaitable<bool> connect_with_timeout(tcp::socket& sock, const Target& t, boost::system::error_code& ec);
 
+    asio::awaitable<void> wait_for_kill();
+
     tcp::socket client_;
     tcp::socket backend_;
-    PortRole role_;
+    asio::steady_timer kill_;  // cancelled by terminate() to stop the relay
+    bool registered_ = false;
+    std::list<SessionHandle*>::iterator self_;
+    bool terminate_pending_ = false;
     WorkerShared& shared_;
     std::shared_ptr<const Config> cfg_;
     std::string peer_;
@@ -220,8 +239,38 @@ asio::awaitable<void> Session::forward_cancel(protocol::CancelKey key) {
 }
 
 asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& packet) {
-    const auto& topo = shared_.topology.current();
-    RouteDecision d = shared_.router->route(role_, topo.get());
+    // While there is no primary (rw) or no topology yet (both ports), hold the
+    // connection instead of refusing it: a switchover's leaderless window is
+    // seconds, and a client that waits them out never sees an error.
+    const auto hold_until = steady_clock::now() + cfg_->hold_timeout;
+    bool held = false;
+    RouteDecision d;
+    for (;;) {
+        const auto& topo = shared_.topology.current();
+        d = shared_.router->route(role, topo.get());
+        if (!d.candidates.empty()) break;
+        const bool holdable = (role == PortRole::ReadWrite || !topo) && cfg_->hold_timeout.count() > 0;
+        if (!holdable || steady_clock::now() >= hold_until) break;
+        if (!held) {
+            held = true;
+            const int n = shared_.held->fetch_add(1) + 1;
+            log::info("[{}] client={} user={} held: {} ({} connection{} held)", role_name(), peer_,
+                      packet.parameter("user"), d.message, n, n == 1 ? "" : "s");
+        }
+        asio::steady_timer deadline(client_.get_executor(), hold_until);
+        co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple));
+    }
+    if (held) {
+        shared_.held->fetch_sub(1);
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            steady_clock::now() - (hold_until - cfg_->hold_timeout))
+                            .count();
+        if (d.candidates.empty())
+            d.message += " (held " + std::to_string(ms) + " ms, hold_timeout reached)";
+        else
+            log::info("[{}] client={} released after {} ms: routing to {}", role_name(), peer_, ms,
+                      d.candidates.front().member);
+    }
     if (d.candidates.empty()) {
         log::warn("[{}] client={} user={} refused: {}", role_name(), peer_, packet.parameter("user"), d.message);
         co_await send_error(d.sqlstate, d.message, "Retry later; the cluster has no member that can serve this port.");
@@ -234,7 +283,9 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
         if (co_await connect_with_timeout(sock, t, ec)) {
             backend_ = std::move(sock);
             target_ = t;
-            if (role_ == PortRole::ReadOnly) {
+            member = t.member;
+            fallback = role == PortRole::ReadOnly && &t == &d.candidates.back() && d.primary_last;
+            if (role == PortRole::ReadOnly) {
                 shared_.router->opened(t.member);
                 counted_ = true;
             }
@@ -245,7 +296,7 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
         if (!failures.empty()) failures += "; ";
         failures += t.member + " (" + t.address() + "): " + ec.message();
     }
-    const std::string what = role_ == PortRole::ReadWrite ? "primary" : "backend";
+    const std::string what = role == PortRole::ReadWrite ? "primary" : "backend";
     co_await send_error("08006", std::string("pgrelay ") + role_name() + ": could not connect to " + what + " " + failures,
                         "The database server may be down or restarting; retry shortly.");
     co_return false;
@@ -345,10 +396,15 @@ asio::awaitable<void> Session::relay_backend_to_client() {
                 co_return;
             }
             bytes_down_ += pos;
+            if (terminate_pending_) co_return;
         }
         std::memmove(buf.get(), buf.get() + pos, len - pos);
         len -= pos;
     }
+}
+
+asio::awaitable<void> Session::wait_for_kill() {
+    co_await kill_.async_wait(use_tuple);
 }
 
 asio::awaitable<void> Session::run() {
@@ -369,7 +425,9 @@ asio::awaitable<void> Session::run() {
     log::info("[{}] client={} user={} db={} -> backend {} ({}) connected", role_name(), peer_, user, db,
               target_.member, target_.address());
 
-    co_await (relay_client_to_backend() || relay_backend_to_client());
+    self_ = shared_.sessions.insert(shared_.sessions.end(), this);
+    registered_ = true;
+    co_await (relay_client_to_backend() || relay_backend_to_client() || wait_for_kill());
 
     if (down_writing_) down_dirty_ = true;  // cancelled mid-write: the client stream is cut inside a frame
     const bool can_tell_client = !client_closed_ && !down_dirty_ && down_scanner_.at_boundary();
@@ -392,6 +450,31 @@ asio::awaitable<void> Session::run() {
 }
 
 }  // namespace
+
+void apply_topology_change(WorkerShared& shared, const topology::Topology& after) {
+    shared.topology_changed->cancel();
+    // terminate() may not remove from the list (the session erases itself on
+    // destruction, later), so iterating here is safe.
+    for (SessionHandle* s : shared.sessions) {
+        if (s->role == PortRole::ReadWrite) {
+            if (after.leader == s->member) continue;
+            s->terminate("57P01", "pgrelay rw: terminating connection because the primary moved from " + s->member +
+                                      " to " + (after.leader.empty() ? std::string("(none yet)") : after.leader) +
+                                      "; reconnect to reach the new primary");
+            continue;
+        }
+        const topology::Member* m = after.find(s->member);
+        std::string why;
+        if (!m) why = "left the cluster";
+        else if (m->state != topology::State::Running) why = "is " + std::string(topology::to_string(m->state));
+        else if (m->excluded) why = "was excluded in config";
+        else if (!s->fallback && m->role != topology::Role::Replica) why = "is no longer a replica";
+        else if (!s->fallback && m->has_tag("noloadbalance")) why = "was tagged noloadbalance";
+        if (why.empty()) continue;
+        s->terminate("57P01", "pgrelay ro: terminating connection because " + s->member + " " + why +
+                                  "; reconnect to reach another replica");
+    }
+}
 
 asio::awaitable<void> run_session(tcp::socket client, PortRole role, WorkerShared& shared) {
     try {

@@ -5,7 +5,11 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <atomic>
+#include <list>
 #include <memory>
+#include <string>
 
 #include "proxy/cancel_registry.hpp"
 #include "proxy/config.hpp"
@@ -14,13 +18,37 @@
 
 namespace pgrelay {
 
+// What the worker may do to a relaying session (same thread only).
+class SessionHandle {
+public:
+    PortRole role = PortRole::ReadWrite;
+    std::string member;     // backend member the session relays to
+    bool fallback = false;  // an ro session that fell back to the primary
+    // Ends the session with a FATAL ErrorResponse (sent only at a message
+    // boundary of the client stream) and closes both sides.
+    virtual void terminate(const char* sqlstate, std::string message) = 0;
+
+protected:
+    ~SessionHandle() = default;
+};
+
 // What every session on one worker thread shares. Owned by the worker.
 struct WorkerShared {
     std::shared_ptr<const Config> config;
     topology::SnapshotHub::Reader topology;
     Router* router;
     CancelRegistry* cancels;
+    std::atomic<int>* held;                       // connections waiting for a primary, all threads
+    std::list<SessionHandle*> sessions;           // relaying sessions on this thread
+    std::unique_ptr<boost::asio::steady_timer> topology_changed;  // never expires; cancel() wakes waiters
 };
+
+// Runs on the worker thread after a new snapshot: wakes held connections and
+// ends sessions whose backend lost its role -- rw sessions not on the member
+// holding the leader key, ro sessions on a member that vanished, stopped
+// running, stopped being a replica, got noloadbalance or was excluded. A
+// replica that merely lags keeps its sessions (it gets no new ones).
+void apply_topology_change(WorkerShared& shared, const topology::Topology& after);
 
 // Accepted socket in, returns when the connection is over. Never throws.
 boost::asio::awaitable<void> run_session(boost::asio::ip::tcp::socket client, PortRole role, WorkerShared& shared);

@@ -82,6 +82,7 @@ std::shared_ptr<Topology> StaticSource::initial_snapshot(const std::vector<Membe
     t->members = members;
     for (size_t i = 0; i < t->members.size(); ++i) {
         t->members[i].state = State::Running;
+        if (t->members[i].role == Role::Primary) t->leader = t->members[i].name;
         if (t->members[i].role == Role::Primary && !t->members[i].excluded) t->primary = i;
     }
     if (!t->primary) t->primary_reason = "no primary in the static member list";

@@ -41,6 +41,8 @@ struct Topology {
     std::string source;                   // "static", "zookeeper", ...
     std::vector<Member> members;
     std::optional<size_t> primary;        // index into members: the member allowed to take writes
+    std::string leader;                   // who holds the write authority (Patroni's leader key, or the
+                                          // static primary), even before it can take writes
     std::string primary_reason;           // why there is no primary, when there is none
 
     const Member* primary_member() const noexcept {

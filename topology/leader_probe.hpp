@@ -1,0 +1,58 @@
+// LeaderProbe: asks the leader's PostgreSQL itself whether it takes writes
+// (`SELECT pg_is_in_recovery()` over libpq). Patroni marks a new leader's
+// member znode `master` about a second after the node is writable; the probe
+// closes that gap, and notices when the leader's PostgreSQL refuses connections.
+// Runs on its own thread: libpq calls block, and nothing here may block the
+// proxy or control threads.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "topology/patroni.hpp"
+
+namespace pgrelay::topology {
+
+struct ProbeOptions {
+    std::string user = "postgres";
+    std::string password;
+    std::string dbname = "postgres";
+    std::chrono::milliseconds interval{1000};     // steady-state check of the current leader
+    std::chrono::milliseconds fast_interval{10};  // retry period right after a leader change
+    std::chrono::milliseconds fast_window{30000}; // how long fast retries last at most
+    std::chrono::milliseconds connect_timeout{2000};
+};
+
+// Flow: set_target() whenever the leader key names a member (or clear_target()
+// when there is none); `report` is called from the probe thread with every
+// verdict that differs from the previous one for that target, and once per
+// target change. stop() (or the destructor) joins the thread.
+class LeaderProbe {
+public:
+    using Report = std::function<void(const std::string& member, patroni::ProbeStatus status, const std::string& detail)>;
+    LeaderProbe(ProbeOptions opts, Report report);
+    ~LeaderProbe();
+    void set_target(const std::string& member, const std::string& host, uint16_t port);
+    void clear_target();
+    void stop();
+
+private:
+    void run();
+
+    ProbeOptions opts_;
+    Report report_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool stop_ = false;
+    uint64_t generation_ = 0;
+    std::string member_, host_;
+    uint16_t port_ = 0;
+    std::thread thread_;
+};
+
+}  // namespace pgrelay::topology

@@ -1,0 +1,207 @@
+// Patroni znode parsing and topology building (patroni.hpp), with Boost.JSON.
+#include "topology/patroni.hpp"
+
+#include <algorithm>
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+#include <charconv>
+
+namespace pgrelay::topology::patroni {
+
+namespace json = boost::json;
+
+namespace {
+
+std::optional<uint64_t> as_u64(const json::value* v) {
+    if (!v) return std::nullopt;
+    if (v->is_uint64()) return v->get_uint64();
+    if (v->is_int64() && v->get_int64() >= 0) return static_cast<uint64_t>(v->get_int64());
+    if (v->is_double() && v->get_double() >= 0 && v->get_double() < 1.8e19) return static_cast<uint64_t>(v->get_double());
+    return std::nullopt;
+}
+
+std::optional<json::value> parse_json(std::string_view text) {
+    boost::system::error_code ec;
+    json::value v = json::parse(text, ec);
+    if (ec) return std::nullopt;
+    return v;
+}
+
+// Patroni writes true tags as JSON true; custom tags may be strings or numbers.
+bool tag_is_set(const json::value& v) {
+    if (v.is_bool()) return v.get_bool();
+    if (v.is_string()) {
+        const auto& s = v.get_string();
+        return !(s == "false" || s == "False" || s == "0" || s.empty());
+    }
+    if (v.is_null()) return false;
+    if (v.is_int64()) return v.get_int64() != 0;
+    if (v.is_uint64()) return v.get_uint64() != 0;
+    return true;
+}
+
+}  // namespace
+
+Role parse_role(std::string_view r) noexcept {
+    if (r == "master" || r == "primary") return Role::Primary;
+    if (r == "replica") return Role::Replica;
+    if (r == "standby_leader") return Role::StandbyLeader;
+    return Role::Other;  // promoted, demoted, uninitialized, ...
+}
+
+State parse_state(std::string_view s) noexcept {
+    if (s == "running") return State::Running;
+    if (s == "starting") return State::Starting;
+    if (s == "stopped" || s == "stopping" || s == "crashed" || s == "start failed" || s == "stop failed")
+        return State::Stopped;
+    return State::Other;  // "creating replica", "restarting", ...
+}
+
+std::string_view to_string(ProbeStatus s) noexcept {
+    switch (s) {
+        case ProbeStatus::Unknown: return "unknown";
+        case ProbeStatus::Writable: return "writable";
+        case ProbeStatus::InRecovery: return "in recovery";
+        case ProbeStatus::Unreachable: return "unreachable";
+    }
+    return "?";
+}
+
+bool parse_conn_url(std::string_view url, std::string& host, uint16_t& port) {
+    for (std::string_view scheme : {"postgres://", "postgresql://"}) {
+        if (url.substr(0, scheme.size()) == scheme) {
+            url.remove_prefix(scheme.size());
+            goto have_scheme;
+        }
+    }
+    return false;
+have_scheme:
+    url = url.substr(0, url.find_first_of("/?"));
+    if (auto at = url.rfind('@'); at != std::string_view::npos) url.remove_prefix(at + 1);
+    std::string_view h, p;
+    if (!url.empty() && url[0] == '[') {
+        const auto close = url.find(']');
+        if (close == std::string_view::npos) return false;
+        h = url.substr(1, close - 1);
+        if (close + 1 < url.size()) {
+            if (url[close + 1] != ':') return false;
+            p = url.substr(close + 2);
+        }
+    } else {
+        const auto colon = url.find(':');
+        h = url.substr(0, colon);
+        if (colon != std::string_view::npos) p = url.substr(colon + 1);
+    }
+    if (h.empty()) return false;
+    unsigned v = 5432;
+    if (!p.empty()) {
+        auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
+        if (ec != std::errc() || end != p.data() + p.size() || v == 0 || v > 65535) return false;
+    }
+    host.assign(h);
+    port = static_cast<uint16_t>(v);
+    return true;
+}
+
+std::optional<MemberInfo> parse_member(std::string_view name, std::string_view text, std::string& error) {
+    auto v = parse_json(text);
+    if (!v || !v->is_object()) {
+        error = "member " + std::string(name) + ": znode is not a JSON object";
+        return std::nullopt;
+    }
+    const json::object& o = v->get_object();
+    MemberInfo m;
+    m.name = name;
+    const json::value* url = o.if_contains("conn_url");
+    if (!url || !url->is_string() || !parse_conn_url(std::string_view(url->get_string()), m.host, m.port)) {
+        error = "member " + std::string(name) + ": missing or invalid conn_url";
+        return std::nullopt;
+    }
+    if (const json::value* r = o.if_contains("role"); r && r->is_string()) {
+        m.role_text = std::string(r->get_string());
+        m.role = parse_role(m.role_text);
+    }
+    if (const json::value* s = o.if_contains("state"); s && s->is_string()) {
+        m.state_text = std::string(s->get_string());
+        m.state = parse_state(m.state_text);
+    }
+    m.xlog_location = as_u64(o.if_contains("xlog_location"));
+    m.timeline = as_u64(o.if_contains("timeline"));
+    if (const json::value* t = o.if_contains("tags"); t && t->is_object())
+        for (const auto& [k, tv] : t->get_object())
+            if (tag_is_set(tv)) m.tags.emplace_back(k);
+    std::sort(m.tags.begin(), m.tags.end());
+    return m;
+}
+
+std::optional<uint64_t> parse_status_optime(std::string_view text) {
+    auto v = parse_json(text);
+    if (!v || !v->is_object()) return std::nullopt;
+    return as_u64(v->get_object().if_contains("optime"));
+}
+
+std::optional<uint64_t> parse_legacy_optime(std::string_view text) {
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+    uint64_t v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc() || end != text.data() + text.size() || text.empty()) return std::nullopt;
+    return v;
+}
+
+std::optional<std::string> parse_sync_standby(std::string_view text) {
+    auto v = parse_json(text);
+    if (!v || !v->is_object()) return std::nullopt;
+    const json::value* s = v->get_object().if_contains("sync_standby");
+    if (!s || !s->is_string()) return std::nullopt;
+    return std::string(s->get_string());
+}
+
+std::shared_ptr<Topology> build_topology(const ClusterState& s, const BuildOptions& o, const std::string& probe_member,
+                                         ProbeStatus probe) {
+    auto t = std::make_shared<Topology>();
+    t->source = "zookeeper";
+    if (s.leader) t->leader = *s.leader;
+    for (const auto& [name, mi] : s.members) {
+        Member m;
+        m.name = name;
+        m.host = mi.host;
+        m.port = mi.port;
+        m.role = mi.role;
+        m.state = mi.state;
+        m.tags = mi.tags;
+        if (s.optime && mi.xlog_location)
+            m.lag_bytes = *s.optime > *mi.xlog_location ? *s.optime - *mi.xlog_location : 0;
+        if (auto w = o.weights.find(name); w != o.weights.end()) m.weight = w->second;
+        m.excluded = std::find(o.exclude.begin(), o.exclude.end(), name) != o.exclude.end();
+        t->members.push_back(std::move(m));
+    }
+    if (!s.leader) {
+        t->primary_reason = "no leader key: Patroni has no leader (failover or switchover in progress)";
+        return t;
+    }
+    size_t idx = t->members.size();
+    for (size_t i = 0; i < t->members.size(); ++i)
+        if (t->members[i].name == *s.leader) idx = i;
+    if (idx == t->members.size()) {
+        t->primary_reason = "leader " + *s.leader + " has no member znode";
+        return t;
+    }
+    const Member& m = t->members[idx];
+    const bool probed = probe_member == *s.leader;
+    if (m.excluded) {
+        t->primary_reason = "leader " + m.name + " is excluded in config";
+    } else if (probed && probe == ProbeStatus::Unreachable) {
+        t->primary_reason = "leader " + m.name + "'s PostgreSQL refuses connections";
+    } else if ((probed && probe == ProbeStatus::Writable) ||
+               (m.state == State::Running &&
+                (m.role == Role::Primary || (m.role == Role::StandbyLeader && o.allow_standby_leader)))) {
+        t->primary = idx;
+    } else {
+        t->primary_reason = "leader " + m.name + " is not writable yet (role " + std::string(to_string(m.role)) +
+                            ", state " + std::string(to_string(m.state)) +
+                            (probed ? ", probe: " + std::string(to_string(probe)) : std::string()) + ")";
+    }
+    return t;
+}
+
+}  // namespace pgrelay::topology::patroni

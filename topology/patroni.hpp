@@ -1,0 +1,79 @@
+// Patroni's cluster state as stored in ZooKeeper, and the pure function that
+// turns it into a Topology. Layout (Patroni 3.0, base /<namespace>/<scope>):
+//   leader          ephemeral, plain text: the leader member's name
+//   members/<name>  ephemeral, JSON: conn_url, role, state, xlog_location, tags...
+//   status          {"optime": <leader WAL position>, "slots": {...}}
+//   optime/leader   legacy clusters: the leader WAL position as a decimal string
+//   sync            {"leader": ..., "sync_standby": ...}
+// No I/O here: parsers take znode contents, unit-tested on recorded data.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "topology/topology.hpp"
+
+namespace pgrelay::topology::patroni {
+
+struct MemberInfo {
+    std::string name;
+    std::string host;
+    uint16_t port = 0;
+    Role role = Role::Other;
+    std::string role_text;  // as Patroni wrote it ("master", "replica", "promoted", ...)
+    State state = State::Other;
+    std::string state_text;  // as Patroni wrote it ("running", "creating replica", ...)
+    std::optional<uint64_t> xlog_location;
+    std::optional<uint64_t> timeline;
+    std::vector<std::string> tags;  // tags whose value is true (or a non-false string)
+};
+
+// Parses members/<name>. On garbage returns nullopt with `error` set; the
+// caller logs it and treats the member as absent.
+std::optional<MemberInfo> parse_member(std::string_view name, std::string_view json, std::string& error);
+
+// "postgres://host:port/db" (also postgresql://, user@host, [v6]:port,
+// default port 5432).
+bool parse_conn_url(std::string_view url, std::string& host, uint16_t& port);
+
+// The leader's WAL position from `status` ({"optime": N}); nullopt if absent.
+std::optional<uint64_t> parse_status_optime(std::string_view json);
+// Legacy `optime/leader`: a decimal string.
+std::optional<uint64_t> parse_legacy_optime(std::string_view text);
+// `sync`'s sync_standby, if any.
+std::optional<std::string> parse_sync_standby(std::string_view json);
+
+Role parse_role(std::string_view role) noexcept;
+State parse_state(std::string_view state) noexcept;
+
+// What pgrelay's libpq probe last saw of the leader's PostgreSQL.
+enum class ProbeStatus { Unknown, Writable, InRecovery, Unreachable };
+std::string_view to_string(ProbeStatus s) noexcept;
+
+struct ClusterState {
+    std::optional<std::string> leader;         // content of `leader`
+    std::map<std::string, MemberInfo> members;  // parsed members/<name>
+    std::optional<uint64_t> optime;             // status.optime or legacy optime/leader
+    std::optional<std::string> sync_standby;
+};
+
+struct BuildOptions {
+    std::map<std::string, uint32_t> weights;
+    std::vector<std::string> exclude;
+    bool allow_standby_leader = false;
+};
+
+// The routing snapshot. `probe` is the probe's verdict on `probe_member`
+// (ignored when that is not the current leader). The leader takes writes when
+// the probe saw it writable, or its member znode says running + master/primary
+// (standby_leader only if allowed) -- and never while the probe finds its
+// PostgreSQL unreachable.
+std::shared_ptr<Topology> build_topology(const ClusterState& s, const BuildOptions& o,
+                                         const std::string& probe_member, ProbeStatus probe);
+
+}  // namespace pgrelay::topology::patroni

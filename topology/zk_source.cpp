@@ -1,0 +1,405 @@
+// ZkSource (zk_source.hpp). The ZooKeeper header stays in this file: it
+// declares a global `struct buffer` that clashes with asio::buffer.
+#include "topology/zk_source.hpp"
+
+#include <zookeeper/zookeeper.h>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cstdio>
+#include <cstring>
+#include <set>
+#include <sstream>
+
+#include "proxy/log.hpp"
+
+namespace pgrelay::topology {
+
+namespace asio = boost::asio;
+using std::chrono::steady_clock;
+
+namespace {
+// Ties a ZooKeeper handle's callbacks to the source. Lives until after
+// zookeeper_close(), which delivers every outstanding completion first.
+struct HandleCtx {
+    std::weak_ptr<ZkSource::Impl> impl;
+    uint64_t generation;
+};
+struct Request {
+    HandleCtx* handle;
+    std::string path;
+};
+}  // namespace
+
+struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
+    asio::io_context& ctx;
+    SnapshotHub& hub;
+    ZkSourceOptions opts;
+    std::string leader_path, members_path, status_path, legacy_optime_path, sync_path;
+
+    zhandle_t* zh = nullptr;
+    std::unique_ptr<HandleCtx> handle;
+    uint64_t generation = 0;
+    bool stopped = false;
+    bool connected = false;
+    bool ever_connected = false;
+    std::chrono::milliseconds backoff{500};
+    asio::steady_timer retry_timer;
+    asio::steady_timer unreachable_timer;
+
+    patroni::ClusterState state;
+    std::optional<uint64_t> status_optime, legacy_optime;
+    int pending = 0;          // reads in flight
+    bool loaded = false;      // first complete read done: publishing allowed
+    std::string last_summary;
+    std::string last_primary;  // name of the member rw routed to in the last snapshot
+    std::optional<steady_clock::time_point> leader_event_at;
+
+    std::string probe_member;
+    patroni::ProbeStatus probe_status = patroni::ProbeStatus::Unknown;
+    std::unique_ptr<LeaderProbe> probe;
+
+    Impl(asio::io_context& c, SnapshotHub& h, ZkSourceOptions o)
+        : ctx(c), hub(h), opts(std::move(o)), retry_timer(c), unreachable_timer(c) {
+        leader_path = opts.base + "/leader";
+        members_path = opts.base + "/members";
+        status_path = opts.base + "/status";
+        legacy_optime_path = opts.base + "/optime/leader";
+        sync_path = opts.base + "/sync";
+    }
+
+    // ---- ZooKeeper C callbacks: ZooKeeper's threads, copy and post only ----
+
+    static void on_watch(zhandle_t*, int type, int zstate, const char* path, void* wctx) {
+        auto* h = static_cast<HandleCtx*>(wctx);
+        auto impl = h->impl.lock();
+        if (!impl) return;
+        const auto now = steady_clock::now();
+        asio::post(impl->ctx, [impl, gen = h->generation, type, zstate, p = std::string(path ? path : ""), now] {
+            impl->watch_event(gen, type, zstate, p, now);
+        });
+    }
+
+    static void on_data(int rc, const char* value, int len, const struct Stat*, const void* data) {
+        std::unique_ptr<Request> req(static_cast<Request*>(const_cast<void*>(data)));
+        auto impl = req->handle->impl.lock();
+        if (!impl) return;
+        std::string v = value && len > 0 ? std::string(value, size_t(len)) : std::string();
+        asio::post(impl->ctx, [impl, gen = req->handle->generation, rc, p = req->path, v = std::move(v)] {
+            impl->data_done(gen, rc, p, v);
+        });
+    }
+
+    static void on_exists(int rc, const struct Stat*, const void* data) {
+        std::unique_ptr<Request> req(static_cast<Request*>(const_cast<void*>(data)));
+        auto impl = req->handle->impl.lock();
+        if (!impl) return;
+        asio::post(impl->ctx, [impl, gen = req->handle->generation, rc, p = req->path] { impl->exists_done(gen, rc, p); });
+    }
+
+    static void on_children(int rc, const struct String_vector* strings, const void* data) {
+        std::unique_ptr<Request> req(static_cast<Request*>(const_cast<void*>(data)));
+        auto impl = req->handle->impl.lock();
+        if (!impl) return;
+        std::vector<std::string> names;
+        if (rc == ZOK && strings)
+            for (int i = 0; i < strings->count; ++i) names.emplace_back(strings->data[i]);
+        asio::post(impl->ctx, [impl, gen = req->handle->generation, rc, names = std::move(names)] {
+            impl->children_done(gen, rc, names);
+        });
+    }
+
+    // ---- control thread ----
+
+    void open() {
+        if (stopped) return;
+        ++generation;
+        handle = std::make_unique<HandleCtx>(HandleCtx{weak_from_this(), generation});
+        zh = zookeeper_init(opts.hosts.c_str(), &Impl::on_watch, static_cast<int>(opts.session_timeout.count()), nullptr,
+                            handle.get(), 0);
+        if (!zh) {
+            log::error("zookeeper: cannot create a client for '{}': {}; retrying in {} ms", opts.hosts,
+                       std::strerror(errno), backoff.count());
+            handle.reset();
+            retry_timer.expires_after(backoff);
+            backoff = std::min(backoff * 2, std::chrono::milliseconds(30000));
+            retry_timer.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+                if (!ec) self->open();
+            });
+            return;
+        }
+        arm_unreachable_warning();
+    }
+
+    // While not connected, say so every few seconds: the one log line an
+    // operator needs when ZooKeeper is down at start.
+    void arm_unreachable_warning() {
+        unreachable_timer.expires_after(std::chrono::seconds(5));
+        unreachable_timer.async_wait([self = shared_from_this(), gen = generation](const boost::system::error_code& ec) {
+            if (ec || self->stopped || gen != self->generation || self->connected) return;
+            if (self->loaded)
+                log::warn("zookeeper: still not connected to {}; routing on the last known topology", self->opts.hosts);
+            else
+                log::warn("zookeeper: cannot reach {}; retrying (new rw connections are held until a primary is known)",
+                          self->opts.hosts);
+            self->arm_unreachable_warning();
+        });
+    }
+
+    void close_handle() {
+        if (zh) {
+            zookeeper_close(zh);  // runs outstanding completions (ZCLOSING) before returning
+            zh = nullptr;
+        }
+        handle.reset();
+        connected = false;
+    }
+
+    void watch_event(uint64_t gen, int type, int zstate, const std::string& path, steady_clock::time_point at) {
+        if (gen != generation || stopped) return;
+        if (type == ZOO_SESSION_EVENT) {
+            if (zstate == ZOO_CONNECTED_STATE) {
+                const clientid_t* id = zoo_client_id(zh);
+                log::info("zookeeper: connected to {} (session 0x{:x}){}", opts.hosts, id ? id->client_id : 0,
+                          ever_connected ? ", re-reading the cluster state" : "");
+                connected = true;
+                ever_connected = true;
+                backoff = std::chrono::milliseconds(500);
+                read_all();
+            } else if (zstate == ZOO_CONNECTING_STATE) {
+                if (connected)
+                    log::warn("zookeeper: connection lost; keeping the last known topology while reconnecting");
+                connected = false;
+                arm_unreachable_warning();
+            } else if (zstate == ZOO_EXPIRED_SESSION_STATE) {
+                log::warn("zookeeper: session expired; opening a new session and re-reading everything");
+                close_handle();
+                open();
+            } else if (zstate == ZOO_AUTH_FAILED_STATE) {
+                log::error("zookeeper: authentication failed; retrying in {} ms", backoff.count());
+                close_handle();
+                retry_timer.expires_after(backoff);
+                backoff = std::min(backoff * 2, std::chrono::milliseconds(30000));
+                retry_timer.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+                    if (!ec) self->open();
+                });
+            }
+            return;
+        }
+        if (path == leader_path) leader_event_at = at;
+        if (type == ZOO_CHILD_EVENT && path == members_path) {
+            read_children();
+        } else if (type == ZOO_CREATED_EVENT || type == ZOO_CHANGED_EVENT || type == ZOO_DELETED_EVENT) {
+            read(path);
+        }
+    }
+
+    void read_all() {
+        read_children();
+        read(leader_path);
+        read(status_path);
+        read(legacy_optime_path);
+        read(sync_path);
+    }
+
+    void read(const std::string& path) {
+        if (!zh) return;
+        auto* req = new Request{handle.get(), path};
+        ++pending;
+        if (zoo_awget(zh, path.c_str(), &Impl::on_watch, handle.get(), &Impl::on_data, req) != ZOK) {
+            delete req;
+            --pending;
+        }
+    }
+
+    void read_children() {
+        if (!zh) return;
+        auto* req = new Request{handle.get(), members_path};
+        ++pending;
+        if (zoo_awget_children(zh, members_path.c_str(), &Impl::on_watch, handle.get(), &Impl::on_children, req) != ZOK) {
+            delete req;
+            --pending;
+        }
+    }
+
+    // An absent znode cannot carry a data watch: watch for its creation.
+    void watch_exists(const std::string& path) {
+        if (!zh) return;
+        auto* req = new Request{handle.get(), path};
+        ++pending;
+        if (zoo_awexists(zh, path.c_str(), &Impl::on_watch, handle.get(), &Impl::on_exists, req) != ZOK) {
+            delete req;
+            --pending;
+        }
+    }
+
+    void data_done(uint64_t gen, int rc, const std::string& path, const std::string& value) {
+        if (gen != generation || stopped) return;
+        --pending;
+        if (rc == ZOK) {
+            apply(path, &value);
+        } else if (rc == ZNONODE) {
+            apply(path, nullptr);
+            watch_exists(path);
+        } else {
+            // Connection loss and friends: the CONNECTED event re-reads all.
+            log::debug("zookeeper: read of {} failed: {}", path, zerror(rc));
+        }
+        maybe_publish();
+    }
+
+    void exists_done(uint64_t gen, int rc, const std::string& path) {
+        if (gen != generation || stopped) return;
+        --pending;
+        if (rc == ZOK) read(path);  // created between our read and the watch
+        maybe_publish();
+    }
+
+    void children_done(uint64_t gen, int rc, const std::vector<std::string>& names) {
+        if (gen != generation || stopped) return;
+        --pending;
+        if (rc == ZOK) {
+            std::set<std::string> now(names.begin(), names.end());
+            for (auto it = state.members.begin(); it != state.members.end();)
+                it = now.count(it->first) ? std::next(it) : state.members.erase(it);
+            // Read every member (not only new ones): a member that vanished and
+            // reappeared between two reads has new data and needs a new watch.
+            for (const auto& n : names) read(members_path + "/" + n);
+        } else if (rc == ZNONODE) {
+            state.members.clear();
+            watch_exists(members_path);
+        }
+        maybe_publish();
+    }
+
+    void apply(const std::string& path, const std::string* value) {
+        if (path == leader_path) {
+            std::optional<std::string> leader;
+            if (value) {
+                std::string v = *value;
+                while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
+                if (!v.empty()) leader = v;
+            }
+            if (leader != state.leader) {
+                log::info("zookeeper: leader key {}", leader ? "names " + *leader : std::string("is gone"));
+                state.leader = leader;
+            }
+        } else if (path == status_path) {
+            status_optime = value ? patroni::parse_status_optime(*value) : std::nullopt;
+        } else if (path == legacy_optime_path) {
+            legacy_optime = value ? patroni::parse_legacy_optime(*value) : std::nullopt;
+        } else if (path == sync_path) {
+            state.sync_standby = value ? patroni::parse_sync_standby(*value) : std::nullopt;
+        } else if (path.rfind(members_path + "/", 0) == 0) {
+            const std::string name = path.substr(members_path.size() + 1);
+            if (!value) {
+                state.members.erase(name);
+            } else {
+                std::string err;
+                if (auto m = patroni::parse_member(name, *value, err)) {
+                    state.members[name] = std::move(*m);
+                } else {
+                    log::warn("zookeeper: ignoring {}: {}", path, err);
+                    state.members.erase(name);
+                }
+            }
+        }
+        state.optime = status_optime ? status_optime : legacy_optime;
+    }
+
+    void probe_report(const std::string& member, patroni::ProbeStatus status, const std::string& detail) {
+        if (stopped) return;
+        if (status == patroni::ProbeStatus::Unreachable)
+            log::warn("probe: leader {} unreachable: {}", member, detail);
+        else
+            log::info("probe: leader {} is {}", member, to_string(status));
+        probe_member = member;
+        probe_status = status;
+        maybe_publish();
+    }
+
+    void maybe_publish() {
+        if (!loaded) {
+            if (pending > 0) return;
+            loaded = true;
+            log::info("zookeeper: cluster state loaded from {}{}", opts.hosts, opts.base);
+        }
+        // Point the probe at whoever the leader key names.
+        const patroni::MemberInfo* leader = nullptr;
+        if (state.leader)
+            if (auto it = state.members.find(*state.leader); it != state.members.end()) leader = &it->second;
+        if (leader) probe->set_target(leader->name, leader->host, leader->port);
+        else probe->clear_target();
+
+        auto t = patroni::build_topology(state, opts.build, probe_member, probe_status);
+        const std::string primary = t->primary ? t->members[*t->primary].name : "";
+        const std::string summary = summarize(*t);
+        if (summary == last_summary) return;
+        last_summary = summary;
+        if (primary != last_primary) {
+            if (!primary.empty()) {
+                const std::string how = probe_member == primary && probe_status == patroni::ProbeStatus::Writable
+                                            ? "the probe saw it writable"
+                                            : "its member znode says running primary";
+                if (leader_event_at) {
+                    const auto ms = std::chrono::duration<double, std::milli>(steady_clock::now() - *leader_event_at).count();
+                    log::info("topology: rw now routes to {} ({}), {:.1f} ms after the leader znode event", primary,
+                              how, ms);
+                } else {
+                    log::info("topology: rw routes to {} ({})", primary, how);
+                }
+            } else {
+                log::warn("topology: no primary for rw: {}", t->primary_reason);
+            }
+            last_primary = primary;
+        }
+        log::info("topology: {}", summary);
+        hub.publish(std::move(t));
+    }
+
+    static std::string summarize(const Topology& t) {
+        std::ostringstream os;
+        os << "leader=" << (t.leader.empty() ? "-" : t.leader)
+           << " primary=" << (t.primary ? t.members[*t.primary].name : "-") << " members=[";
+        bool first = true;
+        for (const auto& m : t.members) {
+            os << (first ? "" : ", ") << m.name << " " << m.address() << " " << to_string(m.role) << "/"
+               << to_string(m.state);
+            if (m.lag_bytes) os << " lag=" << *m.lag_bytes;
+            for (const auto& tag : m.tags) os << " +" << tag;
+            first = false;
+        }
+        os << "]";
+        return os.str();
+    }
+};
+
+ZkSource::ZkSource(asio::io_context& ctx, SnapshotHub& hub, ZkSourceOptions opts)
+    : impl_(std::make_shared<Impl>(ctx, hub, std::move(opts))) {}
+
+ZkSource::~ZkSource() { stop(); }
+
+void ZkSource::start() {
+    // The C client logs at INFO to stderr by default, in its own format;
+    // pgrelay logs the state changes that matter itself.
+    // Level 0 is below ZOO_LOG_LEVEL_ERROR: the client's own logging is off.
+    zoo_set_debug_level(log::enabled(log::Level::Debug) ? ZOO_LOG_LEVEL_WARN : static_cast<ZooLogLevel>(0));
+    std::weak_ptr<Impl> weak = impl_;
+    impl_->probe = std::make_unique<LeaderProbe>(
+        impl_->opts.probe, [weak](const std::string& member, patroni::ProbeStatus status, const std::string& detail) {
+            if (auto impl = weak.lock())
+                asio::post(impl->ctx, [impl, member, status, detail] { impl->probe_report(member, status, detail); });
+        });
+    impl_->open();
+}
+
+void ZkSource::stop() {
+    if (!impl_ || impl_->stopped) return;
+    impl_->stopped = true;
+    impl_->retry_timer.cancel();
+    impl_->unreachable_timer.cancel();
+    impl_->close_handle();
+    if (impl_->probe) impl_->probe->stop();
+}
+
+}  // namespace pgrelay::topology
