@@ -18,6 +18,9 @@ RouteDecision Router::route(PortRole role, const topology::Topology* t) {
         const topology::Member* p = t ? t->primary_member() : nullptr;
         if (p) {
             d.candidates.push_back(to_target(*p));
+        } else if (!t) {
+            d.sqlstate = "57P03";
+            d.message = "pgrelay rw: no primary available (cluster state not known yet)";
         } else {
             d.sqlstate = "57P03";
             d.message = "pgrelay rw: no primary available";
@@ -39,7 +42,10 @@ RouteDecision Router::route(PortRole role, const topology::Topology* t) {
         for (size_t i : idx) d.candidates.push_back(to_target(t->members[i]));
         d.primary_last = !idx.empty() && t->primary && idx.back() == *t->primary;
     }
-    if (d.candidates.empty()) {
+    if (d.candidates.empty() && !t) {
+        d.sqlstate = "57P03";
+        d.message = "pgrelay ro: no replica available (cluster state not known yet)";
+    } else if (d.candidates.empty()) {
         d.sqlstate = "57P03";
         d.message = opts_.ro_fallback_to_primary ? "pgrelay ro: no replica and no primary available"
                                                  : "pgrelay ro: no replica available (ro_fallback_to_primary is off)";

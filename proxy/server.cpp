@@ -99,6 +99,7 @@ int Server::run() {
         zo.build.weights = cfg.weights;
         zo.build.exclude = cfg.exclude;
         zo.build.allow_standby_leader = cfg.allow_standby_leader;
+        zo.max_replica_lag = cfg.routing.max_replica_lag;
         zo.probe.user = cfg.probe.user;
         zo.probe.password = cfg.probe.password;
         zo.probe.dbname = cfg.probe.dbname;

@@ -76,7 +76,8 @@ public:
 private:
     const char* role_name() const { return to_string(role); }
     asio::awaitable<bool> startup(std::string& startup_bytes, protocol::StartupPacket& packet);
-    asio::awaitable<bool> connect_backend(const protocol::StartupPacket& packet);
+    asio::awaitable<bool> connect_backend(const protocol::StartupPacket& packet, const std::string& startup_bytes);
+    asio::awaitable<std::string> open_backend_session(const std::string& startup_bytes);
     asio::awaitable<void> relay_client_to_backend();
     asio::awaitable<void> relay_backend_to_client();
     asio::awaitable<void> forward_cancel(protocol::CancelKey key);
@@ -99,6 +100,7 @@ private:
     std::optional<protocol::CancelKey> proxy_key_;
     bool counted_ = false;  // included in the router's per-member connection count
     std::string pipelined_;  // client bytes read after the StartupMessage
+    std::string backend_prefix_;  // backend bytes read while opening the session
 
     // Relay state, shared by the two directions (same thread, no lock).
     uint64_t bytes_up_ = 0, bytes_down_ = 0;
@@ -109,7 +111,7 @@ private:
     const char* end_sqlstate_ = nullptr;  // pgrelay's own error to report, if any
     std::string end_message_;
     protocol::FrameScanner down_scanner_{1};  // replaced in relay_backend_to_client
-    bool down_boundary_ = true;
+    char last_down_type_ = 0;  // type of the last message header seen from the backend
 };
 
 asio::awaitable<void> Session::send_error(const char* sqlstate, const std::string& message, const std::string& hint) {
@@ -238,68 +240,133 @@ asio::awaitable<void> Session::forward_cancel(protocol::CancelKey key) {
     log::info("[{}] client={} cancel forwarded to {} ({})", role_name(), peer_, t.member, t.address());
 }
 
-asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& packet) {
+// Sends the StartupMessage to the freshly connected backend and reads its
+// first message. Returns "" when the session may go on (what was read is kept
+// for the relay), else why this backend cannot take the connection now: an
+// I/O error, or PostgreSQL's own 57P03 (starting up, shutting down, in
+// recovery), which the caller may wait out or route around before the client
+// has seen a byte.
+asio::awaitable<std::string> Session::open_backend_session(const std::string& startup_bytes) {
+    auto [wec, wn] = co_await asio::async_write(backend_, asio::buffer(startup_bytes), use_tuple);
+    if (wec) co_return "connection lost during startup: " + wec.message();
+    protocol::FrameScanner scanner(UINT32_MAX, kMaxWatched);
+    scanner.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
+    asio::steady_timer deadline(backend_.get_executor(), cfg_->connect_timeout);
+    uint8_t chunk[4096];
+    for (;;) {
+        auto r = co_await (backend_.async_read_some(asio::buffer(chunk), use_tuple) || deadline.async_wait(use_tuple));
+        if (r.index() == 1) co_return "no answer to the startup message within connect_timeout";
+        auto [rec, n] = std::get<0>(r);
+        if (rec) co_return "connection lost during startup: " + rec.message();
+        backend_prefix_.append(reinterpret_cast<const char*>(chunk), n);
+        size_t pos = 0;
+        protocol::Frame f;
+        std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(backend_prefix_.data()), backend_prefix_.size());
+        const auto st = scanner.next(bytes, pos, f);
+        if (st == protocol::FrameScanner::Status::NeedMore) continue;
+        if (st == protocol::FrameScanner::Status::Frame && f.type == 'E' && f.complete) {
+            auto e = protocol::decode_error_fields(bytes.subspan(f.offset + 5, f.length - 4));
+            if (e && e->sqlstate == "57P03") co_return "the server answered 57P03: " + std::string(e->message);
+        }
+        co_return "";  // anything else (auth request, other errors) is the client's business
+    }
+}
+
+asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& packet, const std::string& startup_bytes) {
     // While there is no primary (rw) or no topology yet (both ports), hold the
     // connection instead of refusing it: a switchover's leaderless window is
-    // seconds, and a client that waits them out never sees an error.
-    const auto hold_until = steady_clock::now() + cfg_->hold_timeout;
+    // seconds, and a client that waits them out never sees an error. With a
+    // source that can move the primary (ZooKeeper), a leader that refuses
+    // connections is waited out the same way: it is restarting, or about to
+    // lose the leader key.
+    const auto held_since = steady_clock::now();
+    const auto hold_until = held_since + cfg_->hold_timeout;
     bool held = false;
-    RouteDecision d;
-    for (;;) {
-        const auto& topo = shared_.topology.current();
-        d = shared_.router->route(role, topo.get());
-        if (!d.candidates.empty()) break;
-        const bool holdable = (role == PortRole::ReadWrite || !topo) && cfg_->hold_timeout.count() > 0;
-        if (!holdable || steady_clock::now() >= hold_until) break;
-        if (!held) {
-            held = true;
-            const int n = shared_.held->fetch_add(1) + 1;
-            log::info("[{}] client={} user={} held: {} ({} connection{} held)", role_name(), peer_,
-                      packet.parameter("user"), d.message, n, n == 1 ? "" : "s");
+    auto hold = [&](const std::string& why) {
+        if (held) return;
+        held = true;
+        const int n = shared_.held->fetch_add(1) + 1;
+        log::info("[{}] client={} user={} held: {} ({} connection{} held)", role_name(), peer_, packet.parameter("user"),
+                  why, n, n == 1 ? "" : "s");
+    };
+    struct Unhold {
+        bool& held;
+        std::atomic<int>* count;
+        ~Unhold() {
+            if (held) count->fetch_sub(1);
         }
-        asio::steady_timer deadline(client_.get_executor(), hold_until);
-        co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple));
-    }
-    if (held) {
-        shared_.held->fetch_sub(1);
-        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                            steady_clock::now() - (hold_until - cfg_->hold_timeout))
-                            .count();
-        if (d.candidates.empty())
-            d.message += " (held " + std::to_string(ms) + " ms, hold_timeout reached)";
-        else
-            log::info("[{}] client={} released after {} ms: routing to {}", role_name(), peer_, ms,
-                      d.candidates.front().member);
-    }
-    if (d.candidates.empty()) {
-        log::warn("[{}] client={} user={} refused: {}", role_name(), peer_, packet.parameter("user"), d.message);
-        co_await send_error(d.sqlstate, d.message, "Retry later; the cluster has no member that can serve this port.");
+    } unhold{held, shared_.held};
+    auto held_ms = [&] {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - held_since).count();
+    };
+
+    for (;;) {
+        const topology::TopologyPtr topo = shared_.topology.current();
+        RouteDecision d = shared_.router->route(role, topo.get());
+        const bool holdable = cfg_->hold_timeout.count() > 0 && steady_clock::now() < hold_until;
+        if (d.candidates.empty()) {
+            if (holdable && (role == PortRole::ReadWrite || !topo)) {
+                hold(d.message);
+                asio::steady_timer deadline(client_.get_executor(), hold_until);
+                co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple));
+                continue;
+            }
+            if (held) d.message += " (held " + std::to_string(held_ms()) + " ms, hold_timeout reached)";
+            log::warn("[{}] client={} user={} refused: {}", role_name(), peer_, packet.parameter("user"), d.message);
+            co_await send_error(d.sqlstate, d.message,
+                                "Retry later; the cluster has no member that can serve this port.");
+            co_return false;
+        }
+
+        std::string failures;
+        bool unreachable = false;  // some candidate failed at the TCP level (vs. answering 57P03)
+        for (const Target& t : d.candidates) {
+            boost::system::error_code ec;
+            tcp::socket sock(client_.get_executor());
+            if (co_await connect_with_timeout(sock, t, ec)) {
+                backend_ = std::move(sock);
+                tune_socket(backend_);
+                backend_prefix_.clear();
+                const std::string refusal = co_await open_backend_session(startup_bytes);
+                if (!refusal.empty()) {
+                    unreachable = unreachable || refusal.rfind("the server answered 57P03", 0) != 0;
+                    log::warn("[{}] client={} backend {} ({}) cannot take the connection: {}", role_name(), peer_,
+                              t.member, t.address(), refusal);
+                    boost::system::error_code ignored;
+                    backend_.close(ignored);
+                    if (!failures.empty()) failures += "; ";
+                    failures += t.member + " (" + t.address() + "): " + refusal;
+                    continue;
+                }
+                target_ = t;
+                member = t.member;
+                fallback = role == PortRole::ReadOnly && &t == &d.candidates.back() && d.primary_last;
+                if (role == PortRole::ReadOnly) {
+                    shared_.router->opened(t.member);
+                    counted_ = true;
+                }
+                if (held) log::info("[{}] client={} released after {} ms: routing to {}", role_name(), peer_, held_ms(), t.member);
+                co_return true;
+            }
+            unreachable = true;
+            log::warn("[{}] client={} backend {} ({}) unreachable: {}", role_name(), peer_, t.member, t.address(),
+                      ec.message());
+            if (!failures.empty()) failures += "; ";
+            failures += t.member + " (" + t.address() + "): " + ec.message();
+        }
+        if (role == PortRole::ReadWrite && topo && topo->source == "zookeeper" && holdable) {
+            hold("primary " + d.candidates.front().member + " cannot take connections");
+            // Re-route on the next topology change, or retry shortly anyway.
+            asio::steady_timer retry(client_.get_executor(), std::chrono::milliseconds(100));
+            co_await (shared_.topology_changed->async_wait(use_tuple) || retry.async_wait(use_tuple));
+            continue;
+        }
+        const std::string what = role == PortRole::ReadWrite ? "primary" : "backend";
+        co_await send_error(unreachable ? "08006" : "57P03",
+                            std::string("pgrelay ") + role_name() + ": could not connect to " + what + " " + failures,
+                            "The database server may be down or restarting; retry shortly.");
         co_return false;
     }
-    std::string failures;
-    for (const Target& t : d.candidates) {
-        boost::system::error_code ec;
-        tcp::socket sock(client_.get_executor());
-        if (co_await connect_with_timeout(sock, t, ec)) {
-            backend_ = std::move(sock);
-            target_ = t;
-            member = t.member;
-            fallback = role == PortRole::ReadOnly && &t == &d.candidates.back() && d.primary_last;
-            if (role == PortRole::ReadOnly) {
-                shared_.router->opened(t.member);
-                counted_ = true;
-            }
-            co_return true;
-        }
-        log::warn("[{}] client={} backend {} ({}) unreachable: {}", role_name(), peer_, t.member, t.address(),
-                  ec.message());
-        if (!failures.empty()) failures += "; ";
-        failures += t.member + " (" + t.address() + "): " + ec.message();
-    }
-    const std::string what = role == PortRole::ReadWrite ? "primary" : "backend";
-    co_await send_error("08006", std::string("pgrelay ") + role_name() + ": could not connect to " + what + " " + failures,
-                        "The database server may be down or restarting; retry shortly.");
-    co_return false;
 }
 
 asio::awaitable<void> Session::relay_client_to_backend() {
@@ -359,13 +426,22 @@ asio::awaitable<void> Session::relay_backend_to_client() {
     auto buf = std::make_unique<uint8_t[]>(kRelayBuffer);
     down_scanner_ = protocol::FrameScanner(UINT32_MAX, kMaxWatched);
     down_scanner_.watch(static_cast<char>(protocol::BackendType::BackendKeyData));
-    size_t len = 0;
+    // open_backend_session reads at most one 4 KiB chunk past a complete frame header.
+    size_t len = std::min(backend_prefix_.size(), kRelayBuffer);
+    std::memcpy(buf.get(), backend_prefix_.data(), len);
+    backend_prefix_.clear();
+    bool scan_before_read = len > 0;
     for (;;) {
-        auto [rec, n] = co_await backend_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
-        if (rec) {
-            if (rec != asio::error::operation_aborted) backend_closed_ = true;
-            co_return;
+        size_t n = 0;
+        if (!scan_before_read) {
+            auto [rec, got] = co_await backend_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
+            if (rec) {
+                if (rec != asio::error::operation_aborted) backend_closed_ = true;
+                co_return;
+            }
+            n = got;
         }
+        scan_before_read = false;
         len += n;
         size_t pos = 0;
         protocol::Frame f;
@@ -378,6 +454,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
                 backend_closed_ = true;
                 co_return;
             }
+            last_down_type_ = f.type;
             if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && f.complete) {
                 auto body = f.body({buf.get(), len});
                 if (auto key = protocol::decode_backend_key_data(body)) {
@@ -414,14 +491,7 @@ asio::awaitable<void> Session::run() {
     if (!co_await startup(startup_bytes, packet)) co_return;
     const std::string user(packet.parameter("user"));
     const std::string db(packet.parameter("database").empty() ? user : packet.parameter("database"));
-    if (!co_await connect_backend(packet)) co_return;
-    tune_socket(backend_);
-    auto [wec, wn] = co_await asio::async_write(backend_, asio::buffer(startup_bytes), use_tuple);
-    if (wec) {
-        co_await send_error("08006", std::string("pgrelay ") + role_name() + ": connection to " + target_.member +
-                                         " lost during startup: " + wec.message());
-        co_return;
-    }
+    if (!co_await connect_backend(packet, startup_bytes)) co_return;
     log::info("[{}] client={} user={} db={} -> backend {} ({}) connected", role_name(), peer_, user, db,
               target_.member, target_.address());
 
@@ -433,10 +503,13 @@ asio::awaitable<void> Session::run() {
     const bool can_tell_client = !client_closed_ && !down_dirty_ && down_scanner_.at_boundary();
     if (end_sqlstate_ && can_tell_client) {
         co_await send_error(end_sqlstate_, end_message_);
-    } else if (backend_closed_ && !client_closed_ && can_tell_client && bytes_down_ == 0) {
-        // The backend vanished before saying anything: tell the client why.
-        co_await send_error("08006", std::string("pgrelay ") + role_name() + ": backend " + target_.member +
-                                         " closed the connection during startup");
+    } else if (backend_closed_ && !client_closed_ && can_tell_client && last_down_type_ != 'E') {
+        // The backend vanished without a word (crash, kill -9, network): say
+        // so, instead of leaving the client with a bare reset. When it said
+        // goodbye with an ErrorResponse (e.g. 57P01 at shutdown) that suffices.
+        co_await send_error("08006", std::string("pgrelay ") + role_name() + ": lost the connection to backend " +
+                                         target_.member + (bytes_down_ == 0 ? " during startup" : ""),
+                            "The server may have crashed or restarted; reconnect.");
     }
     boost::system::error_code ec;
     backend_.shutdown(tcp::socket::shutdown_both, ec);
@@ -468,7 +541,8 @@ void apply_topology_change(WorkerShared& shared, const topology::Topology& after
         if (!m) why = "left the cluster";
         else if (m->state != topology::State::Running) why = "is " + std::string(topology::to_string(m->state));
         else if (m->excluded) why = "was excluded in config";
-        else if (!s->fallback && m->role != topology::Role::Replica) why = "is no longer a replica";
+        else if (!s->fallback && (m->role != topology::Role::Replica || after.primary_member() == m))
+            why = "is no longer a replica";
         else if (!s->fallback && m->has_tag("noloadbalance")) why = "was tagged noloadbalance";
         if (why.empty()) continue;
         s->terminate("57P01", "pgrelay ro: terminating connection because " + s->member + " " + why +

@@ -5,6 +5,8 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
+
 #include "proxy/log.hpp"
 
 namespace pgrelay::topology {
@@ -22,7 +24,20 @@ std::string conninfo_value(const std::string& v) {
     return out + "'";
 }
 
+std::string trimmed_error(PGconn* c) {
+    std::string e = PQerrorMessage(c);
+    while (!e.empty() && (e.back() == '\n' || e.back() == ' ')) e.pop_back();
+    return e;
+}
+
 }  // namespace
+
+std::string probe_conninfo(const ProbeOptions& o, const std::string& host, uint16_t port) {
+    return "host=" + conninfo_value(host) + " port=" + std::to_string(port) + " user=" + conninfo_value(o.user) +
+           " password=" + conninfo_value(o.password) + " dbname=" + conninfo_value(o.dbname) +
+           " connect_timeout=" + std::to_string(std::max<int64_t>(1, o.connect_timeout.count() / 1000)) +
+           " application_name=pgrelay-probe sslmode=prefer";
+}
 
 LeaderProbe::LeaderProbe(ProbeOptions opts, Report report) : opts_(std::move(opts)), report_(std::move(report)) {
     thread_ = std::thread([this] { run(); });
@@ -86,50 +101,123 @@ void LeaderProbe::run() {
         }
 
         patroni::ProbeStatus status = patroni::ProbeStatus::Unreachable;
+        std::optional<uint64_t> position;
         std::string detail;
         if (!conn || PQstatus(conn) != CONNECTION_OK) {
             drop();
-            const std::string ci = "host=" + conninfo_value(host) + " port=" + std::to_string(port) +
-                                   " user=" + conninfo_value(opts_.user) + " password=" + conninfo_value(opts_.password) +
-                                   " dbname=" + conninfo_value(opts_.dbname) + " connect_timeout=" +
-                                   std::to_string(std::max<int64_t>(1, opts_.connect_timeout.count() / 1000)) +
-                                   " application_name=pgrelay-probe sslmode=prefer";
-            conn = PQconnectdb(ci.c_str());
+            conn = PQconnectdb(probe_conninfo(opts_, host, port).c_str());
             if (PQstatus(conn) != CONNECTION_OK) {
-                detail = PQerrorMessage(conn);
-                while (!detail.empty() && detail.back() == '\n') detail.pop_back();
+                detail = trimmed_error(conn);
                 drop();
             }
         }
         if (conn) {
-            PGresult* res = PQexec(conn, "SELECT pg_is_in_recovery()");
+            PGresult* res = PQexec(conn,
+                                   "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL "
+                                   "ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END");
             if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
-                status = std::string(PQgetvalue(res, 0, 0)) == "f" ? patroni::ProbeStatus::Writable
-                                                                    : patroni::ProbeStatus::InRecovery;
+                const bool writable = std::string(PQgetvalue(res, 0, 0)) == "f";
+                status = writable ? patroni::ProbeStatus::Writable : patroni::ProbeStatus::InRecovery;
+                if (writable && !PQgetisnull(res, 0, 1)) position = std::stoull(PQgetvalue(res, 0, 1));
             } else {
-                detail = PQerrorMessage(conn);
-                while (!detail.empty() && detail.back() == '\n') detail.pop_back();
+                detail = trimmed_error(conn);
                 drop();
             }
             PQclear(res);
         }
 
-        bool changed = false;
+        const bool fast_now = status != patroni::ProbeStatus::Writable && steady_clock::now() < fast_until;
+        bool report = false;
         {
             std::lock_guard lock(mu_);
-            changed = gen == generation_ && (!reported_once || status != last);
+            // Every verdict change at once; in steady state also the WAL
+            // position once per interval (lag-aware routing uses it).
+            report = gen == generation_ && (!reported_once || status != last || !fast_now);
         }
-        if (changed) {
+        if (report) {
             last = status;
             reported_once = true;
-            report_(member, status, detail);
+            report_(member, status, position, detail);
         }
 
-        const bool fast = status != patroni::ProbeStatus::Writable && steady_clock::now() < fast_until;
         std::unique_lock lock(mu_);
-        cv_.wait_for(lock, fast ? opts_.fast_interval : opts_.interval, [&] { return stop_ || gen != generation_; });
+        cv_.wait_for(lock, fast_now ? opts_.fast_interval : opts_.interval, [&] { return stop_ || gen != generation_; });
     }
     drop();
+}
+
+ReplayProbe::ReplayProbe(ProbeOptions opts, Report report) : opts_(std::move(opts)), report_(std::move(report)) {
+    thread_ = std::thread([this] { run(); });
+}
+
+ReplayProbe::~ReplayProbe() { stop(); }
+
+void ReplayProbe::stop() {
+    {
+        std::lock_guard lock(mu_);
+        stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+void ReplayProbe::set_targets(std::vector<Target> targets) {
+    {
+        std::lock_guard lock(mu_);
+        if (targets == targets_) return;
+        targets_ = std::move(targets);
+        ++generation_;
+    }
+    cv_.notify_all();
+}
+
+void ReplayProbe::run() {
+    std::map<std::string, std::pair<Target, PGconn*>> conns;  // member -> (target, connection)
+    auto drop = [](PGconn*& c) {
+        if (c) PQfinish(c);
+        c = nullptr;
+    };
+    uint64_t gen = UINT64_MAX;
+    std::vector<Target> targets;
+    for (;;) {
+        {
+            std::unique_lock lock(mu_);
+            if (stop_) break;
+            if (gen != generation_) {
+                gen = generation_;
+                targets = targets_;
+            }
+        }
+        // Close connections to members no longer probed (or moved).
+        for (auto it = conns.begin(); it != conns.end();) {
+            const bool keep = std::find(targets.begin(), targets.end(), it->second.first) != targets.end();
+            if (!keep) drop(it->second.second);
+            it = keep ? std::next(it) : conns.erase(it);
+        }
+        for (const Target& t : targets) {
+            auto& [target, conn] = conns[t.member];
+            target = t;
+            std::optional<uint64_t> replayed;
+            if (!conn || PQstatus(conn) != CONNECTION_OK) {
+                drop(conn);
+                conn = PQconnectdb(probe_conninfo(opts_, t.host, t.port).c_str());
+                if (PQstatus(conn) != CONNECTION_OK) drop(conn);
+            }
+            if (conn) {
+                PGresult* res = PQexec(conn, "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint");
+                if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+                    if (!PQgetisnull(res, 0, 0)) replayed = std::stoull(PQgetvalue(res, 0, 0));
+                } else {
+                    drop(conn);
+                }
+                PQclear(res);
+            }
+            report_(t.member, replayed);
+        }
+        std::unique_lock lock(mu_);
+        cv_.wait_for(lock, opts_.interval, [&] { return stop_ || gen != generation_; });
+    }
+    for (auto& [name, tc] : conns) drop(tc.second);
 }
 
 }  // namespace pgrelay::topology

@@ -10,9 +10,12 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "topology/patroni.hpp"
 
@@ -34,7 +37,9 @@ struct ProbeOptions {
 // target change. stop() (or the destructor) joins the thread.
 class LeaderProbe {
 public:
-    using Report = std::function<void(const std::string& member, patroni::ProbeStatus status, const std::string& detail)>;
+    // `wal_position`: the leader's current WAL position in bytes (when writable).
+    using Report = std::function<void(const std::string& member, patroni::ProbeStatus status,
+                                      std::optional<uint64_t> wal_position, const std::string& detail)>;
     LeaderProbe(ProbeOptions opts, Report report);
     ~LeaderProbe();
     void set_target(const std::string& member, const std::string& host, uint16_t port);
@@ -54,5 +59,43 @@ private:
     uint16_t port_ = 0;
     std::thread thread_;
 };
+
+// ReplayProbe: how far each replica has *replayed* (pg_last_wal_replay_lsn()).
+// Patroni's xlog_location for a replica is the WAL it has received, so a
+// replica whose replay is stuck (a long query conflicting with recovery,
+// pg_wal_replay_pause()) looks current in ZooKeeper while serving stale
+// reads. Lag-aware routing takes the lower of the two positions.
+//
+// Flow: set_targets() with the current replicas; every `interval` each one is
+// queried over a persistent connection and `report` gets (member, position or
+// nullopt when unknown). Own thread; stop() joins it.
+class ReplayProbe {
+public:
+    struct Target {
+        std::string member, host;
+        uint16_t port = 0;
+        friend bool operator==(const Target&, const Target&) = default;
+    };
+    using Report = std::function<void(const std::string& member, std::optional<uint64_t> replayed)>;
+    ReplayProbe(ProbeOptions opts, Report report);
+    ~ReplayProbe();
+    void set_targets(std::vector<Target> targets);
+    void stop();
+
+private:
+    void run();
+
+    ProbeOptions opts_;
+    Report report_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool stop_ = false;
+    uint64_t generation_ = 0;
+    std::vector<Target> targets_;
+    std::thread thread_;
+};
+
+// libpq connection string for a probe of host:port (values quoted for libpq).
+std::string probe_conninfo(const ProbeOptions& opts, const std::string& host, uint16_t port);
 
 }  // namespace pgrelay::topology

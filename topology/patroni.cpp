@@ -169,8 +169,11 @@ std::shared_ptr<Topology> build_topology(const ClusterState& s, const BuildOptio
         m.role = mi.role;
         m.state = mi.state;
         m.tags = mi.tags;
-        if (s.optime && mi.xlog_location)
-            m.lag_bytes = *s.optime > *mi.xlog_location ? *s.optime - *mi.xlog_location : 0;
+        std::optional<uint64_t> head = s.optime;
+        if (s.leader_wal && (!head || *s.leader_wal > *head)) head = s.leader_wal;
+        std::optional<uint64_t> pos = mi.xlog_location;
+        if (auto r = s.replayed.find(name); r != s.replayed.end()) pos = pos ? std::min(*pos, r->second) : r->second;
+        if (head && pos) m.lag_bytes = *head > *pos ? *head - *pos : 0;
         if (auto w = o.weights.find(name); w != o.weights.end()) m.weight = w->second;
         m.excluded = std::find(o.exclude.begin(), o.exclude.end(), name) != o.exclude.end();
         t->members.push_back(std::move(m));
@@ -192,6 +195,11 @@ std::shared_ptr<Topology> build_topology(const ClusterState& s, const BuildOptio
         t->primary_reason = "leader " + m.name + " is excluded in config";
     } else if (probed && probe == ProbeStatus::Unreachable) {
         t->primary_reason = "leader " + m.name + "'s PostgreSQL refuses connections";
+    } else if (probed && probe == ProbeStatus::InRecovery &&
+               !(m.role == Role::StandbyLeader && o.allow_standby_leader && m.state == State::Running)) {
+        // Still (or again) read-only whatever its znode says: promotion not
+        // finished, or a demotion under way. Writes would fail with 25006.
+        t->primary_reason = "leader " + m.name + " is not writable: its PostgreSQL is in recovery";
     } else if ((probed && probe == ProbeStatus::Writable) ||
                (m.state == State::Running &&
                 (m.role == Role::Primary || (m.role == Role::StandbyLeader && o.allow_standby_leader)))) {

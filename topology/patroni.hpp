@@ -60,6 +60,9 @@ struct ClusterState {
     std::map<std::string, MemberInfo> members;  // parsed members/<name>
     std::optional<uint64_t> optime;             // status.optime or legacy optime/leader
     std::optional<std::string> sync_standby;
+    // From pgrelay's own probes (fresher than Patroni's loop_wait updates):
+    std::optional<uint64_t> leader_wal;          // the leader's pg_current_wal_lsn(), in bytes
+    std::map<std::string, uint64_t> replayed;    // replica -> pg_last_wal_replay_lsn(), in bytes
 };
 
 struct BuildOptions {
@@ -68,7 +71,10 @@ struct BuildOptions {
     bool allow_standby_leader = false;
 };
 
-// The routing snapshot. `probe` is the probe's verdict on `probe_member`
+// The routing snapshot. A replica's lag is the leader's WAL position (the
+// newer of status.optime and leader_wal) minus the replica's position (the
+// lower of xlog_location, which is WAL received, and `replayed`); unknown
+// when either side is. `probe` is the probe's verdict on `probe_member`
 // (ignored when that is not the current leader). The leader takes writes when
 // the probe saw it writable, or its member znode says running + master/primary
 // (standby_leader only if allowed) -- and never while the probe finds its

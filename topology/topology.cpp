@@ -61,8 +61,10 @@ std::string ro_ineligibility(const Member& m, const RoutingOptions& opts) {
 
 std::vector<size_t> eligible_replicas(const Topology& t, const RoutingOptions& opts) {
     std::vector<size_t> out;
+    // The write target is never a read replica, even while its member znode
+    // still says "replica" (promotion seen by the probe first).
     for (size_t i = 0; i < t.members.size(); ++i)
-        if (ro_ineligibility(t.members[i], opts).empty()) out.push_back(i);
+        if (i != t.primary && ro_ineligibility(t.members[i], opts).empty()) out.push_back(i);
     return out;
 }
 

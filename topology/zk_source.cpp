@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -51,13 +52,22 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     std::optional<uint64_t> status_optime, legacy_optime;
     int pending = 0;          // reads in flight
     bool loaded = false;      // first complete read done: publishing allowed
-    std::string last_summary;
+    std::string last_summary, last_routing_summary;
     std::string last_primary;  // name of the member rw routed to in the last snapshot
     std::optional<steady_clock::time_point> leader_event_at;
 
+    // Patroni deletes and re-creates a member znode whenever the member's state
+    // leaves or enters "running", its tags change or its session changes. A
+    // member that is back within the grace period never left: its sessions stay.
+    static constexpr std::chrono::milliseconds kVanishGrace{1500};
+    std::map<std::string, uint64_t> vanished;  // member -> removal ticket
+    uint64_t vanish_ticket = 0;
+
     std::string probe_member;
     patroni::ProbeStatus probe_status = patroni::ProbeStatus::Unknown;
+    std::optional<uint64_t> probe_wal;
     std::unique_ptr<LeaderProbe> probe;
+    std::unique_ptr<ReplayProbe> replay_probe;
 
     Impl(asio::io_context& c, SnapshotHub& h, ZkSourceOptions o)
         : ctx(c), hub(h), opts(std::move(o)), retry_timer(c), unreachable_timer(c) {
@@ -260,8 +270,10 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         --pending;
         if (rc == ZOK) {
             std::set<std::string> now(names.begin(), names.end());
-            for (auto it = state.members.begin(); it != state.members.end();)
-                it = now.count(it->first) ? std::next(it) : state.members.erase(it);
+            std::vector<std::string> gone;
+            for (const auto& [name, m] : state.members)
+                if (!now.count(name)) gone.push_back(name);
+            for (const auto& name : gone) forget_later(name);
             // Read every member (not only new ones): a member that vanished and
             // reappeared between two reads has new data and needs a new watch.
             for (const auto& n : names) read(members_path + "/" + n);
@@ -293,8 +305,9 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         } else if (path.rfind(members_path + "/", 0) == 0) {
             const std::string name = path.substr(members_path.size() + 1);
             if (!value) {
-                state.members.erase(name);
+                forget_later(name);
             } else {
+                vanished.erase(name);
                 std::string err;
                 if (auto m = patroni::parse_member(name, *value, err)) {
                     state.members[name] = std::move(*m);
@@ -307,14 +320,41 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         state.optime = status_optime ? status_optime : legacy_optime;
     }
 
-    void probe_report(const std::string& member, patroni::ProbeStatus status, const std::string& detail) {
+    void forget_later(const std::string& name) {
+        if (!state.members.count(name) || vanished.count(name)) return;
+        const uint64_t ticket = ++vanish_ticket;
+        vanished[name] = ticket;
+        auto timer = std::make_shared<asio::steady_timer>(ctx, kVanishGrace);
+        timer->async_wait([self = shared_from_this(), timer, name, ticket](const boost::system::error_code& ec) {
+            if (ec || self->stopped) return;
+            auto it = self->vanished.find(name);
+            if (it == self->vanished.end() || it->second != ticket) return;  // came back meanwhile
+            self->vanished.erase(it);
+            self->state.members.erase(name);
+            log::info("zookeeper: member {} is gone", name);
+            self->maybe_publish();
+        });
+    }
+
+    void probe_report(const std::string& member, patroni::ProbeStatus status, std::optional<uint64_t> wal,
+                      const std::string& detail) {
         if (stopped) return;
-        if (status == patroni::ProbeStatus::Unreachable)
-            log::warn("probe: leader {} unreachable: {}", member, detail);
-        else
-            log::info("probe: leader {} is {}", member, to_string(status));
+        if (member != probe_member || status != probe_status) {
+            if (status == patroni::ProbeStatus::Unreachable)
+                log::warn("probe: leader {} unreachable: {}", member, detail);
+            else
+                log::info("probe: leader {} is {}", member, to_string(status));
+        }
         probe_member = member;
         probe_status = status;
+        probe_wal = wal;
+        maybe_publish();
+    }
+
+    void replay_report(const std::string& member, std::optional<uint64_t> replayed) {
+        if (stopped) return;
+        if (replayed) state.replayed[member] = *replayed;
+        else state.replayed.erase(member);
         maybe_publish();
     }
 
@@ -330,12 +370,22 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
             if (auto it = state.members.find(*state.leader); it != state.members.end()) leader = &it->second;
         if (leader) probe->set_target(leader->name, leader->host, leader->port);
         else probe->clear_target();
+        std::vector<ReplayProbe::Target> replicas;
+        for (const auto& [name, m] : state.members)
+            if (m.role == Role::Replica && (!state.leader || name != *state.leader))
+                replicas.push_back({name, m.host, m.port});
+        replay_probe->set_targets(std::move(replicas));
+        state.leader_wal = leader && probe_member == leader->name ? probe_wal : std::nullopt;
 
         auto t = patroni::build_topology(state, opts.build, probe_member, probe_status);
         const std::string primary = t->primary ? t->members[*t->primary].name : "";
-        const std::string summary = summarize(*t);
+        const std::string summary = summarize(*t, true);
         if (summary == last_summary) return;
         last_summary = summary;
+        // Lag moves with every write; the info log only shows what changes routing.
+        const std::string routing_summary = summarize(*t, false);
+        const bool log_it = routing_summary != last_routing_summary;
+        last_routing_summary = routing_summary;
         if (primary != last_primary) {
             if (!primary.empty()) {
                 const std::string how = probe_member == primary && probe_status == patroni::ProbeStatus::Writable
@@ -353,11 +403,12 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
             }
             last_primary = primary;
         }
-        log::info("topology: {}", summary);
+        if (log_it) log::info("topology: {}", routing_summary);
+        else log::debug("topology: {}", summary);
         hub.publish(std::move(t));
     }
 
-    static std::string summarize(const Topology& t) {
+    std::string summarize(const Topology& t, bool with_lag) const {
         std::ostringstream os;
         os << "leader=" << (t.leader.empty() ? "-" : t.leader)
            << " primary=" << (t.primary ? t.members[*t.primary].name : "-") << " members=[";
@@ -365,7 +416,9 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         for (const auto& m : t.members) {
             os << (first ? "" : ", ") << m.name << " " << m.address() << " " << to_string(m.role) << "/"
                << to_string(m.state);
-            if (m.lag_bytes) os << " lag=" << *m.lag_bytes;
+            if (with_lag && m.lag_bytes) os << " lag=" << *m.lag_bytes;
+            if (m.role == Role::Replica && (!m.lag_bytes || *m.lag_bytes > opts.max_replica_lag))
+                os << (m.lag_bytes ? " lagging" : " lag-unknown");
             for (const auto& tag : m.tags) os << " +" << tag;
             first = false;
         }
@@ -386,9 +439,16 @@ void ZkSource::start() {
     zoo_set_debug_level(log::enabled(log::Level::Debug) ? ZOO_LOG_LEVEL_WARN : static_cast<ZooLogLevel>(0));
     std::weak_ptr<Impl> weak = impl_;
     impl_->probe = std::make_unique<LeaderProbe>(
-        impl_->opts.probe, [weak](const std::string& member, patroni::ProbeStatus status, const std::string& detail) {
+        impl_->opts.probe, [weak](const std::string& member, patroni::ProbeStatus status, std::optional<uint64_t> wal,
+                                  const std::string& detail) {
             if (auto impl = weak.lock())
-                asio::post(impl->ctx, [impl, member, status, detail] { impl->probe_report(member, status, detail); });
+                asio::post(impl->ctx,
+                           [impl, member, status, wal, detail] { impl->probe_report(member, status, wal, detail); });
+        });
+    impl_->replay_probe = std::make_unique<ReplayProbe>(
+        impl_->opts.probe, [weak](const std::string& member, std::optional<uint64_t> replayed) {
+            if (auto impl = weak.lock())
+                asio::post(impl->ctx, [impl, member, replayed] { impl->replay_report(member, replayed); });
         });
     impl_->open();
 }
@@ -400,6 +460,7 @@ void ZkSource::stop() {
     impl_->unreachable_timer.cancel();
     impl_->close_handle();
     if (impl_->probe) impl_->probe->stop();
+    if (impl_->replay_probe) impl_->replay_probe->stop();
 }
 
 }  // namespace pgrelay::topology

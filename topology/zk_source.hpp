@@ -20,6 +20,7 @@ struct ZkSourceOptions {
     std::string base;   // "/<namespace>/<scope>", e.g. "/service/pgrelay"
     std::chrono::milliseconds session_timeout{10000};
     patroni::BuildOptions build;
+    uint64_t max_replica_lag = 16ull << 20;  // only to log when a replica crosses it
     ProbeOptions probe;
 };
 

@@ -125,11 +125,100 @@ void PgCluster::start(const std::string& name) {
         throw std::runtime_error("pgcluster start failed: " + out);
 }
 
+static std::string patroni_script() { return std::string(PGRELAY_SOURCE_DIR) + "/tests/fixtures/patroni_cluster.py"; }
+
+PatroniCluster& PatroniCluster::shared() {
+    static PatroniCluster cluster;
+    return cluster;
+}
+
+PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patroni")) {
+    const std::string out = run("up --nodes 4 --tags pg3=noloadbalance,nofailover", 600);
+    std::istringstream in(out);
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream ls(line);
+        std::string word;
+        ls >> word;
+        if (word == "zookeeper") ls >> zk_hosts_;
+        else if (word == "scope") ls >> scope_;
+        else if (word == "node") {
+            PatroniNode n;
+            ls >> n.name >> n.pg_port >> n.rest_port >> n.role;
+            nodes_.push_back(n);
+        }
+    }
+    if (zk_hosts_.empty() || scope_.empty() || nodes_.size() != 4) throw std::runtime_error("unexpected patroni_cluster output:\n" + out);
+}
+
+PatroniCluster::~PatroniCluster() { run_command("python3 " + patroni_script() + " down --dir " + dir_->path() + "/c"); }
+
+std::string PatroniCluster::run(const std::string& args, int timeout_s) const {
+    std::string out;
+    const std::string cmd = "timeout " + std::to_string(timeout_s) + " python3 " + patroni_script() + " " +
+                            args.substr(0, args.find(' ')) + " --dir " + dir_->path() + "/c" +
+                            (args.find(' ') == std::string::npos ? "" : args.substr(args.find(' ')));
+    if (run_command(cmd, &out) != 0) throw std::runtime_error("patroni_cluster " + args + " failed:\n" + out);
+    return out;
+}
+
+std::vector<PatroniNode> PatroniCluster::list() const {
+    std::vector<PatroniNode> out;
+    std::istringstream in(run("list"));
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream ls(line);
+        std::string word;
+        PatroniNode n;
+        if (ls >> word && word == "node" && ls >> n.name >> n.pg_port >> n.rest_port >> n.role >> n.state) out.push_back(n);
+    }
+    return out;
+}
+
+std::string PatroniCluster::leader() const {
+    std::string l = run("leader");
+    while (!l.empty() && (l.back() == '\n' || l.back() == ' ')) l.pop_back();
+    return l;
+}
+
+const PatroniNode& PatroniCluster::node(const std::string& name) const {
+    for (const auto& n : nodes_)
+        if (n.name == name) return n;
+    throw std::runtime_error("no node " + name);
+}
+
+std::string PatroniCluster::direct(const std::string& name) const {
+    return "host=127.0.0.1 port=" + std::to_string(node(name).pg_port) +
+           " user=postgres password=postgres dbname=postgres connect_timeout=5";
+}
+
 std::string PgCluster::direct(const Node& n) const {
     return "host=127.0.0.1 port=" + std::to_string(n.port) + " user=postgres password=postgres dbname=postgres connect_timeout=5";
 }
 
 Pgrelay::Pgrelay(const PgCluster& cluster, PgrelayOptions opts) : dir_(std::make_unique<TempDir>("pgrelay-proxy")) {
+    std::ostringstream cfg;
+    cfg << "[routing]\nro_fallback_to_primary = " << (opts.ro_fallback_to_primary ? "true" : "false") << "\n"
+        << "[topology]\nsource = \"static\"\nhealth_check_interval = \"200ms\"\nhealth_check_timeout = \"500ms\"\n";
+    for (const auto& n : cluster.nodes())
+        cfg << "[[topology.members]]\nname = \"" << n.name << "\"\nhost = \"127.0.0.1\"\nport = " << n.port
+            << "\nrole = \"" << n.role << "\"\n";
+    launch(cfg.str(), opts);
+}
+
+Pgrelay::Pgrelay(const PatroniCluster& cluster, const std::string& routing, PgrelayOptions opts)
+    : dir_(std::make_unique<TempDir>("pgrelay-proxy")) {
+    std::ostringstream cfg;
+    cfg << "[routing]\nro_fallback_to_primary = " << (opts.ro_fallback_to_primary ? "true" : "false") << "\n"
+        << routing << "\n"
+        << "[topology]\nsource = \"zookeeper\"\n"
+        << "[topology.zookeeper]\nhosts = \"" << cluster.zk_hosts() << "\"\nnamespace = \"service\"\nscope = \""
+        << cluster.scope() << "\"\nsession_timeout = \"10s\"\n"
+        << "[topology.probe]\nuser = \"pgrelay\"\npassword = \"pgrelay\"\ndbname = \"postgres\"\ninterval = \"500ms\"\n";
+    launch(cfg.str(), opts);
+}
+
+void Pgrelay::launch(const std::string& body, const PgrelayOptions& opts) {
     rw_ = free_port();
     do ro_ = free_port(); while (ro_ == rw_);
     std::ostringstream cfg;
@@ -137,11 +226,7 @@ Pgrelay::Pgrelay(const PgCluster& cluster, PgrelayOptions opts) : dir_(std::make
         << "connect_timeout = \"" << opts.connect_timeout << "\"\nstartup_timeout = \"" << opts.startup_timeout << "\"\n"
         << opts.extra_server << "\n"
         << "[listen]\nrw = \"127.0.0.1:" << rw_ << "\"\nro = \"127.0.0.1:" << ro_ << "\"\n"
-        << "[routing]\nro_fallback_to_primary = " << (opts.ro_fallback_to_primary ? "true" : "false") << "\n"
-        << "[topology]\nsource = \"static\"\nhealth_check_interval = \"200ms\"\nhealth_check_timeout = \"500ms\"\n";
-    for (const auto& n : cluster.nodes())
-        cfg << "[[topology.members]]\nname = \"" << n.name << "\"\nhost = \"127.0.0.1\"\nport = " << n.port
-            << "\nrole = \"" << n.role << "\"\n";
+        << body;
     const std::string cfg_path = dir_->path() + "/pgrelay.toml";
     std::ofstream(cfg_path) << cfg.str();
     const std::string log_path = dir_->path() + "/pgrelay.log";

@@ -58,6 +58,36 @@ private:
     std::vector<Node> nodes_;
 };
 
+// ZooKeeper + Patroni cluster (tests/fixtures/patroni_cluster.py): pg0..pg3,
+// pg3 tagged noloadbalance + nofailover (a backup node).
+struct PatroniNode {
+    std::string name;
+    uint16_t pg_port = 0;
+    uint16_t rest_port = 0;
+    std::string role;   // leader | replica | sync_standby ...
+    std::string state;  // from `list`
+};
+
+class PatroniCluster {
+public:
+    static PatroniCluster& shared();
+    ~PatroniCluster();
+    const std::string& zk_hosts() const { return zk_hosts_; }
+    const std::string& scope() const { return scope_; }
+    // Runs a fixture command ("list", "switchover", "kill pg0", ...); throws on failure.
+    std::string run(const std::string& args, int timeout_s = 180) const;
+    std::vector<PatroniNode> list() const;  // current view (patroni REST API)
+    std::string leader() const;
+    const PatroniNode& node(const std::string& name) const;
+    std::string direct(const std::string& name) const;  // superuser conninfo to a node
+
+private:
+    PatroniCluster();
+    std::unique_ptr<TempDir> dir_;
+    std::string zk_hosts_, scope_;
+    std::vector<PatroniNode> nodes_;
+};
+
 // A pgrelay process with its own config (ports chosen here).
 struct PgrelayOptions {
     bool ro_fallback_to_primary = true;
@@ -70,6 +100,9 @@ struct PgrelayOptions {
 class Pgrelay {
 public:
     Pgrelay(const PgCluster& cluster, PgrelayOptions opts = {});
+    // Following a Patroni cluster through ZooKeeper; `routing` is extra TOML
+    // for the [routing] section.
+    Pgrelay(const PatroniCluster& cluster, const std::string& routing, PgrelayOptions opts = {});
     ~Pgrelay();
     uint16_t rw_port() const { return rw_; }
     uint16_t ro_port() const { return ro_; }
@@ -79,6 +112,7 @@ public:
     int open_fds() const;
 
 private:
+    void launch(const std::string& config_body, const PgrelayOptions& opts);
     std::unique_ptr<TempDir> dir_;
     uint16_t rw_ = 0, ro_ = 0;
     int pid_ = -1;

@@ -1,0 +1,403 @@
+// Integration tests against a real ZooKeeper + 4-node Patroni cluster (pg3 is a
+// backup node tagged noloadbalance + nofailover) and a real pgrelay following it
+// through ZooKeeper: routing, switchover and crash failover under a write loop
+// with zero acknowledged writes lost, held connections, lag-aware reads, and a
+// ZooKeeper outage. One cluster and one pgrelay are shared by all cases.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "fixtures.hpp"
+
+using namespace pgrelay::test;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr uint64_t kMaxLag = 1 << 20;  // max_replica_lag for the shared pgrelay
+
+Pgrelay& relay() {
+    static Pgrelay r(PatroniCluster::shared(), "max_replica_lag = " + std::to_string(kMaxLag) + "\nhold_timeout = \"60s\"\n");
+    return r;
+}
+
+std::string user_conninfo(uint16_t port) {
+    return "host=127.0.0.1 port=" + std::to_string(port) +
+           " user=scramuser password=scrampass dbname=postgres connect_timeout=90 sslmode=disable";
+}
+
+std::string port_via(uint16_t port) {
+    PgConn c = pg_connect(user_conninfo(port));
+    if (!c.ok()) return "error " + c.sqlstate + ": " + c.error;
+    try {
+        return query_value(c.conn, "SELECT inet_server_port()");
+    } catch (const std::exception& e) {
+        return std::string("error ") + e.what();
+    }
+}
+
+std::string pg_port_of(const std::string& name) { return std::to_string(PatroniCluster::shared().node(name).pg_port); }
+
+// Until the cluster has a leader with every other node streaming again.
+void wait_healthy() { PatroniCluster::shared().run("wait --timeout 120", 150); }
+
+// Writes one row per round trip through rw, reconnecting on any error, and
+// records what the client saw: acknowledged ids with the server port that
+// committed them, and every SQLSTATE of a failure.
+class Writer {
+public:
+    explicit Writer(uint16_t port) : port_(port) {
+        PgConn c = pg_connect(user_conninfo(port_));
+        REQUIRE(c.ok());
+        exec(c.conn,
+             "CREATE TABLE IF NOT EXISTS failover_writes(id bigint PRIMARY KEY, "
+             "port int NOT NULL DEFAULT inet_server_port(), at timestamptz DEFAULT clock_timestamp())");
+        next_ = std::stoll(query_value(c.conn, "SELECT coalesce(max(id), 0) + 1 FROM failover_writes"));
+        first_id_ = next_;
+        thread_ = std::thread([this] { loop(); });
+    }
+    ~Writer() { stop(); }
+
+    int64_t first_id() const { return first_id_; }
+    void stop() {
+        stop_ = true;
+        if (thread_.joinable()) thread_.join();
+    }
+    size_t acked() {
+        std::lock_guard l(mu_);
+        return acked_.size();
+    }
+    std::vector<std::pair<int64_t, std::string>> acked_rows() {
+        std::lock_guard l(mu_);
+        return acked_;
+    }
+    std::multiset<std::string> errors() {
+        std::lock_guard l(mu_);
+        return errors_;
+    }
+    double longest_outage_s() {
+        std::lock_guard l(mu_);
+        return longest_outage_;
+    }
+    // Blocks until `n` more writes were acknowledged (bounded).
+    bool wait_more(size_t n, std::chrono::seconds timeout) {
+        const size_t target = acked() + n;
+        return eventually([&] { return acked() >= target; }, timeout);
+    }
+
+private:
+    void loop() {
+        const auto deadline = Clock::now() + 600s;  // bounded whatever happens
+        PgConn c;
+        Clock::time_point last_ok = Clock::now();
+        bool in_outage = false;
+        while (!stop_ && Clock::now() < deadline) {
+            if (!c.ok()) {
+                c = pg_connect(user_conninfo(port_));
+                if (!c.ok()) {
+                    note_error(c.sqlstate.empty() ? "connect:" + c.error.substr(0, 60) : c.sqlstate);
+                    in_outage = true;
+                    std::this_thread::sleep_for(20ms);
+                    continue;
+                }
+            }
+            const int64_t id = next_++;
+            PGresult* res = PQexec(c.conn, ("INSERT INTO failover_writes(id) VALUES (" + std::to_string(id) +
+                                            ") RETURNING port")
+                                               .c_str());
+            if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+                const std::string port = PQgetvalue(res, 0, 0);
+                std::lock_guard l(mu_);
+                acked_.emplace_back(id, port);
+                const auto now = Clock::now();
+                if (in_outage)
+                    longest_outage_ = std::max(longest_outage_, std::chrono::duration<double>(now - last_ok).count());
+                in_outage = false;
+                last_ok = now;
+            } else {
+                const char* code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                note_error(code ? code : "no-sqlstate");
+                in_outage = true;
+                c = PgConn();  // reconnect through pgrelay
+            }
+            PQclear(res);
+        }
+    }
+    void note_error(const std::string& e) {
+        std::lock_guard l(mu_);
+        errors_.insert(e);
+    }
+
+    uint16_t port_;
+    int64_t next_ = 1;
+    int64_t first_id_ = 1;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+    std::mutex mu_;
+    std::vector<std::pair<int64_t, std::string>> acked_;
+    std::multiset<std::string> errors_;
+    double longest_outage_ = 0;
+};
+
+// Every acknowledged write is on `final_leader` with the port that committed
+// it, and ports change only in the order of the leaders: no write committed
+// on a node after a later leader took over.
+void check_no_lost_writes(Writer& w, const std::string& final_leader,
+                          const std::vector<std::string>& leader_ports_in_order) {
+    const auto acked = w.acked_rows();
+    PgConn d = pg_connect(PatroniCluster::shared().direct(final_leader));
+    REQUIRE(d.ok());
+    PGresult* res = PQexec(d.conn, ("SELECT id, port FROM failover_writes WHERE id >= " + std::to_string(w.first_id()) +
+                                    " ORDER BY id")
+                                       .c_str());
+    REQUIRE(PQresultStatus(res) == PGRES_TUPLES_OK);
+    std::map<int64_t, std::string> stored;
+    for (int i = 0; i < PQntuples(res); ++i) stored[std::stoll(PQgetvalue(res, i, 0))] = PQgetvalue(res, i, 1);
+    PQclear(res);
+    size_t missing = 0;
+    for (const auto& [id, port] : acked) {
+        auto it = stored.find(id);
+        if (it == stored.end() || it->second != port) ++missing;
+    }
+    CHECK(missing == 0);
+    INFO("acknowledged writes: " << acked.size());
+    CHECK(acked.size() > 0);
+    size_t stage = 0;
+    for (const auto& [id, port] : stored) {
+        while (stage < leader_ports_in_order.size() && leader_ports_in_order[stage] != port) ++stage;
+        INFO("row " << id << " committed on port " << port);
+        REQUIRE(stage < leader_ports_in_order.size());  // a port outside the leader sequence, or out of order
+    }
+}
+
+}  // namespace
+
+TEST_CASE("rw reaches the Patroni leader and ro round-robins over the load-balanced replicas", "[patroni]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    const std::string leader = cluster.leader();
+    std::set<std::string> replicas;
+    for (const auto& n : cluster.list())
+        if (n.name != leader && n.name != "pg3") replicas.insert(pg_port_of(n.name));
+    REQUIRE(replicas.size() == 2);
+
+    REQUIRE(eventually([&] { return port_via(relay().rw_port()) == pg_port_of(leader); }, 30s));
+    std::vector<std::string> seen;
+    for (int i = 0; i < 12; ++i) seen.push_back(port_via(relay().ro_port()));
+    for (size_t i = 0; i < seen.size(); ++i) {
+        INFO("ro connection " << i << " -> " << seen[i]);
+        CHECK(replicas.count(seen[i]) == 1);  // never the leader, never the backup node pg3
+        if (i > 0) CHECK(seen[i] != seen[i - 1]);
+    }
+    CHECK_THAT(relay().log(), Catch::Contains("cluster state loaded"));
+}
+
+TEST_CASE("the noloadbalance backup node never receives an ro connection", "[patroni]") {
+    const std::string backup = pg_port_of("pg3");
+    for (int i = 0; i < 40; ++i) {
+        const std::string p = port_via(relay().ro_port());
+        INFO("ro connection " << i << " -> " << p);
+        REQUIRE(p.rfind("error", 0) != 0);
+        CHECK(p != backup);
+    }
+}
+
+TEST_CASE("a replica lagging beyond max_replica_lag gets no new ro connections but keeps its sessions", "[patroni]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    const std::string leader = cluster.leader();
+    std::string lagger;
+    for (const auto& n : cluster.list())
+        if (n.name != leader && n.name != "pg3") lagger = n.name;
+    REQUIRE(!lagger.empty());
+    const std::string lag_port = pg_port_of(lagger);
+
+    // An ro session on the replica that is about to lag.
+    PgConn held;
+    REQUIRE(eventually(
+        [&] {
+            held = pg_connect(user_conninfo(relay().ro_port()));
+            return held.ok() && query_value(held.conn, "SELECT inet_server_port()") == lag_port;
+        },
+        10s));
+
+    // Patroni resumes paused replay unless the cluster is in maintenance mode.
+    cluster.run("maintenance on");
+    cluster.run("psql " + lagger + " 'SELECT pg_wal_replay_pause()'");
+    {
+        PgConn w = pg_connect(user_conninfo(relay().rw_port()));
+        REQUIRE(w.ok());
+        exec(w.conn, "DROP TABLE IF EXISTS lag_fill; CREATE TABLE lag_fill AS SELECT g, repeat('x', 1000) AS pad "
+                     "FROM generate_series(1, 4000) g");  // ~4 MB of WAL > 1 MiB max_replica_lag
+    }
+    // Patroni publishes optime and xlog_location every loop_wait (2 s).
+    CHECK(eventually(
+        [&] {
+            for (int i = 0; i < 6; ++i)
+                if (port_via(relay().ro_port()) == lag_port) return false;
+            return true;
+        },
+        30s));
+    for (int i = 0; i < 10; ++i) CHECK(port_via(relay().ro_port()) != lag_port);
+    // The lagging replica's open session was not cut.
+    CHECK(query_value(held.conn, "SELECT inet_server_port()") == lag_port);
+
+    cluster.run("psql " + lagger + " 'SELECT pg_wal_replay_resume()'");
+    cluster.run("maintenance off");
+    CHECK(eventually(
+        [&] {
+            for (int i = 0; i < 4; ++i)
+                if (port_via(relay().ro_port()) == lag_port) return true;
+            return false;
+        },
+        30s));
+    CHECK(query_value(held.conn, "SELECT 1") == "1");
+}
+
+TEST_CASE("stopping ZooKeeper for 10 s drops no session, and routing follows the cluster afterwards", "[patroni]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    const std::string leader = cluster.leader();
+    REQUIRE(eventually([&] { return port_via(relay().rw_port()) == pg_port_of(leader); }, 30s));
+    PgConn rw = pg_connect(user_conninfo(relay().rw_port()));
+    PgConn ro = pg_connect(user_conninfo(relay().ro_port()));
+    REQUIRE(rw.ok());
+    REQUIRE(ro.ok());
+
+    cluster.run("stop-zk");
+    const auto until = Clock::now() + 10s;
+    while (Clock::now() < until) {
+        CHECK(query_value(rw.conn, "SELECT 1") == "1");
+        CHECK(query_value(ro.conn, "SELECT 1") == "1");
+        std::this_thread::sleep_for(1s);
+    }
+    // New connections route on the last known topology meanwhile.
+    CHECK(port_via(relay().rw_port()) == pg_port_of(leader));
+    CHECK(port_via(relay().ro_port()).rfind("error", 0) != 0);
+    cluster.run("start-zk");
+    CHECK(query_value(rw.conn, "SELECT 1") == "1");
+    CHECK(query_value(ro.conn, "SELECT 1") == "1");
+    CHECK(eventually([&] { return relay().log().find("zookeeper: connected to") != relay().log().rfind("zookeeper: connected to"); }, 60s));
+
+    // Routing follows the cluster again: a switchover now is seen.
+    wait_healthy();
+    const std::string out = cluster.run("switchover");
+    const std::string new_leader = cluster.leader();
+    INFO(out);
+    REQUIRE(new_leader != leader);
+    CHECK(eventually([&] { return port_via(relay().rw_port()) == pg_port_of(new_leader); }, 30s));
+}
+
+TEST_CASE("switchover under a write loop: old sessions get 57P01, new ones are held, no write is lost", "[patroni]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    const std::string old_leader = cluster.leader();
+    REQUIRE(eventually([&] { return port_via(relay().rw_port()) == pg_port_of(old_leader); }, 30s));
+
+    // An idle session on the old primary, besides the busy writer; at the
+    // protocol level, to see exactly what reaches the client.
+    RawSession idle = md5_login(relay().rw_port(), "md5user", "md5pass");
+    REQUIRE(idle.error.empty());
+
+    Writer writer(relay().rw_port());
+    REQUIRE(writer.wait_more(50, 30s));
+
+    // New connections keep arriving during the switchover, one every 100 ms.
+    std::atomic<bool> stop_connecting{false};
+    std::mutex mu;
+    std::vector<std::pair<std::string, double>> attempts;  // (outcome, seconds)
+    std::thread connector([&] {
+        const auto deadline = Clock::now() + 120s;
+        while (!stop_connecting && Clock::now() < deadline) {
+            const auto t0 = Clock::now();
+            PgConn c = pg_connect(user_conninfo(relay().rw_port()));
+            std::string outcome;
+            if (!c.ok()) outcome = "error " + c.sqlstate + " " + c.error;
+            else {
+                try {
+                    outcome = query_value(c.conn, "SELECT pg_is_in_recovery()") == "f" ? "writable" : "read-only";
+                } catch (const std::exception& e) {
+                    outcome = std::string("error ") + e.what();
+                }
+            }
+            std::lock_guard l(mu);
+            attempts.emplace_back(outcome, std::chrono::duration<double>(Clock::now() - t0).count());
+            std::this_thread::sleep_for(100ms);
+        }
+    });
+
+    const std::string out = cluster.run("switchover");
+    const std::string new_leader = cluster.leader();
+    INFO(out);
+    REQUIRE(new_leader != old_leader);
+    CHECK(writer.wait_more(50, 60s));
+    stop_connecting = true;
+    connector.join();
+    writer.stop();
+
+    // The client only had to reconnect: its old session ended with 57P01
+    // (PostgreSQL's own at the demotion's shutdown, or pgrelay's when the
+    // leader key moved, whichever came first).
+    const auto goodbye = first_error(idle.client->read_all(5s));
+    REQUIRE(goodbye);
+    INFO("idle session after the switchover: " << goodbye->severity << " " << goodbye->message);
+    CHECK(goodbye->severity == "FATAL");
+    CHECK(goodbye->sqlstate == "57P01");
+    const auto errors = writer.errors();
+    std::string all;
+    for (const auto& e : errors) all += e + " ";
+    INFO("errors the writer saw: " << all);
+    CHECK(errors.count("57P03") == 0);  // never refused for lack of a primary
+    CHECK(errors.count("08006") == 0);  // nor for the old primary refusing connections
+    WARN("switchover " << old_leader << " -> " << new_leader << ": longest write outage " << writer.longest_outage_s()
+                       << " s");
+
+    // Connections opened meanwhile were held, then all reached a writable primary.
+    size_t held = 0;
+    for (const auto& [outcome, secs] : attempts) {
+        INFO("connect attempt: " << outcome << " after " << secs << " s");
+        CHECK(outcome == "writable");
+        if (secs > 0.5) ++held;
+    }
+    CHECK(attempts.size() > 10);
+    CHECK(held >= 1);
+    CHECK_THAT(relay().log(), Catch::Contains("held:") && Catch::Contains("released after"));
+    CHECK_THAT(relay().log(), Catch::Contains("ms after the leader znode event"));
+
+    check_no_lost_writes(writer, new_leader, {pg_port_of(old_leader), pg_port_of(new_leader)});
+}
+
+TEST_CASE("kill -9 of the leader's Patroni and PostgreSQL: rw follows the new leader, no acknowledged write lost",
+          "[patroni]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    const std::string old_leader = cluster.leader();
+    REQUIRE(eventually([&] { return port_via(relay().rw_port()) == pg_port_of(old_leader); }, 30s));
+    Writer writer(relay().rw_port());
+    REQUIRE(writer.wait_more(50, 30s));
+
+    cluster.run("kill " + old_leader);
+    // The leader key lives until Patroni's ZooKeeper session expires (ttl 10 s).
+    const std::string new_leader = [&] {
+        std::string l = cluster.run("leader --wait 90 --not " + old_leader, 120);
+        while (!l.empty() && (l.back() == '\n' || l.back() == ' ')) l.pop_back();
+        return l;
+    }();
+    REQUIRE(new_leader != old_leader);
+    CHECK(new_leader != "pg3");  // nofailover
+    CHECK(eventually([&] { return port_via(relay().rw_port()) == pg_port_of(new_leader); }, 60s));
+    CHECK(writer.wait_more(50, 60s));
+    writer.stop();
+    WARN("crash of " << old_leader << " -> " << new_leader << ": longest write outage " << writer.longest_outage_s()
+                     << " s");
+    check_no_lost_writes(writer, new_leader, {pg_port_of(old_leader), pg_port_of(new_leader)});
+
+    cluster.run("start " + old_leader);
+    wait_healthy();
+    CHECK(relay().running());
+}
