@@ -26,7 +26,7 @@ struct ProbeOptions {
     std::string password;
     std::string dbname = "postgres";
     std::chrono::milliseconds interval{1000};     // steady-state check of the current leader
-    std::chrono::milliseconds fast_interval{10};  // retry period right after a leader change
+    std::chrono::milliseconds fast_interval{5};   // retry period right after a leader change
     std::chrono::milliseconds fast_window{30000}; // how long fast retries last at most
     std::chrono::milliseconds connect_timeout{2000};
 };

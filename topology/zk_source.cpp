@@ -196,7 +196,9 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
             }
             return;
         }
-        if (path == leader_path) leader_event_at = at;
+        // Reroute latency is measured from the event that announces the new
+        // leader key (created or changed), not from the old key's deletion.
+        if (path == leader_path && type != ZOO_DELETED_EVENT) leader_event_at = at;
         if (type == ZOO_CHILD_EVENT && path == members_path) {
             read_children();
         } else if (type == ZOO_CREATED_EVENT || type == ZOO_CHANGED_EVENT || type == ZOO_DELETED_EVENT) {
@@ -395,6 +397,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                     const auto ms = std::chrono::duration<double, std::milli>(steady_clock::now() - *leader_event_at).count();
                     log::info("topology: rw now routes to {} ({}), {:.1f} ms after the leader znode event", primary,
                               how, ms);
+                    leader_event_at.reset();
                 } else {
                     log::info("topology: rw routes to {} ({})", primary, how);
                 }
