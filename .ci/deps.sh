@@ -11,6 +11,8 @@ PACKAGES=(
   libtomlplusplus-dev
   # real components for tests and the demo: PostgreSQL, ZooKeeper (Java), Patroni
   postgresql-15 postgresql-client-15 python3 zookeeper patroni python3-kazoo
+  # promtool, to check /metrics output and the alert rules
+  prometheus
 )
 
 missing=()

@@ -183,10 +183,17 @@ public:
     Config load(const toml::table& root) {
         Config c;
         c.path = path_;
-        only_keys(root, "the top level", {"server", "listen", "routing", "topology"});
+        only_keys(root, "the top level", {"server", "listen", "routing", "topology", "admin"});
 
         if (const toml::table* s = table(root, "server")) {
-            only_keys(*s, "[server]", {"threads", "log_level", "connect_timeout", "startup_timeout", "max_frame_size"});
+            only_keys(*s, "[server]",
+                      {"threads", "log_level", "log_format", "connect_timeout", "startup_timeout", "max_frame_size",
+                       "shutdown_grace"});
+            const std::string fmt = get_string(*s, "log_format", "text");
+            if (fmt != "text" && fmt != "json")
+                fail(s->get("log_format"), "log_format must be \"text\" or \"json\", got \"" + fmt + "\"");
+            c.log_json = fmt == "json";
+            c.shutdown_grace = get_duration(*s, "shutdown_grace", c.shutdown_grace);
             c.threads = static_cast<unsigned>(get_int(*s, "threads", 0, 0, 256));
             const std::string lvl = get_string(*s, "log_level", "info");
             if (!log::parse_level(lvl, c.log_level))
@@ -202,6 +209,10 @@ public:
             only_keys(*l, "[listen]", {"rw", "ro"});
             c.rw = get_listen(*l, "rw", PortRole::ReadWrite, "");
             c.ro = get_listen(*l, "ro", PortRole::ReadOnly, "");
+        }
+        if (const toml::table* a = table(root, "admin")) {
+            only_keys(*a, "[admin]", {"listen"});
+            c.admin = get_listen(*a, "listen", PortRole::ReadWrite, "127.0.0.1:9187");
         }
         if (!c.rw.enabled && !c.ro.enabled) fail(root.get("listen"), "[listen] must set rw and/or ro (\"address:port\")");
         if (c.rw.enabled && c.ro.enabled && c.rw.port == c.ro.port && c.rw.host == c.ro.host)

@@ -38,9 +38,14 @@ struct Config {
     std::string path;
     unsigned threads = 0;  // 0 = one per core
     log::Level log_level = log::Level::Info;
+    bool log_json = false;
 
     ListenConfig rw{PortRole::ReadWrite, false, {}, 0};
     ListenConfig ro{PortRole::ReadOnly, false, {}, 0};
+    ListenConfig admin{PortRole::ReadWrite, true, "127.0.0.1", 9187};  // role unused
+    // SIGTERM: stop accepting, let sessions finish this long, then end the
+    // rest with 57P01.
+    std::chrono::milliseconds shutdown_grace{30000};
 
     std::chrono::milliseconds connect_timeout{5000};
     std::chrono::milliseconds startup_timeout{10000};

@@ -6,6 +6,7 @@
 #include <fmt/core.h>
 
 #include <atomic>
+#include <string>
 #include <string_view>
 
 namespace pgrelay::log {
@@ -13,7 +14,12 @@ namespace pgrelay::log {
 enum class Level { Debug = 0, Info = 1, Warning = 2, Error = 3 };
 
 bool parse_level(std::string_view s, Level& out) noexcept;
+// Client-supplied text (user names, ...) with control characters replaced, so
+// a client cannot forge log lines; at most 64 characters.
+std::string printable(std::string_view s);
 void set_level(Level l) noexcept;
+// One JSON object per line ({"ts","level","msg"}) instead of plain text.
+void set_json(bool json) noexcept;
 bool enabled(Level l) noexcept;
 void write(Level l, std::string_view message) noexcept;
 

@@ -72,6 +72,7 @@ int main(int argc, char** argv) {
         return 0;
     }
     pgrelay::log::set_level(config.log_level);
+    pgrelay::log::set_json(config.log_json);
     try {
         pgrelay::log::info("pgrelay {} starting with {}", PGRELAY_VERSION, config_path);
         pgrelay::Server server(std::move(config));

@@ -28,17 +28,18 @@ RouteDecision Router::route(PortRole role, const topology::Topology* t) {
         }
         return d;
     }
+    const topology::RoutingOptions opts = options();
     if (t) {
         const uint64_t rr = ro_rr_.fetch_add(1, std::memory_order_relaxed);
         std::vector<uint32_t> conns;
-        if (opts_.ro_balance == topology::Balance::LeastConn) {
+        if (opts.ro_balance == topology::Balance::LeastConn) {
             std::lock_guard lock(mu_);
             for (const auto& m : t->members) {
                 auto it = open_.find(m.name);
                 conns.push_back(it == open_.end() ? 0 : it->second);
             }
         }
-        const auto idx = topology::ro_candidates(*t, opts_, rr, conns.empty() ? nullptr : &conns);
+        const auto idx = topology::ro_candidates(*t, opts, rr, conns.empty() ? nullptr : &conns);
         for (size_t i : idx) d.candidates.push_back(to_target(t->members[i]));
         d.primary_last = !idx.empty() && t->primary && idx.back() == *t->primary;
     }
@@ -47,10 +48,20 @@ RouteDecision Router::route(PortRole role, const topology::Topology* t) {
         d.message = "pgrelay ro: no replica available (cluster state not known yet)";
     } else if (d.candidates.empty()) {
         d.sqlstate = "57P03";
-        d.message = opts_.ro_fallback_to_primary ? "pgrelay ro: no replica and no primary available"
+        d.message = opts.ro_fallback_to_primary ? "pgrelay ro: no replica and no primary available"
                                                  : "pgrelay ro: no replica available (ro_fallback_to_primary is off)";
     }
     return d;
+}
+
+void Router::set_options(const topology::RoutingOptions& opts) {
+    std::lock_guard lock(mu_);
+    opts_ = opts;
+}
+
+topology::RoutingOptions Router::options() const {
+    std::lock_guard lock(mu_);
+    return opts_;
 }
 
 void Router::opened(const std::string& member) {

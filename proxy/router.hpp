@@ -35,6 +35,9 @@ class Router {
 public:
     explicit Router(topology::RoutingOptions opts) : opts_(opts) {}
     RouteDecision route(PortRole role, const topology::Topology* t);
+    // Config reload: new connections use the new options at once.
+    void set_options(const topology::RoutingOptions& opts);
+    topology::RoutingOptions options() const;
     void opened(const std::string& member);
     void closed(const std::string& member);
     uint32_t open_count(const std::string& member) const;

@@ -9,10 +9,13 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <functional>
 #include <thread>
 #include <vector>
 
+#include "proxy/admin.hpp"
 #include "proxy/cancel_registry.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/log.hpp"
 #include "proxy/router.hpp"
 #include "proxy/session.hpp"
@@ -40,8 +43,11 @@ tcp::acceptor open_acceptor(asio::io_context& ctx, const ListenConfig& l) {
 }
 
 struct Worker {
-    asio::io_context ctx{1};
+    // Destruction order matters: `ctx` goes before `shared`, because
+    // destroying the io_context destroys suspended session coroutines, whose
+    // destructors unregister from shared.sessions.
     WorkerShared shared;
+    asio::io_context ctx{1};
     std::vector<std::pair<tcp::acceptor, PortRole>> acceptors;
     std::thread thread;
 
@@ -49,6 +55,12 @@ struct Worker {
            std::atomic<int>& held)
         : shared{std::move(cfg), topology::SnapshotHub::Reader(hub), &router, &cancels, &held, {}, nullptr} {
         shared.topology_changed = std::make_unique<asio::steady_timer>(ctx, asio::steady_timer::time_point::max());
+    }
+    ~Worker() {
+        if (thread.joinable()) thread.join();
+        acceptors.clear();
+        // The timer belongs to ctx's services: it must go while they exist.
+        shared.topology_changed.reset();
     }
 
     asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, PortRole role) {
@@ -79,9 +91,112 @@ struct Server::Impl {
     std::atomic<int> held{0};
     asio::io_context control{1};
     std::unique_ptr<topology::Source> source;
+    std::unique_ptr<AdminServer> admin;
     std::vector<std::unique_ptr<Worker>> workers;
+    bool draining = false;
+    std::string last_primary;
 
     explicit Impl(Config c) : config(std::make_shared<const Config>(std::move(c))), router(config->routing) {}
+
+    void post_to_workers(std::function<void(Worker&)> f) {
+        for (auto& w : workers) {
+            Worker* wp = w.get();
+            asio::post(wp->ctx, [wp, f] { f(*wp); });
+        }
+    }
+
+    int64_t open_sessions() const {
+        auto& r = metrics::Registry::instance();
+        return r.port(PortRole::ReadWrite).client_open.load() + r.port(PortRole::ReadOnly).client_open.load();
+    }
+
+    // SIGHUP: re-read the file; apply what can change at run time, keep the old
+    // configuration whole if the new one is invalid.
+    void reload() {
+        Config next;
+        try {
+            next = load_config(config->path);
+        } catch (const ConfigError& e) {
+            log::error("reload: {} -- keeping the running configuration", e.describe());
+            return;
+        }
+        const Config& cur = *config;
+        std::vector<std::string> restart;
+        auto same_listen = [](const ListenConfig& a, const ListenConfig& b) {
+            return a.enabled == b.enabled && (!a.enabled || (a.host == b.host && a.port == b.port));
+        };
+        if (!same_listen(cur.rw, next.rw) || !same_listen(cur.ro, next.ro)) restart.push_back("[listen]");
+        if (!same_listen(cur.admin, next.admin)) restart.push_back("[admin] listen");
+        if (cur.threads != next.threads) restart.push_back("threads");
+        if (cur.topology_source != next.topology_source || cur.zookeeper.hosts != next.zookeeper.hosts ||
+            cur.zookeeper.base() != next.zookeeper.base() || cur.static_members.size() != next.static_members.size())
+            restart.push_back("[topology] source, ZooKeeper or member list");
+        for (const auto& what : restart) log::warn("reload: {} changed; it takes effect only after a restart", what);
+        // Keep what cannot change now, take the rest.
+        next.rw = cur.rw;
+        next.ro = cur.ro;
+        next.admin = cur.admin;
+        next.threads = cur.threads;
+        log::set_level(next.log_level);
+        log::set_json(next.log_json);
+        router.set_options(next.routing);
+        source->set_member_options(next.weights, next.exclude, next.allow_standby_leader);
+        config = std::make_shared<const Config>(std::move(next));
+        auto cfg = config;
+        post_to_workers([cfg](Worker& w) { w.shared.config = cfg; });
+        log::info("reload: configuration {} applied (routing, weights, exclusions, timeouts, log level)", cfg->path);
+    }
+
+    // SIGTERM/SIGINT: stop accepting, let sessions finish for shutdown_grace,
+    // then end the rest with 57P01 and stop. A second signal stops at once.
+    void shutdown(int sig) {
+        if (draining) {
+            log::warn("received signal {} again, stopping now", sig);
+            stop_all();
+            return;
+        }
+        draining = true;
+        log::info("received signal {}: no new connections; {} session(s) get {} ms to finish", sig, open_sessions(),
+                  config->shutdown_grace.count());
+        if (admin) admin->stop();
+        post_to_workers([](Worker& w) {
+            for (auto& [acc, role] : w.acceptors) {
+                boost::system::error_code ec;
+                acc.close(ec);
+            }
+        });
+        auto deadline = std::make_shared<asio::steady_timer>(control, config->shutdown_grace);
+        drain_step(deadline);
+    }
+
+    void drain_step(std::shared_ptr<asio::steady_timer> deadline) {
+        if (open_sessions() == 0) {
+            log::info("all sessions finished");
+            stop_all();
+            return;
+        }
+        if (asio::steady_timer::clock_type::now() >= deadline->expiry()) {
+            log::info("shutdown_grace over: ending {} session(s) with 57P01", open_sessions());
+            post_to_workers([](Worker& w) {
+                for (SessionHandle* h : w.shared.sessions)
+                    h->terminate("57P01", "pgrelay: terminating connection because pgrelay is shutting down");
+            });
+            // Give the ErrorResponses a moment to go out.
+            auto t = std::make_shared<asio::steady_timer>(control, std::chrono::seconds(2));
+            t->async_wait([this, t](const boost::system::error_code&) { stop_all(); });
+            return;
+        }
+        auto tick = std::make_shared<asio::steady_timer>(control, std::chrono::milliseconds(100));
+        tick->async_wait([this, tick, deadline](const boost::system::error_code& ec) {
+            if (!ec) drain_step(deadline);
+        });
+    }
+
+    void stop_all() {
+        source->stop();
+        for (auto& w : workers) w->ctx.stop();
+        control.stop();
+    }
 };
 
 Server::Server(Config config) : impl_(std::make_unique<Impl>(std::move(config))) {}
@@ -90,6 +205,7 @@ Server::~Server() = default;
 int Server::run() {
     Impl& s = *impl_;
     const Config& cfg = *s.config;
+    auto& reg = metrics::Registry::instance();
 
     if (cfg.topology_source == "zookeeper") {
         topology::ZkSourceOptions zo;
@@ -105,6 +221,9 @@ int Server::run() {
         zo.probe.dbname = cfg.probe.dbname;
         zo.probe.interval = cfg.probe.interval;
         zo.probe.connect_timeout = cfg.probe.connect_timeout;
+        zo.stats = &reg.source;
+        reg.zookeeper_source = true;
+        zo.on_reroute = [&reg](double secs) { reg.reroute_seconds.observe(secs); };
         s.source = std::make_unique<topology::ZkSource>(s.control, s.hub, std::move(zo));
         log::info("topology: following Patroni in ZooKeeper {} at {}", cfg.zookeeper.hosts, cfg.zookeeper.base());
     } else {
@@ -129,14 +248,26 @@ int Server::run() {
         }
         s.workers.push_back(std::move(w));
     }
+    if (cfg.admin.enabled) {
+        try {
+            s.admin = std::make_unique<AdminServer>(s.control, cfg.admin.host, cfg.admin.port, s.hub,
+                                                    [&s] { return s.router.options(); });
+        } catch (const std::exception& e) {
+            throw std::runtime_error("cannot listen on admin port " + cfg.admin.host + ":" +
+                                     std::to_string(cfg.admin.port) + ": " + e.what());
+        }
+    }
 
     // Every new snapshot reaches each worker on its own thread: held
     // connections re-route, sessions on a member that lost its role end.
-    s.hub.on_change([&s](const topology::TopologyPtr&, const topology::TopologyPtr& after) {
-        for (auto& w : s.workers) {
-            Worker* wp = w.get();
-            asio::post(wp->ctx, [wp, after] { apply_topology_change(wp->shared, *after); });
+    s.hub.on_change([&s, &reg](const topology::TopologyPtr&, const topology::TopologyPtr& after) {
+        reg.topology_changes.fetch_add(1, std::memory_order_relaxed);
+        const std::string primary = after->primary ? after->members[*after->primary].name : "";
+        if (primary != s.last_primary) {
+            reg.primary_changes.fetch_add(1, std::memory_order_relaxed);
+            s.last_primary = primary;
         }
+        s.post_to_workers([after](Worker& w) { apply_topology_change(w.shared, *after); });
     });
     s.source->start();  // the static source publishes its first snapshot before any accept
 
@@ -144,15 +275,27 @@ int Server::run() {
         for (auto& [acc, role] : w->acceptors) asio::co_spawn(w->ctx, w->accept_loop(acc, role), asio::detached);
     for (const ListenConfig* l : {&cfg.rw, &cfg.ro})
         if (l->enabled) log::info("listening on {} port {}:{} ({} threads)", to_string(l->role), l->host, l->port, n);
+    if (s.admin) {
+        s.admin->start();
+        log::info("admin HTTP on {}:{} (/metrics, /health, /health/ro, /topology)", cfg.admin.host, cfg.admin.port);
+    }
 
-    asio::signal_set signals(s.control, SIGINT, SIGTERM);
-    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+    asio::signal_set stop_signals(s.control, SIGINT, SIGTERM);
+    std::function<void(const boost::system::error_code&, int)> on_stop = [&](const boost::system::error_code& ec,
+                                                                             int sig) {
         if (ec) return;
-        log::info("received signal {}, shutting down", sig);
-        s.source->stop();
-        for (auto& w : s.workers) w->ctx.stop();
-        s.control.stop();
-    });
+        s.shutdown(sig);
+        stop_signals.async_wait(on_stop);
+    };
+    stop_signals.async_wait(on_stop);
+    asio::signal_set hup(s.control, SIGHUP);
+    std::function<void(const boost::system::error_code&, int)> on_hup = [&](const boost::system::error_code& ec, int) {
+        if (ec) return;
+        log::info("received SIGHUP: reloading {}", s.config->path);
+        s.reload();
+        hup.async_wait(on_hup);
+    };
+    hup.async_wait(on_hup);
 
     for (auto& w : s.workers) {
         Worker* wp = w.get();

@@ -11,6 +11,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <string>
 
@@ -18,6 +20,7 @@
 #include "protocol/frames.hpp"
 #include "protocol/startup.hpp"
 #include "proxy/log.hpp"
+#include "proxy/metrics.hpp"
 
 namespace pgrelay {
 
@@ -52,10 +55,15 @@ public:
         : client_(std::move(client)), backend_(client_.get_executor()), kill_(client_.get_executor()), shared_(shared),
           cfg_(shared.config), peer_(endpoint_string(client_)), started_(steady_clock::now()) {
         this->role = role;
+        port_stats_ = &metrics::Registry::instance().port(role);
         kill_.expires_at(steady_clock::time_point::max());
+        port_stats_->client_open.fetch_add(1, std::memory_order_relaxed);
+        port_stats_->client_total.fetch_add(1, std::memory_order_relaxed);
     }
 
     ~Session() {
+        port_stats_->client_open.fetch_sub(1, std::memory_order_relaxed);
+        if (member_stats_) member_stats_->backend_open.fetch_sub(1, std::memory_order_relaxed);
         if (proxy_key_) shared_.cancels->remove(*proxy_key_);
         if (counted_) shared_.router->closed(target_.member);
         if (registered_) shared_.sessions.erase(self_);
@@ -63,6 +71,7 @@ public:
 
     void terminate(const char* sqlstate, std::string message) override {
         if (end_sqlstate_) return;
+        port_stats_->terminated.fetch_add(1, std::memory_order_relaxed);
         end_sqlstate_ = sqlstate;
         end_message_ = std::move(message);
         log::info("[{}] client={} backend {}: {}", role_name(), peer_, target_.member, end_message_);
@@ -86,6 +95,18 @@ private:
 
     asio::awaitable<void> wait_for_kill();
 
+    void on_ready_for_query(std::optional<protocol::TxStatus> status) {
+        if (outstanding_ == 0) return;  // the one after authentication answers no request
+        if (outstanding_ <= request_started_.size()) {
+            port_stats_->query_seconds.observe(
+                std::chrono::duration<double>(steady_clock::now() - request_started_[0]).count());
+        }
+        std::rotate(request_started_.begin(), request_started_.begin() + 1, request_started_.end());
+        --outstanding_;
+        member_stats_->queries.fetch_add(1, std::memory_order_relaxed);
+        if (status == protocol::TxStatus::Idle) member_stats_->transactions.fetch_add(1, std::memory_order_relaxed);
+    }
+
     tcp::socket client_;
     tcp::socket backend_;
     asio::steady_timer kill_;  // cancelled by terminate() to stop the relay
@@ -99,6 +120,12 @@ private:
     Target target_;
     std::optional<protocol::CancelKey> proxy_key_;
     bool counted_ = false;  // included in the router's per-member connection count
+    metrics::PortStats* port_stats_;  // this port's counters
+    metrics::MemberStats* member_stats_ = nullptr;  // set once connected
+    // Requests the client sent that await a ReadyForQuery (Query, Sync,
+    // FunctionCall), with the start time of the oldest ones for latency.
+    uint32_t outstanding_ = 0;
+    std::array<steady_clock::time_point, 16> request_started_{};
     std::string pipelined_;  // client bytes read after the StartupMessage
     std::string backend_prefix_;  // backend bytes read while opening the session
 
@@ -107,7 +134,7 @@ private:
     bool client_closed_ = false;   // client ended the session (EOF or Terminate)
     bool backend_closed_ = false;  // backend closed
     bool down_writing_ = false;    // a write to the client is in flight
-    bool down_dirty_ = false;      // a write to the client was cut off midway
+    bool client_at_boundary_ = true;  // what the client received so far ends at a message boundary
     const char* end_sqlstate_ = nullptr;  // pgrelay's own error to report, if any
     std::string end_message_;
     protocol::FrameScanner down_scanner_{1};  // replaced in relay_backend_to_client
@@ -115,6 +142,7 @@ private:
 };
 
 asio::awaitable<void> Session::send_error(const char* sqlstate, const std::string& message, const std::string& hint) {
+    metrics::Registry::instance().count_error("pgrelay", sqlstate);
     std::string out;
     protocol::encode_error_response(out, protocol::Severity::Fatal, sqlstate, message, hint);
     // Bounded: a client that does not read must not pin the session.
@@ -218,6 +246,7 @@ asio::awaitable<void> Session::forward_cancel(protocol::CancelKey key) {
     auto target = shared_.cancels->find(key);
     if (!target) {
         // PostgreSQL ignores unknown keys silently too: nothing to tell an attacker.
+        metrics::Registry::instance().cancel_unknown_key.fetch_add(1, std::memory_order_relaxed);
         log::info("[{}] client={} cancel request with unknown key ignored", role_name(), peer_);
         co_return;
     }
@@ -225,6 +254,7 @@ asio::awaitable<void> Session::forward_cancel(protocol::CancelKey key) {
     boost::system::error_code ec;
     const Target t{target->member, target->host, target->port};
     if (!co_await connect_with_timeout(sock, t, ec)) {
+        metrics::Registry::instance().cancel_failed.fetch_add(1, std::memory_order_relaxed);
         log::warn("[{}] client={} cancel: cannot reach backend {} ({}): {}", role_name(), peer_, t.member, t.address(),
                   ec.message());
         co_return;
@@ -237,6 +267,7 @@ asio::awaitable<void> Session::forward_cancel(protocol::CancelKey key) {
     asio::steady_timer t2(sock.get_executor(), cfg_->connect_timeout);
     uint8_t dummy[16];
     co_await (sock.async_read_some(asio::buffer(dummy), use_tuple) || t2.async_wait(use_tuple));
+    metrics::Registry::instance().cancel_forwarded.fetch_add(1, std::memory_order_relaxed);
     log::info("[{}] client={} cancel forwarded to {} ({})", role_name(), peer_, t.member, t.address());
 }
 
@@ -285,17 +316,24 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
     auto hold = [&](const std::string& why) {
         if (held) return;
         held = true;
+        port_stats_->held_now.fetch_add(1, std::memory_order_relaxed);
+        port_stats_->held_total.fetch_add(1, std::memory_order_relaxed);
         const int n = shared_.held->fetch_add(1) + 1;
-        log::info("[{}] client={} user={} held: {} ({} connection{} held)", role_name(), peer_, packet.parameter("user"),
+        log::info("[{}] client={} user={} held: {} ({} connection{} held)", role_name(), peer_, log::printable(packet.parameter("user")),
                   why, n, n == 1 ? "" : "s");
     };
     struct Unhold {
         bool& held;
         std::atomic<int>* count;
+        metrics::PortStats& stats;
+        steady_clock::time_point since;
         ~Unhold() {
-            if (held) count->fetch_sub(1);
+            if (!held) return;
+            count->fetch_sub(1);
+            stats.held_now.fetch_sub(1, std::memory_order_relaxed);
+            stats.hold_seconds.observe(std::chrono::duration<double>(steady_clock::now() - since).count());
         }
-    } unhold{held, shared_.held};
+    } unhold{held, shared_.held, *port_stats_, held_since};
     auto held_ms = [&] {
         return std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - held_since).count();
     };
@@ -312,7 +350,7 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
                 continue;
             }
             if (held) d.message += " (held " + std::to_string(held_ms()) + " ms, hold_timeout reached)";
-            log::warn("[{}] client={} user={} refused: {}", role_name(), peer_, packet.parameter("user"), d.message);
+            log::warn("[{}] client={} user={} refused: {}", role_name(), peer_, log::printable(packet.parameter("user")), d.message);
             co_await send_error(d.sqlstate, d.message,
                                 "Retry later; the cluster has no member that can serve this port.");
             co_return false;
@@ -340,6 +378,9 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
                 }
                 target_ = t;
                 member = t.member;
+                member_stats_ = &metrics::Registry::instance().member(role, t.member);
+                member_stats_->backend_open.fetch_add(1, std::memory_order_relaxed);
+                member_stats_->backend_total.fetch_add(1, std::memory_order_relaxed);
                 fallback = role == PortRole::ReadOnly && &t == &d.candidates.back() && d.primary_last;
                 if (role == PortRole::ReadOnly) {
                     shared_.router->opened(t.member);
@@ -403,7 +444,17 @@ asio::awaitable<void> Session::relay_client_to_backend() {
                                ", max_frame_size " + std::to_string(cfg_->max_frame_size) + ")";
                 co_return;
             }
-            if (f.type == static_cast<char>(protocol::FrontendType::Terminate)) terminate = true;
+            switch (static_cast<protocol::FrontendType>(f.type)) {
+                case protocol::FrontendType::Terminate: terminate = true; break;
+                case protocol::FrontendType::Query:
+                case protocol::FrontendType::Sync:
+                case protocol::FrontendType::FunctionCall:
+                    // Each of these is answered by exactly one ReadyForQuery.
+                    if (outstanding_ < request_started_.size()) request_started_[outstanding_] = steady_clock::now();
+                    ++outstanding_;
+                    break;
+                default: break;
+            }
         }
         if (pos > 0) {
             auto [wec, wn] = co_await asio::async_write(backend_, asio::buffer(buf.get(), pos), use_tuple);
@@ -412,6 +463,7 @@ asio::awaitable<void> Session::relay_client_to_backend() {
                 co_return;
             }
             bytes_up_ += pos;
+            member_stats_->bytes_from_client.fetch_add(pos, std::memory_order_relaxed);
         }
         if (terminate) {
             client_closed_ = true;
@@ -426,6 +478,8 @@ asio::awaitable<void> Session::relay_backend_to_client() {
     auto buf = std::make_unique<uint8_t[]>(kRelayBuffer);
     down_scanner_ = protocol::FrameScanner(UINT32_MAX, kMaxWatched);
     down_scanner_.watch(static_cast<char>(protocol::BackendType::BackendKeyData));
+    down_scanner_.watch(static_cast<char>(protocol::BackendType::ReadyForQuery));
+    down_scanner_.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
     // open_backend_session reads at most one 4 KiB chunk past a complete frame header.
     size_t len = std::min(backend_prefix_.size(), kRelayBuffer);
     std::memcpy(buf.get(), backend_prefix_.data(), len);
@@ -455,6 +509,12 @@ asio::awaitable<void> Session::relay_backend_to_client() {
                 co_return;
             }
             last_down_type_ = f.type;
+            if (f.type == static_cast<char>(protocol::BackendType::ReadyForQuery) && f.complete) {
+                on_ready_for_query(protocol::decode_ready_for_query(f.body({buf.get(), len})));
+            } else if (f.type == static_cast<char>(protocol::BackendType::ErrorResponse) && f.complete) {
+                if (auto e = protocol::decode_error_fields(f.body({buf.get(), len})))
+                    metrics::Registry::instance().count_error("backend", e->sqlstate);
+            }
             if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && f.complete) {
                 auto body = f.body({buf.get(), len});
                 if (auto key = protocol::decode_backend_key_data(body)) {
@@ -469,10 +529,15 @@ asio::awaitable<void> Session::relay_backend_to_client() {
             auto [wec, wn] = co_await asio::async_write(client_, asio::buffer(buf.get(), pos), use_tuple);
             down_writing_ = false;
             if (wec) {
+                // A write cut short (cancelled by ||, or failed) leaves the
+                // client stream inside a message unless nothing went out.
+                if (wn > 0) client_at_boundary_ = false;
                 if (wec != asio::error::operation_aborted) client_closed_ = true;
                 co_return;
             }
+            client_at_boundary_ = down_scanner_.at_boundary();
             bytes_down_ += pos;
+            member_stats_->bytes_to_client.fetch_add(pos, std::memory_order_relaxed);
             if (terminate_pending_) co_return;
         }
         std::memmove(buf.get(), buf.get() + pos, len - pos);
@@ -489,18 +554,24 @@ asio::awaitable<void> Session::run() {
     std::string startup_bytes;
     protocol::StartupPacket packet;
     if (!co_await startup(startup_bytes, packet)) co_return;
-    const std::string user(packet.parameter("user"));
-    const std::string db(packet.parameter("database").empty() ? user : packet.parameter("database"));
+    const std::string user = log::printable(packet.parameter("user"));
+    const std::string db =
+        packet.parameter("database").empty() ? user : log::printable(packet.parameter("database"));
     if (!co_await connect_backend(packet, startup_bytes)) co_return;
     log::info("[{}] client={} user={} db={} -> backend {} ({}) connected", role_name(), peer_, user, db,
               target_.member, target_.address());
 
     self_ = shared_.sessions.insert(shared_.sessions.end(), this);
     registered_ = true;
-    co_await (relay_client_to_backend() || relay_backend_to_client() || wait_for_kill());
+    // A snapshot published while this session was connecting skipped it:
+    // check it against the newest one before relaying anything.
+    std::string moved;
+    if (const auto& now = shared_.topology.current()) moved = lost_role_reason(*this, *now);
+    if (moved.empty()) co_await (relay_client_to_backend() || relay_backend_to_client() || wait_for_kill());
+    else terminate("57P01", std::move(moved));
 
-    if (down_writing_) down_dirty_ = true;  // cancelled mid-write: the client stream is cut inside a frame
-    const bool can_tell_client = !client_closed_ && !down_dirty_ && down_scanner_.at_boundary();
+    // Only whole messages may precede pgrelay's own ErrorResponse.
+    const bool can_tell_client = !client_closed_ && client_at_boundary_;
     if (end_sqlstate_ && can_tell_client) {
         co_await send_error(end_sqlstate_, end_message_);
     } else if (backend_closed_ && !client_closed_ && can_tell_client && last_down_type_ != 'E') {
@@ -524,29 +595,31 @@ asio::awaitable<void> Session::run() {
 
 }  // namespace
 
+std::string lost_role_reason(const SessionHandle& s, const topology::Topology& after) {
+    if (s.role == PortRole::ReadWrite) {
+        if (after.leader == s.member) return {};
+        return "pgrelay rw: terminating connection because the primary moved from " + s.member + " to " +
+               (after.leader.empty() ? std::string("(none yet)") : after.leader) + "; reconnect to reach the new primary";
+    }
+    const topology::Member* m = after.find(s.member);
+    std::string why;
+    if (!m) why = "left the cluster";
+    else if (m->state != topology::State::Running) why = "is " + std::string(topology::to_string(m->state));
+    else if (m->excluded) why = "was excluded in config";
+    else if (!s.fallback && (m->role != topology::Role::Replica || after.primary_member() == m))
+        why = "is no longer a replica";
+    else if (!s.fallback && m->has_tag("noloadbalance")) why = "was tagged noloadbalance";
+    if (why.empty()) return {};
+    return "pgrelay ro: terminating connection because " + s.member + " " + why + "; reconnect to reach another replica";
+}
+
 void apply_topology_change(WorkerShared& shared, const topology::Topology& after) {
     shared.topology_changed->cancel();
-    // terminate() may not remove from the list (the session erases itself on
+    // terminate() does not remove from the list (the session erases itself on
     // destruction, later), so iterating here is safe.
     for (SessionHandle* s : shared.sessions) {
-        if (s->role == PortRole::ReadWrite) {
-            if (after.leader == s->member) continue;
-            s->terminate("57P01", "pgrelay rw: terminating connection because the primary moved from " + s->member +
-                                      " to " + (after.leader.empty() ? std::string("(none yet)") : after.leader) +
-                                      "; reconnect to reach the new primary");
-            continue;
-        }
-        const topology::Member* m = after.find(s->member);
-        std::string why;
-        if (!m) why = "left the cluster";
-        else if (m->state != topology::State::Running) why = "is " + std::string(topology::to_string(m->state));
-        else if (m->excluded) why = "was excluded in config";
-        else if (!s->fallback && (m->role != topology::Role::Replica || after.primary_member() == m))
-            why = "is no longer a replica";
-        else if (!s->fallback && m->has_tag("noloadbalance")) why = "was tagged noloadbalance";
-        if (why.empty()) continue;
-        s->terminate("57P01", "pgrelay ro: terminating connection because " + s->member + " " + why +
-                                  "; reconnect to reach another replica");
+        std::string why = lost_role_reason(*s, after);
+        if (!why.empty()) s->terminate("57P01", std::move(why));
     }
 }
 

@@ -50,6 +50,9 @@ struct WorkerShared {
 // replica that merely lags keeps its sessions (it gets no new ones).
 void apply_topology_change(WorkerShared& shared, const topology::Topology& after);
 
+// Why `s` must end under snapshot `after` (the 57P01 message), or empty.
+std::string lost_role_reason(const SessionHandle& s, const topology::Topology& after);
+
 // Accepted socket in, returns when the connection is over. Never throws.
 boost::asio::awaitable<void> run_session(boost::asio::ip::tcp::socket client, PortRole role, WorkerShared& shared);
 

@@ -36,7 +36,11 @@ std::string probe_conninfo(const ProbeOptions& o, const std::string& host, uint1
     return "host=" + conninfo_value(host) + " port=" + std::to_string(port) + " user=" + conninfo_value(o.user) +
            " password=" + conninfo_value(o.password) + " dbname=" + conninfo_value(o.dbname) +
            " connect_timeout=" + std::to_string(std::max<int64_t>(1, o.connect_timeout.count() / 1000)) +
-           " application_name=pgrelay-probe sslmode=prefer";
+           " application_name=pgrelay-probe sslmode=prefer"
+           // A probe must never hang on a half-open connection: bound the
+           // query and let TCP give up within seconds, not minutes.
+           " options='-c statement_timeout=2000' tcp_user_timeout=3000"
+           " keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=2";
 }
 
 LeaderProbe::LeaderProbe(ProbeOptions opts, Report report) : opts_(std::move(opts)), report_(std::move(report)) {

@@ -6,6 +6,9 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
+#include <vector>
 #include <mutex>
 
 #include "topology/topology.hpp"
@@ -54,6 +57,14 @@ private:
     std::vector<Listener> listeners_;
 };
 
+// What a source reports about itself, for metrics (the ZooKeeper source
+// fills it). Written on the control thread, read by the admin thread.
+struct SourceStats {
+    std::atomic<int> zk_state{0};  // 1 while connected
+    std::atomic<uint64_t> zk_reconnects{0};
+    std::atomic<uint64_t> zk_session_expiries{0};
+};
+
 // A topology source. start() begins publishing (the first snapshot may come
 // later, e.g. after connecting to ZooKeeper); stop() ends it. Both are called
 // from the control thread.
@@ -62,6 +73,10 @@ public:
     virtual ~Source() = default;
     virtual void start() = 0;
     virtual void stop() = 0;
+    // Config reload: per-member weights and exclusions (and, for Patroni,
+    // allow_standby_leader). Republishes when the snapshot changes.
+    virtual void set_member_options(const std::map<std::string, uint32_t>& weights,
+                                    const std::vector<std::string>& exclude, bool allow_standby_leader) = 0;
 };
 
 }  // namespace pgrelay::topology

@@ -11,6 +11,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
+
 #include "proxy/log.hpp"
 
 namespace pgrelay::topology {
@@ -95,6 +97,16 @@ void StaticSource::start() {
         impl_->timers.push_back(std::make_unique<asio::steady_timer>(impl_->ctx));
         asio::co_spawn(impl_->ctx, impl_->check_loop(i), asio::detached);
     }
+}
+
+void StaticSource::set_member_options(const std::map<std::string, uint32_t>& weights,
+                                      const std::vector<std::string>& exclude, bool) {
+    for (auto& m : impl_->opts.members) {
+        auto w = weights.find(m.name);
+        m.weight = w == weights.end() ? 1 : w->second;
+        m.excluded = std::find(exclude.begin(), exclude.end(), m.name) != exclude.end();
+    }
+    impl_->publish();
 }
 
 void StaticSource::stop() {

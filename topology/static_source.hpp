@@ -27,6 +27,8 @@ public:
     ~StaticSource() override;
     void start() override;
     void stop() override;
+    void set_member_options(const std::map<std::string, uint32_t>& weights, const std::vector<std::string>& exclude,
+                            bool allow_standby_leader) override;
 
     // The snapshot as configured, before any health check (all members Running).
     static std::shared_ptr<Topology> initial_snapshot(const std::vector<Member>& members);

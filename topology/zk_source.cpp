@@ -51,6 +51,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     patroni::ClusterState state;
     std::optional<uint64_t> status_optime, legacy_optime;
     int pending = 0;          // reads in flight
+    bool round_failed = false;  // a read of the current round failed (connection loss...)
     bool loaded = false;      // first complete read done: publishing allowed
     std::string last_summary, last_routing_summary;
     std::string last_primary;  // name of the member rw routed to in the last snapshot
@@ -124,6 +125,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     void open() {
         if (stopped) return;
         ++generation;
+        pending = 0;  // completions of the old handle are ignored by generation
         handle = std::make_unique<HandleCtx>(HandleCtx{weak_from_this(), generation});
         zh = zookeeper_init(opts.hosts.c_str(), &Impl::on_watch, static_cast<int>(opts.session_timeout.count()), nullptr,
                             handle.get(), 0);
@@ -172,6 +174,10 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                 const clientid_t* id = zoo_client_id(zh);
                 log::info("zookeeper: connected to {} (session 0x{:x}){}", opts.hosts, id ? id->client_id : 0,
                           ever_connected ? ", re-reading the cluster state" : "");
+                if (opts.stats) {
+                    opts.stats->zk_state.store(1, std::memory_order_relaxed);
+                    if (ever_connected) opts.stats->zk_reconnects.fetch_add(1, std::memory_order_relaxed);
+                }
                 connected = true;
                 ever_connected = true;
                 backoff = std::chrono::milliseconds(500);
@@ -180,9 +186,14 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                 if (connected)
                     log::warn("zookeeper: connection lost; keeping the last known topology while reconnecting");
                 connected = false;
+                if (opts.stats) opts.stats->zk_state.store(0, std::memory_order_relaxed);
                 arm_unreachable_warning();
             } else if (zstate == ZOO_EXPIRED_SESSION_STATE) {
                 log::warn("zookeeper: session expired; opening a new session and re-reading everything");
+                if (opts.stats) {
+                    opts.stats->zk_state.store(0, std::memory_order_relaxed);
+                    opts.stats->zk_session_expiries.fetch_add(1, std::memory_order_relaxed);
+                }
                 close_handle();
                 open();
             } else if (zstate == ZOO_AUTH_FAILED_STATE) {
@@ -199,7 +210,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         // Reroute latency is measured from the event that announces the new
         // leader key (created or changed), not from the old key's deletion.
         if (path == leader_path && type != ZOO_DELETED_EVENT) leader_event_at = at;
-        if (type == ZOO_CHILD_EVENT && path == members_path) {
+        if (path == members_path && (type == ZOO_CHILD_EVENT || type == ZOO_CREATED_EVENT)) {
             read_children();
         } else if (type == ZOO_CREATED_EVENT || type == ZOO_CHANGED_EVENT || type == ZOO_DELETED_EVENT) {
             read(path);
@@ -207,6 +218,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     }
 
     void read_all() {
+        round_failed = false;
         read_children();
         read(leader_path);
         read(status_path);
@@ -255,6 +267,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
             watch_exists(path);
         } else {
             // Connection loss and friends: the CONNECTED event re-reads all.
+            round_failed = true;
             log::debug("zookeeper: read of {} failed: {}", path, zerror(rc));
         }
         maybe_publish();
@@ -263,7 +276,12 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     void exists_done(uint64_t gen, int rc, const std::string& path) {
         if (gen != generation || stopped) return;
         --pending;
-        if (rc == ZOK) read(path);  // created between our read and the watch
+        // Created between our read and the watch: read it (the members
+        // parent needs its children read, which re-arms the child watch).
+        if (rc == ZOK) {
+            if (path == members_path) read_children();
+            else read(path);
+        }
         maybe_publish();
     }
 
@@ -282,6 +300,8 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         } else if (rc == ZNONODE) {
             state.members.clear();
             watch_exists(members_path);
+        } else {
+            round_failed = true;
         }
         maybe_publish();
     }
@@ -362,7 +382,9 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
 
     void maybe_publish() {
         if (!loaded) {
-            if (pending > 0) return;
+            // Only a complete first read is a topology; a round cut short by
+            // a connection loss is read again on reconnect.
+            if (pending > 0 || round_failed) return;
             loaded = true;
             log::info("zookeeper: cluster state loaded from {}{}", opts.hosts, opts.base);
         }
@@ -397,6 +419,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                     const auto ms = std::chrono::duration<double, std::milli>(steady_clock::now() - *leader_event_at).count();
                     log::info("topology: rw now routes to {} ({}), {:.1f} ms after the leader znode event", primary,
                               how, ms);
+                    if (opts.on_reroute) opts.on_reroute(ms / 1000.0);
                     leader_event_at.reset();
                 } else {
                     log::info("topology: rw routes to {} ({})", primary, how);
@@ -454,6 +477,14 @@ void ZkSource::start() {
                 asio::post(impl->ctx, [impl, member, replayed] { impl->replay_report(member, replayed); });
         });
     impl_->open();
+}
+
+void ZkSource::set_member_options(const std::map<std::string, uint32_t>& weights,
+                                  const std::vector<std::string>& exclude, bool allow_standby_leader) {
+    impl_->opts.build.weights = weights;
+    impl_->opts.build.exclude = exclude;
+    impl_->opts.build.allow_standby_leader = allow_standby_leader;
+    if (impl_->loaded) impl_->maybe_publish();
 }
 
 void ZkSource::stop() {

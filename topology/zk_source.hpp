@@ -6,6 +6,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -21,6 +22,10 @@ struct ZkSourceOptions {
     std::chrono::milliseconds session_timeout{10000};
     patroni::BuildOptions build;
     uint64_t max_replica_lag = 16ull << 20;  // only to log when a replica crosses it
+    SourceStats* stats = nullptr;            // optional
+    // Called (control thread) with the time from the event announcing a new
+    // leader key to rw routing there.
+    std::function<void(double seconds)> on_reroute;
     ProbeOptions probe;
 };
 
@@ -35,6 +40,8 @@ public:
     ~ZkSource() override;
     void start() override;
     void stop() override;
+    void set_member_options(const std::map<std::string, uint32_t>& weights, const std::vector<std::string>& exclude,
+                            bool allow_standby_leader) override;
 
     struct Impl;
 

@@ -221,11 +221,15 @@ Pgrelay::Pgrelay(const PatroniCluster& cluster, const std::string& routing, Pgre
 void Pgrelay::launch(const std::string& body, const PgrelayOptions& opts) {
     rw_ = free_port();
     do ro_ = free_port(); while (ro_ == rw_);
+    do admin_ = free_port(); while (admin_ == rw_ || admin_ == ro_);
+    body_ = body;
+    opts_ = opts;
     std::ostringstream cfg;
     cfg << "[server]\nthreads = " << opts.threads << "\nlog_level = \"debug\"\n"
         << "connect_timeout = \"" << opts.connect_timeout << "\"\nstartup_timeout = \"" << opts.startup_timeout << "\"\n"
         << opts.extra_server << "\n"
         << "[listen]\nrw = \"127.0.0.1:" << rw_ << "\"\nro = \"127.0.0.1:" << ro_ << "\"\n"
+        << "[admin]\nlisten = \"127.0.0.1:" << admin_ << "\"\n"
         << body;
     const std::string cfg_path = dir_->path() + "/pgrelay.toml";
     std::ofstream(cfg_path) << cfg.str();
@@ -258,6 +262,50 @@ Pgrelay::~Pgrelay() {
         kill(pid_, SIGKILL);
         waitpid(pid_, nullptr, 0);
     }
+}
+
+void Pgrelay::signal(int sig) {
+    if (pid_ > 0) kill(pid_, sig);
+}
+
+int Pgrelay::wait_exit(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (pid_ > 0 && std::chrono::steady_clock::now() < deadline) {
+        int st = 0;
+        if (waitpid(pid_, &st, WNOHANG) == pid_) {
+            pid_ = -1;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+}
+
+void Pgrelay::reload(const std::string& extra_routing) {
+    std::string body = body_;
+    const auto at = body.find("[routing]\n");
+    if (at != std::string::npos) body.insert(at + 10, extra_routing + "\n");
+    std::ostringstream cfg;
+    cfg << "[server]\nthreads = " << opts_.threads << "\nlog_level = \"debug\"\n"
+        << "connect_timeout = \"" << opts_.connect_timeout << "\"\nstartup_timeout = \"" << opts_.startup_timeout
+        << "\"\n"
+        << opts_.extra_server << "\n"
+        << "[listen]\nrw = \"127.0.0.1:" << rw_ << "\"\nro = \"127.0.0.1:" << ro_ << "\"\n"
+        << "[admin]\nlisten = \"127.0.0.1:" << admin_ << "\"\n"
+        << body;
+    std::ofstream(dir_->path() + "/pgrelay.toml") << cfg.str();
+    signal(SIGHUP);
+}
+
+std::pair<int, std::string> Pgrelay::http_get(const std::string& path) const {
+    RawClient c(admin_);
+    if (!c.connected()) return {0, ""};
+    c.send("GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    const std::string resp = c.read_all(5s);
+    int status = 0;
+    if (resp.rfind("HTTP/1.1 ", 0) == 0) status = std::atoi(resp.c_str() + 9);
+    const auto body = resp.find("\r\n\r\n");
+    return {status, body == std::string::npos ? "" : resp.substr(body + 4)};
 }
 
 bool Pgrelay::running() { return pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == 0; }

@@ -106,6 +106,14 @@ public:
     ~Pgrelay();
     uint16_t rw_port() const { return rw_; }
     uint16_t ro_port() const { return ro_; }
+    uint16_t admin_port() const { return admin_; }
+    // GET on the admin listener: (HTTP status, body); status 0 if unreachable.
+    std::pair<int, std::string> http_get(const std::string& path) const;
+    // Rewrites the config's [routing] extra lines and sends SIGHUP.
+    void reload(const std::string& extra_routing);
+    void signal(int sig);
+    // Waits (bounded) for the process to exit; returns its exit status or -1.
+    int wait_exit(std::chrono::milliseconds timeout);
     std::string conninfo(uint16_t port, const std::string& user, const std::string& password) const;
     std::string log() const;
     bool running();
@@ -114,8 +122,10 @@ public:
 private:
     void launch(const std::string& config_body, const PgrelayOptions& opts);
     std::unique_ptr<TempDir> dir_;
-    uint16_t rw_ = 0, ro_ = 0;
+    uint16_t rw_ = 0, ro_ = 0, admin_ = 0;
     int pid_ = -1;
+    std::string body_;  // config after [listen], to rewrite on reload
+    PgrelayOptions opts_;
 };
 
 // libpq connection with the SQLSTATE of a failed connect kept apart.

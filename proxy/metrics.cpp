@@ -1,0 +1,204 @@
+// Metrics registry and Prometheus text exposition (metrics.hpp). Names follow
+// Prometheus conventions: pgrelay_ prefix, _total counters, _seconds units.
+#include "proxy/metrics.hpp"
+
+#include <fmt/format.h>
+
+#include "topology/routing.hpp"
+
+namespace pgrelay::metrics {
+
+Histogram::Histogram(std::vector<double> upper_bounds)
+    : bounds_(std::move(upper_bounds)), buckets_(new std::atomic<uint64_t>[bounds_.size() + 1]) {
+    for (size_t i = 0; i <= bounds_.size(); ++i) buckets_[i].store(0, std::memory_order_relaxed);
+}
+
+void Histogram::observe(double seconds) noexcept {
+    size_t i = 0;
+    while (i < bounds_.size() && seconds > bounds_[i]) ++i;
+    buckets_[i].fetch_add(1, std::memory_order_relaxed);
+    count_.fetch_add(1, std::memory_order_relaxed);
+    sum_us_.fetch_add(static_cast<uint64_t>(seconds * 1e6), std::memory_order_relaxed);
+}
+
+void Histogram::render(std::string& out, std::string_view name, std::string_view labels) const {
+    uint64_t cumulative = 0;
+    const std::string sep = labels.empty() ? "" : ",";
+    for (size_t i = 0; i < bounds_.size(); ++i) {
+        cumulative += buckets_[i].load(std::memory_order_relaxed);
+        out += fmt::format("{}_bucket{{{}{}le=\"{}\"}} {}\n", name, labels, sep, bounds_[i], cumulative);
+    }
+    cumulative += buckets_[bounds_.size()].load(std::memory_order_relaxed);
+    out += fmt::format("{}_bucket{{{}{}le=\"+Inf\"}} {}\n", name, labels, sep, cumulative);
+    const std::string braces = labels.empty() ? "" : "{" + std::string(labels) + "}";
+    out += fmt::format("{}_sum{} {}\n", name, braces, static_cast<double>(sum_us_.load(std::memory_order_relaxed)) / 1e6);
+    // _count equals the +Inf bucket as rendered (read once, so they agree).
+    out += fmt::format("{}_count{} {}\n", name, braces, cumulative);
+}
+
+Registry& Registry::instance() {
+    static Registry r;
+    return r;
+}
+
+MemberStats& Registry::member(PortRole port, const std::string& member) {
+    std::lock_guard lock(mu_);
+    auto& slot = members_[{port, member}];
+    if (!slot) slot = std::make_unique<MemberStats>();
+    return *slot;
+}
+
+void Registry::count_error(std::string_view origin, std::string_view sqlstate) {
+    std::atomic<uint64_t>* c;
+    {
+        std::lock_guard lock(mu_);
+        auto& slot = errors_[{std::string(origin), std::string(sqlstate)}];
+        if (!slot) slot = std::make_unique<std::atomic<uint64_t>>(0);
+        c = slot.get();
+    }
+    c->fetch_add(1, std::memory_order_relaxed);
+}
+
+namespace {
+
+// Label values: backslash, quote and newline escaped as the format requires.
+std::string esc(std::string_view v) {
+    std::string o;
+    for (char c : v) {
+        if (c == '\\' || c == '"') o.push_back('\\');
+        if (c == '\n') {
+            o += "\\n";
+            continue;
+        }
+        o.push_back(c);
+    }
+    return o;
+}
+
+void head(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+uint64_t get(const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); }
+int64_t get(const std::atomic<int64_t>& a) { return a.load(std::memory_order_relaxed); }
+
+}  // namespace
+
+std::string Registry::render(const topology::Topology* t, const topology::RoutingOptions& routing) const {
+    std::string out;
+    out.reserve(8192);
+    const std::pair<const char*, const PortStats*> ports[] = {{"rw", &rw_}, {"ro", &ro_}};
+
+    head(out, "pgrelay_client_connections", "gauge", "Client connections open, by port.");
+    for (auto [p, s] : ports) out += fmt::format("pgrelay_client_connections{{port=\"{}\"}} {}\n", p, get(s->client_open));
+    head(out, "pgrelay_client_connections_total", "counter", "Client connections accepted, by port.");
+    for (auto [p, s] : ports)
+        out += fmt::format("pgrelay_client_connections_total{{port=\"{}\"}} {}\n", p, get(s->client_total));
+    head(out, "pgrelay_held_connections", "gauge", "Connections waiting for a primary (or a first topology), by port.");
+    for (auto [p, s] : ports) out += fmt::format("pgrelay_held_connections{{port=\"{}\"}} {}\n", p, get(s->held_now));
+    head(out, "pgrelay_held_connections_total", "counter", "Connections that had to wait, by port.");
+    for (auto [p, s] : ports)
+        out += fmt::format("pgrelay_held_connections_total{{port=\"{}\"}} {}\n", p, get(s->held_total));
+    head(out, "pgrelay_hold_seconds", "histogram", "How long held connections waited, by port.");
+    for (auto [p, s] : ports) s->hold_seconds.render(out, "pgrelay_hold_seconds", fmt::format("port=\"{}\"", p));
+    head(out, "pgrelay_query_seconds", "histogram",
+         "Request latency through pgrelay, from the first client message to ReadyForQuery, by port.");
+    for (auto [p, s] : ports) s->query_seconds.render(out, "pgrelay_query_seconds", fmt::format("port=\"{}\"", p));
+    head(out, "pgrelay_sessions_terminated_total", "counter",
+         "Sessions pgrelay ended with 57P01 because their member lost its role, by port.");
+    for (auto [p, s] : ports)
+        out += fmt::format("pgrelay_sessions_terminated_total{{port=\"{}\"}} {}\n", p, get(s->terminated));
+
+    {
+        std::lock_guard lock(mu_);
+        struct Col {
+            const char* name;
+            const char* type;
+            const char* help;
+            int64_t (*value)(const MemberStats&);
+        };
+        const Col cols[] = {
+            {"pgrelay_backend_connections", "gauge", "Backend connections open, by port and member.",
+             [](const MemberStats& m) { return get(m.backend_open); }},
+            {"pgrelay_backend_connections_total", "counter", "Backend connections opened, by port and member.",
+             [](const MemberStats& m) { return static_cast<int64_t>(get(m.backend_total)); }},
+            {"pgrelay_client_bytes_received_total", "counter", "Bytes relayed from clients to the member.",
+             [](const MemberStats& m) { return static_cast<int64_t>(get(m.bytes_from_client)); }},
+            {"pgrelay_client_bytes_sent_total", "counter", "Bytes relayed from the member to clients.",
+             [](const MemberStats& m) { return static_cast<int64_t>(get(m.bytes_to_client)); }},
+            {"pgrelay_queries_total", "counter", "Requests completed (ReadyForQuery), by port and member.",
+             [](const MemberStats& m) { return static_cast<int64_t>(get(m.queries)); }},
+            {"pgrelay_transactions_total", "counter",
+             "Transactions completed (ReadyForQuery back to idle), by port and member.",
+             [](const MemberStats& m) { return static_cast<int64_t>(get(m.transactions)); }},
+        };
+        for (const Col& c : cols) {
+            head(out, c.name, c.type, c.help);
+            for (const auto& [key, m] : members_)
+                out += fmt::format("{}{{port=\"{}\",member=\"{}\"}} {}\n", c.name, to_string(key.first), esc(key.second),
+                                   c.value(*m));
+        }
+        head(out, "pgrelay_errors_total", "counter",
+             "ErrorResponses sent to clients, by origin (pgrelay or backend) and SQLSTATE.");
+        for (const auto& [key, n] : errors_)
+            out += fmt::format("pgrelay_errors_total{{origin=\"{}\",sqlstate=\"{}\"}} {}\n", esc(key.first),
+                               esc(key.second), get(*n));
+    }
+
+    head(out, "pgrelay_cancel_requests_total", "counter", "CancelRequests received, by outcome.");
+    out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"forwarded\"}} {}\n", get(cancel_forwarded));
+    out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"unknown_key\"}} {}\n", get(cancel_unknown_key));
+    out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"backend_unreachable\"}} {}\n", get(cancel_failed));
+
+    head(out, "pgrelay_topology_changes_total", "counter", "Topology snapshots published.");
+    out += fmt::format("pgrelay_topology_changes_total {}\n", get(topology_changes));
+    head(out, "pgrelay_primary_changes_total", "counter", "Times the rw target changed (including to none).");
+    out += fmt::format("pgrelay_primary_changes_total {}\n", get(primary_changes));
+    head(out, "pgrelay_reroute_seconds", "histogram",
+         "From the ZooKeeper event announcing a new leader key to rw routing there.");
+    reroute_seconds.render(out, "pgrelay_reroute_seconds", "");
+
+    if (zookeeper_source.load(std::memory_order_relaxed)) {
+        head(out, "pgrelay_zookeeper_connected", "gauge", "1 while pgrelay's ZooKeeper session is connected.");
+        out += fmt::format("pgrelay_zookeeper_connected {}\n", source.zk_state.load(std::memory_order_relaxed));
+        head(out, "pgrelay_zookeeper_reconnects_total", "counter", "ZooKeeper (re)connections after the first.");
+        out += fmt::format("pgrelay_zookeeper_reconnects_total {}\n", source.zk_reconnects.load(std::memory_order_relaxed));
+        head(out, "pgrelay_zookeeper_session_expiries_total", "counter", "ZooKeeper sessions that expired.");
+        out += fmt::format("pgrelay_zookeeper_session_expiries_total {}\n",
+                           source.zk_session_expiries.load(std::memory_order_relaxed));
+    }
+
+    head(out, "pgrelay_primary_available", "gauge", "1 while rw can route to a primary.");
+    out += fmt::format("pgrelay_primary_available {}\n", t && t->primary ? 1 : 0);
+    // Each family's samples must be contiguous in the text format.
+    struct Gauge {
+        const char* name;
+        const char* help;
+    };
+    const Gauge gauges[] = {{"pgrelay_member_is_primary", "1 for the member rw routes to."},
+                            {"pgrelay_member_up", "1 while the member's state is running."},
+                            {"pgrelay_member_ro_eligible", "1 while the member may take new ro connections."},
+                            {"pgrelay_member_lag_bytes", "Replica lag behind the leader in bytes (absent when unknown)."}};
+    for (size_t g = 0; g < std::size(gauges); ++g) {
+        head(out, gauges[g].name, "gauge", gauges[g].help);
+        if (!t) continue;
+        for (size_t i = 0; i < t->members.size(); ++i) {
+            const auto& m = t->members[i];
+            const std::string l = fmt::format("member=\"{}\",role=\"{}\"", esc(m.name), to_string(m.role));
+            int64_t v = 0;
+            switch (g) {
+                case 0: v = t->primary == i ? 1 : 0; break;
+                case 1: v = m.state == topology::State::Running ? 1 : 0; break;
+                case 2: v = (i != t->primary && topology::ro_ineligibility(m, routing).empty()) ? 1 : 0; break;
+                case 3:
+                    if (!m.lag_bytes) continue;
+                    v = static_cast<int64_t>(*m.lag_bytes);
+                    break;
+            }
+            out += fmt::format("{}{{{}}} {}\n", gauges[g].name, l, v);
+        }
+    }
+    return out;
+}
+
+}  // namespace pgrelay::metrics

@@ -1,0 +1,85 @@
+// Process-wide metrics for /metrics (Prometheus text format). Counters are
+// relaxed atomics bumped from worker threads -- per read chunk or per protocol
+// event, never under a lock -- and read by the admin thread when scraped.
+// Per-member blocks are created once per (port, member) and never freed, so
+// sessions keep a plain reference to theirs.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "proxy/config.hpp"
+#include "topology/source.hpp"
+#include "topology/topology.hpp"
+
+namespace pgrelay::metrics {
+
+// A fixed-bucket histogram of durations in seconds.
+class Histogram {
+public:
+    explicit Histogram(std::vector<double> upper_bounds);
+    void observe(double seconds) noexcept;
+    void render(std::string& out, std::string_view name, std::string_view labels) const;
+
+private:
+    std::vector<double> bounds_;
+    std::unique_ptr<std::atomic<uint64_t>[]> buckets_;  // per bound (not cumulative)
+    std::atomic<uint64_t> count_{0};
+    std::atomic<uint64_t> sum_us_{0};
+};
+
+struct MemberStats {
+    std::atomic<int64_t> backend_open{0};
+    std::atomic<uint64_t> backend_total{0};
+    std::atomic<uint64_t> bytes_from_client{0};
+    std::atomic<uint64_t> bytes_to_client{0};
+    std::atomic<uint64_t> queries{0};       // ReadyForQuery after a request
+    std::atomic<uint64_t> transactions{0};  // ReadyForQuery with status Idle after a request
+};
+
+struct PortStats {
+    std::atomic<int64_t> client_open{0};
+    std::atomic<uint64_t> client_total{0};
+    std::atomic<int64_t> held_now{0};
+    std::atomic<uint64_t> held_total{0};
+    Histogram hold_seconds{{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}};
+    Histogram query_seconds{{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10}};
+    std::atomic<uint64_t> terminated{0};  // sessions ended by pgrelay (57P01)
+};
+
+class Registry {
+public:
+    static Registry& instance();
+
+    MemberStats& member(PortRole port, const std::string& member);
+    PortStats& port(PortRole r) { return r == PortRole::ReadWrite ? rw_ : ro_; }
+    void count_error(std::string_view origin, std::string_view sqlstate);
+
+    std::atomic<uint64_t> cancel_forwarded{0};
+    std::atomic<uint64_t> cancel_unknown_key{0};
+    std::atomic<uint64_t> cancel_failed{0};
+    std::atomic<uint64_t> topology_changes{0};
+    std::atomic<uint64_t> primary_changes{0};
+    Histogram reroute_seconds{{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5}};
+    topology::SourceStats source;
+    std::atomic<bool> zookeeper_source{false};  // the ZooKeeper gauges only exist with that source
+
+    // The whole exposition; `t` (may be null) supplies the topology gauges,
+    // `max_replica_lag` the eligibility.
+    std::string render(const topology::Topology* t, const topology::RoutingOptions& routing) const;
+
+private:
+    PortStats rw_, ro_;
+    mutable std::mutex mu_;  // guards the maps' shape, never the counters
+    std::map<std::pair<PortRole, std::string>, std::unique_ptr<MemberStats>> members_;
+    std::map<std::pair<std::string, std::string>, std::unique_ptr<std::atomic<uint64_t>>> errors_;
+};
+
+}  // namespace pgrelay::metrics

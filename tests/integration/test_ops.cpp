@@ -1,0 +1,170 @@
+// Operations, black-box: the admin endpoints (/metrics parsed by promtool,
+// /health, /topology), SIGHUP reload (a weight change takes effect without
+// dropping sessions; a broken file keeps the old config) and SIGTERM draining.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+
+#include <fstream>
+#include <regex>
+#include <thread>
+
+#include "fixtures.hpp"
+
+using namespace pgrelay::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string ro_port_of(Pgrelay& relay) {
+    PgConn c = pg_connect(relay.conninfo(relay.ro_port(), "md5user", "md5pass"));
+    if (!c.ok()) return "error " + c.sqlstate;
+    return query_value(c.conn, "SELECT inet_server_port()");
+}
+
+// Value of one sample line "name{labels} value" in a /metrics body, or -1.
+double sample(const std::string& body, const std::string& name_and_labels) {
+    const auto at = body.find("\n" + name_and_labels + " ");
+    if (at == std::string::npos) return -1;
+    return std::stod(body.substr(at + name_and_labels.size() + 2));
+}
+
+bool promtool_accepts(const std::string& body, std::string& report) {
+    char path[] = "/tmp/pgrelay-metrics-XXXXXX";
+    const int fd = mkstemp(path);
+    ::close(fd);
+    std::ofstream(path) << body;
+    const int rc = run_command(std::string("promtool check metrics < ") + path, &report);
+    ::unlink(path);
+    return rc == 0;
+}
+
+}  // namespace
+
+TEST_CASE("/metrics moves during a pgbench run and is valid Prometheus text", "[ops]") {
+    auto& cluster = PgCluster::shared();
+    Pgrelay relay(cluster);
+    const std::string primary = cluster.primary().name;
+    auto [st0, before] = relay.http_get("/metrics");
+    REQUIRE(st0 == 200);
+
+    const std::string conn = "-h 127.0.0.1 -p " + std::to_string(relay.rw_port()) + " -U scramuser postgres";
+    std::string out;
+    REQUIRE(run_command("PGPASSWORD=scrampass pgbench -i -q -s 1 " + conn, &out) == 0);
+    std::string during;
+    std::thread scraper([&] {
+        std::this_thread::sleep_for(1500ms);
+        during = relay.http_get("/metrics").second;
+    });
+    const int rc = run_command("PGPASSWORD=scrampass pgbench -n -c 4 -j 2 -T 3 " + conn, &out);
+    scraper.join();
+    REQUIRE(rc == 0);
+    auto [st1, after] = relay.http_get("/metrics");
+    REQUIRE(st1 == 200);
+
+    const std::string rw_member = "{port=\"rw\",member=\"" + primary + "\"}";
+    INFO(after);
+    // Open client connections were visible mid-run (4 pgbench clients).
+    CHECK(sample(during, "pgrelay_client_connections{port=\"rw\"}") >= 4);
+    CHECK(sample(after, "pgrelay_client_connections{port=\"rw\"}") == 0);
+    CHECK(sample(after, "pgrelay_queries_total" + rw_member) > 100);
+    CHECK(sample(after, "pgrelay_transactions_total" + rw_member) > 10);
+    CHECK(sample(during, "pgrelay_queries_total" + rw_member) < sample(after, "pgrelay_queries_total" + rw_member));
+    CHECK(sample(after, "pgrelay_client_bytes_sent_total" + rw_member) > 1000);
+    CHECK(sample(after, "pgrelay_client_bytes_received_total" + rw_member) > 1000);
+    CHECK(sample(after, "pgrelay_query_seconds_count{port=\"rw\"}") ==
+          sample(after, "pgrelay_queries_total" + rw_member));
+    CHECK(sample(after, "pgrelay_backend_connections_total" + rw_member) >= 5);
+    CHECK(sample(after, "pgrelay_primary_available") == 1);
+    CHECK(sample(after, "pgrelay_member_is_primary{member=\"" + primary + "\",role=\"primary\"}") == 1);
+
+    // An error from the backend and one of pgrelay's own are counted by SQLSTATE.
+    PgConn c = pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass"));
+    REQUIRE(c.ok());
+    CHECK_THROWS(exec(c.conn, "SELECT * FROM no_such_table"));
+    RawClient bad(relay.rw_port());
+    bad.send(std::string("\x00\x00\x00\x04", 4));
+    bad.read_all(3s);
+    const std::string last = relay.http_get("/metrics").second;
+    CHECK(sample(last, "pgrelay_errors_total{origin=\"backend\",sqlstate=\"42P01\"}") >= 1);
+    CHECK(sample(last, "pgrelay_errors_total{origin=\"pgrelay\",sqlstate=\"08P01\"}") >= 1);
+
+    std::string report;
+    CHECK(promtool_accepts(last, report));
+    INFO(report);
+    CHECK(promtool_accepts(during, report));
+}
+
+TEST_CASE("/health, /health/ro and /topology tell what pgrelay can route", "[ops]") {
+    auto& cluster = PgCluster::shared();
+    Pgrelay relay(cluster);
+    auto [hs, hb] = relay.http_get("/health");
+    CHECK(hs == 200);
+    CHECK_THAT(hb, Catch::Contains(cluster.primary().name));
+    CHECK(relay.http_get("/health/ro").first == 200);
+    auto [ts, tb] = relay.http_get("/topology");
+    CHECK(ts == 200);
+    CHECK_THAT(tb, Catch::Contains("\"primary\":\"" + cluster.primary().name + "\""));
+    for (const auto& r : cluster.replicas()) CHECK_THAT(tb, Catch::Contains("\"name\":\"" + r.name + "\""));
+    CHECK(relay.http_get("/nope").first == 404);
+}
+
+TEST_CASE("SIGHUP: a new weight changes routing without dropping open sessions; a broken file changes nothing",
+          "[ops]") {
+    auto& cluster = PgCluster::shared();
+    const auto replicas = cluster.replicas();
+    Pgrelay relay(cluster);
+    PgConn open_rw = pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass"));
+    PgConn open_ro = pg_connect(relay.conninfo(relay.ro_port(), "md5user", "md5pass"));
+    REQUIRE(open_rw.ok());
+    REQUIRE(open_ro.ok());
+    exec(open_rw.conn, "BEGIN");  // a session inside a transaction survives too
+
+    relay.reload("weights = { " + replicas[0].name + " = 3, " + replicas[1].name + " = 1 }");
+    REQUIRE(eventually([&] { return relay.log().find("reload: configuration") != std::string::npos; }, 10s));
+    std::map<std::string, int> hits;
+    for (int i = 0; i < 16; ++i) ++hits[ro_port_of(relay)];
+    CHECK(hits[std::to_string(replicas[0].port)] == 12);  // weighted round robin: 3 of every 4
+    CHECK(hits[std::to_string(replicas[1].port)] == 4);
+    CHECK(query_value(open_rw.conn, "SELECT 1") == "1");
+    exec(open_rw.conn, "COMMIT");
+    CHECK(query_value(open_ro.conn, "SELECT 1") == "1");
+
+    // A broken file: logged, and the running configuration stays.
+    relay.reload("weights = { " + replicas[0].name + " = 'heavy' }");
+    REQUIRE(eventually([&] { return relay.log().find("keeping the running configuration") != std::string::npos; }, 10s));
+    hits.clear();
+    for (int i = 0; i < 8; ++i) ++hits[ro_port_of(relay)];
+    CHECK(hits[std::to_string(replicas[0].port)] == 6);
+    CHECK(query_value(open_ro.conn, "SELECT 1") == "1");
+    CHECK(relay.running());
+}
+
+TEST_CASE("SIGTERM drains: no new connections, open sessions finish, the rest get 57P01 after shutdown_grace",
+          "[ops]") {
+    auto& cluster = PgCluster::shared();
+    {
+        Pgrelay relay(cluster);
+        PgConn open = pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass"));
+        REQUIRE(open.ok());
+        relay.signal(SIGTERM);
+        REQUIRE(eventually([&] { return !RawClient(relay.rw_port()).connected(); }, 5s));  // not accepting
+        CHECK(query_value(open.conn, "SELECT 42") == "42");  // still served
+        PQfinish(open.conn);
+        open.conn = nullptr;
+        CHECK(relay.wait_exit(10s) == 0);  // exits once the last session is gone
+    }
+    {
+        PgrelayOptions o;
+        o.extra_server = "shutdown_grace = \"1s\"";
+        Pgrelay relay(cluster, o);
+        RawSession s = md5_login(relay.rw_port(), "md5user", "md5pass");
+        REQUIRE(s.error.empty());
+        relay.signal(SIGTERM);
+        const auto err = first_error(s.client->read_all(10s));
+        REQUIRE(err);
+        CHECK(err->sqlstate == "57P01");
+        CHECK_THAT(err->message, Catch::Contains("shutting down"));
+        CHECK(relay.wait_exit(10s) == 0);
+    }
+}
