@@ -14,6 +14,7 @@ DEMO_DIR=$(mktemp -d /tmp/pgrelay-demo-XXXXXX)
 chmod 755 "$DEMO_DIR"
 RW_PORT=${RW_PORT:-6432}
 RO_PORT=${RO_PORT:-6433}
+ADMIN_PORT=${ADMIN_PORT:-9187}
 CLUSTER=(python3 "$ROOT/tests/fixtures/patroni_cluster.py")
 cleanup() {
   [[ -n ${PGRELAY_PID:-} ]] && kill "$PGRELAY_PID" 2>/dev/null && wait "$PGRELAY_PID" 2>/dev/null || true
@@ -42,6 +43,8 @@ log_level = "info"
 [listen]
 rw = "127.0.0.1:$RW_PORT"
 ro = "127.0.0.1:$RO_PORT"
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
 [topology]
 source = "zookeeper"
 [topology.zookeeper]
@@ -70,6 +73,7 @@ Watch pgrelay follow a switchover, in another terminal:
   ${CLUSTER[*]} switchover --dir $DEMO_DIR/cluster
   psql "postgresql://scramuser:scrampass@127.0.0.1:$RW_PORT/postgres" -Atc 'select inet_server_port()'
 pgrelay's log (here) shows "rw now routes to ..., N ms after the leader znode event".
+What pgrelay sees:  curl -s 127.0.0.1:$ADMIN_PORT/topology ; curl -s 127.0.0.1:$ADMIN_PORT/metrics
 Other cluster commands: list, leader, kill NODE, start NODE, stop-zk, start-zk (same --dir).
 Users: scramuser/scrampass (SCRAM), md5user/md5pass (md5), postgres/postgres.
 Press Ctrl-C to stop pgrelay and remove the cluster.
