@@ -3,6 +3,8 @@
 // PostgreSQL ErrorResponse with a SQLSTATE (docs/INTERNALS.md has the table).
 #include "proxy/session.hpp"
 
+#include <sys/socket.h>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
@@ -52,7 +54,8 @@ void tune_socket(tcp::socket& s) {
 class Session final : public SessionHandle {
 public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
-        : client_(std::move(client)), backend_(client_.get_executor()), kill_(client_.get_executor()), shared_(shared),
+        : client_(std::move(client)), backend_(client_.get_executor()), kill_(client_.get_executor()),
+          terminate_deadline_(client_.get_executor()), shared_(shared),
           cfg_(shared.config), peer_(endpoint_string(client_)), started_(steady_clock::now()) {
         this->role = role;
         port_stats_ = &metrics::Registry::instance().port(role);
@@ -62,6 +65,7 @@ public:
     }
 
     ~Session() {
+        *alive_ = false;
         port_stats_->client_open.fetch_sub(1, std::memory_order_relaxed);
         if (member_stats_) member_stats_->backend_open.fetch_sub(1, std::memory_order_relaxed);
         if (proxy_key_) shared_.cancels->remove(*proxy_key_);
@@ -76,8 +80,20 @@ public:
         end_message_ = std::move(message);
         log::info("[{}] client={} backend {}: {}", role_name(), peer_, target_.member, end_message_);
         // Never cut a write to the client midway: the relay stops after it.
-        if (down_writing_) terminate_pending_ = true;
-        else kill_.cancel();
+        if (!down_writing_) {
+            kill_.cancel();
+            return;
+        }
+        // Let the write in flight finish so the client stream stays whole,
+        // but a client that does not read must not pin the session: after 2 s
+        // stop anyway (then without the ErrorResponse).
+        terminate_pending_ = true;
+        terminate_deadline_.expires_after(std::chrono::seconds(2));
+        // The handler may run after the session is gone (already queued when
+        // the session ended): `alive` says whether `this` may be touched.
+        terminate_deadline_.async_wait([this, alive = alive_](const boost::system::error_code& ec) {
+            if (!ec && *alive) kill_.cancel();
+        });
     }
 
     asio::awaitable<void> run();
@@ -110,6 +126,8 @@ private:
     tcp::socket client_;
     tcp::socket backend_;
     asio::steady_timer kill_;  // cancelled by terminate() to stop the relay
+    asio::steady_timer terminate_deadline_;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
     bool registered_ = false;
     std::list<SessionHandle*>::iterator self_;
     bool terminate_pending_ = false;
@@ -313,6 +331,7 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
     const auto held_since = steady_clock::now();
     const auto hold_until = held_since + cfg_->hold_timeout;
     bool held = false;
+    bool watch_client = true;
     auto hold = [&](const std::string& why) {
         if (held) return;
         held = true;
@@ -346,7 +365,23 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
             if (holdable && (role == PortRole::ReadWrite || !topo)) {
                 hold(d.message);
                 asio::steady_timer deadline(client_.get_executor(), hold_until);
-                co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple));
+                if (!watch_client) {
+                    co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple));
+                    continue;
+                }
+                // Also watch the client: one that gives up must not stay held
+                // (nor be connected to a backend later).
+                auto r = co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple) ||
+                                   client_.async_wait(tcp::socket::wait_read, use_tuple));
+                if (r.index() == 2) {
+                    char probe;
+                    const ssize_t n = ::recv(client_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+                    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+                        log::info("[{}] client={} gave up while held ({} ms)", role_name(), peer_, held_ms());
+                        co_return false;
+                    }
+                    watch_client = false;  // it sent more (pipelined); stop watching to avoid spinning
+                }
                 continue;
             }
             if (held) d.message += " (held " + std::to_string(held_ms()) + " ms, hold_timeout reached)";
