@@ -42,6 +42,20 @@ tcp::acceptor open_acceptor(asio::io_context& ctx, const ListenConfig& l) {
     return a;
 }
 
+// SO_REUSEPORT would let a second pgrelay (same user) bind the same port and
+// silently take half the connections. A plain bind first fails if anyone
+// holds the port, whatever their options.
+void ensure_port_free(const ListenConfig& l) {
+    asio::io_context probe_ctx;
+    tcp::acceptor probe(probe_ctx);
+    const tcp::endpoint ep(asio::ip::make_address(l.host), l.port);
+    probe.open(ep.protocol());
+    probe.set_option(asio::socket_base::reuse_address(true));
+    boost::system::error_code ec;
+    probe.bind(ep, ec);
+    if (ec) throw std::runtime_error(ec.message() + " (another pgrelay or server holds it?)");
+}
+
 struct Worker {
     // Destruction order matters: `ctx` goes before `shared`, because
     // destroying the io_context destroys suspended session coroutines, whose
@@ -234,6 +248,15 @@ int Server::run() {
         s.source = std::make_unique<topology::StaticSource>(s.control, s.hub, std::move(so));
     }
 
+    for (const ListenConfig* l : {&cfg.rw, &cfg.ro}) {
+        if (!l->enabled) continue;
+        try {
+            ensure_port_free(*l);
+        } catch (const std::exception& e) {
+            throw std::runtime_error(std::string("cannot listen on ") + to_string(l->role) + " port " + l->host + ":" +
+                                     std::to_string(l->port) + ": " + e.what());
+        }
+    }
     const unsigned n = cfg.effective_threads();
     for (unsigned i = 0; i < n; ++i) {
         auto w = std::make_unique<Worker>(s.config, s.hub, s.router, s.cancels, s.held);

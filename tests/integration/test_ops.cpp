@@ -173,3 +173,18 @@ TEST_CASE("SIGTERM drains: no new connections, open sessions finish, the rest ge
         CHECK(relay.wait_exit(10s) == 0);
     }
 }
+
+TEST_CASE("a second pgrelay on the same ports refuses to start instead of sharing them", "[ops]") {
+    auto& cluster = PgCluster::shared();
+    Pgrelay relay(cluster);
+    TempDir dir("pgrelay-second");
+    const std::string cfg = dir.path() + "/second.toml";
+    std::ofstream(cfg) << "[listen]\nrw = \"127.0.0.1:" << relay.rw_port() << "\"\n[admin]\nlisten = \"\"\n"
+                       << "[topology]\n[[topology.members]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\nport = "
+                       << cluster.primary().port << "\nrole = \"primary\"\n";
+    std::string out;
+    const int rc = run_command(std::string("timeout 10 ") + PGRELAY_BINARY_PATH + " --config " + cfg, &out);
+    CHECK(rc == 1);
+    CHECK_THAT(out, Catch::Contains("cannot listen on rw port") && Catch::Contains("in use"));
+    CHECK(relay.running());
+}
