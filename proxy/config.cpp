@@ -188,7 +188,9 @@ public:
         if (const toml::table* s = table(root, "server")) {
             only_keys(*s, "[server]",
                       {"threads", "log_level", "log_format", "connect_timeout", "startup_timeout", "max_frame_size",
-                       "shutdown_grace"});
+                       "shutdown_grace", "max_client_connections"});
+            c.max_client_connections =
+                static_cast<uint32_t>(get_int(*s, "max_client_connections", 0, 0, 10'000'000));
             const std::string fmt = get_string(*s, "log_format", "text");
             if (fmt != "text" && fmt != "json")
                 fail(s->get("log_format"), "log_format must be \"text\" or \"json\", got \"" + fmt + "\"");

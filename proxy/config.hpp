@@ -50,6 +50,7 @@ struct Config {
     std::chrono::milliseconds connect_timeout{5000};
     std::chrono::milliseconds startup_timeout{10000};
     uint32_t max_frame_size = 1u << 30;
+    uint32_t max_client_connections = 0;  // per port; 0 = unlimited
 
     topology::RoutingOptions routing;
     // How long a new connection waits for a primary (rw) or for a first

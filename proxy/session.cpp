@@ -589,6 +589,16 @@ asio::awaitable<void> Session::run() {
     std::string startup_bytes;
     protocol::StartupPacket packet;
     if (!co_await startup(startup_bytes, packet)) co_return;
+    // Checked once the startup packet is read, so the client (whatever its
+    // SSL/GSS negotiation) gets a proper ErrorResponse, as from PostgreSQL.
+    if (const uint32_t max = cfg_->max_client_connections;
+        max > 0 && port_stats_->client_open.load(std::memory_order_relaxed) > static_cast<int64_t>(max)) {
+        log::warn("[{}] client={} refused: max_client_connections ({}) reached", role_name(), peer_, max);
+        co_await send_error("53300", std::string("pgrelay ") + role_name() + ": too many connections (max_client_connections = " +
+                                         std::to_string(max) + ")",
+                            "Retry later, or raise max_client_connections.");
+        co_return;
+    }
     const std::string user = log::printable(packet.parameter("user"));
     const std::string db =
         packet.parameter("database").empty() ? user : log::printable(packet.parameter("database"));

@@ -188,3 +188,26 @@ TEST_CASE("a second pgrelay on the same ports refuses to start instead of sharin
     CHECK_THAT(out, Catch::Contains("cannot listen on rw port") && Catch::Contains("in use"));
     CHECK(relay.running());
 }
+
+TEST_CASE("max_client_connections: the next client gets 53300, open sessions are untouched", "[ops]") {
+    auto& cluster = PgCluster::shared();
+    PgrelayOptions o;
+    o.extra_server = "max_client_connections = 2";
+    Pgrelay relay(cluster, o);
+    PgConn a = pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass"));
+    PgConn b = pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass"));
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    PgConn c = pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass"));
+    CHECK_FALSE(c.ok());
+    CHECK(c.sqlstate == "53300");
+    CHECK(query_value(a.conn, "SELECT 1") == "1");
+    CHECK(query_value(b.conn, "SELECT 2") == "2");
+    // The limit is per port: ro still has room.
+    PgConn r = pg_connect(relay.conninfo(relay.ro_port(), "md5user", "md5pass"));
+    CHECK(r.ok());
+    // A slot freed is a slot available.
+    PQfinish(a.conn);
+    a.conn = nullptr;
+    CHECK(eventually([&] { return pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass")).ok(); }, 10s));
+}

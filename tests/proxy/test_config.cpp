@@ -516,3 +516,21 @@ TEST_CASE("parse_duration never yields a negative duration for huge inputs", "[c
         else CHECK(d == 1234ms);
     }
 }
+
+TEST_CASE("config: max_client_connections, shutdown_grace, log_format and [admin] listen", "[config]") {
+    const pgrelay::Config c = parse_config("[server]\nmax_client_connections = 500\nshutdown_grace = \"5s\"\nlog_format = \"json\"\n"
+                                  "[admin]\nlisten = \"127.0.0.1:9999\"\n" + kListen + kTopology,
+                                  "test.toml");
+    CHECK(c.max_client_connections == 500);
+    CHECK(c.shutdown_grace == std::chrono::milliseconds(5000));
+    CHECK(c.log_json);
+    CHECK(c.admin.enabled);
+    CHECK(c.admin.port == 9999);
+    const pgrelay::Config d = parse_config(kListen + kTopology, "test.toml");
+    CHECK(d.max_client_connections == 0);
+    CHECK(d.admin.enabled);  // on by default, loopback only
+    CHECK(d.admin.host == "127.0.0.1");
+    CHECK_THROWS_AS(parse_config("[server]\nmax_client_connections = -1\n" + kListen + kTopology, "test.toml"), ConfigError);
+    CHECK_THROWS_AS(parse_config("[server]\nlog_format = \"xml\"\n" + kListen + kTopology, "test.toml"), ConfigError);
+    CHECK(parse_config("[admin]\nlisten = \"\"\n" + kListen + kTopology, "test.toml").admin.enabled == false);
+}
