@@ -30,7 +30,54 @@ std::string trimmed_error(PGconn* c) {
     return e;
 }
 
+// A persistent probe connection: query() connects when needed, and any
+// failure drops the connection so the next query starts afresh.
+class ProbeConnection {
+public:
+    ProbeConnection() = default;
+    ProbeConnection(const ProbeConnection&) = delete;
+    ProbeConnection& operator=(const ProbeConnection&) = delete;
+    ~ProbeConnection() { drop(); }
+
+    void drop() {
+        if (conn_) PQfinish(conn_);
+        conn_ = nullptr;
+    }
+
+    // Runs `sql`, which returns one row. Returns the result (PQclear it) or
+    // nullptr with `error` set.
+    PGresult* query(const ProbeOptions& o, const std::string& host, uint16_t port, const char* sql, std::string& error) {
+        if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
+            drop();
+            conn_ = PQconnectdb(probe_conninfo(o, host, port).c_str());
+            if (PQstatus(conn_) != CONNECTION_OK) {
+                error = trimmed_error(conn_);
+                drop();
+                return nullptr;
+            }
+        }
+        PGresult* res = PQexec(conn_, sql);
+        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) return res;
+        error = trimmed_error(conn_);
+        PQclear(res);
+        drop();
+        return nullptr;
+    }
+
+private:
+    PGconn* conn_ = nullptr;
+};
+
 }  // namespace
+
+void ProbeThread::stop() {
+    {
+        std::lock_guard lock(mu_);
+        stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
 
 std::string probe_conninfo(const ProbeOptions& o, const std::string& host, uint16_t port) {
     return "host=" + conninfo_value(host) + " port=" + std::to_string(port) + " user=" + conninfo_value(o.user) +
@@ -43,20 +90,11 @@ std::string probe_conninfo(const ProbeOptions& o, const std::string& host, uint1
            " keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=2";
 }
 
-LeaderProbe::LeaderProbe(ProbeOptions opts, Report report) : opts_(std::move(opts)), report_(std::move(report)) {
-    thread_ = std::thread([this] { run(); });
+LeaderProbe::LeaderProbe(ProbeOptions opts, Report report) : ProbeThread(std::move(opts)), report_(std::move(report)) {
+    start();
 }
 
 LeaderProbe::~LeaderProbe() { stop(); }
-
-void LeaderProbe::stop() {
-    {
-        std::lock_guard lock(mu_);
-        stop_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
-}
 
 void LeaderProbe::set_target(const std::string& member, const std::string& host, uint16_t port) {
     {
@@ -73,17 +111,13 @@ void LeaderProbe::set_target(const std::string& member, const std::string& host,
 void LeaderProbe::clear_target() { set_target("", "", 0); }
 
 void LeaderProbe::run() {
-    PGconn* conn = nullptr;
+    ProbeConnection conn;
     uint64_t gen = 0;
     std::string member, host;
     uint16_t port = 0;
     patroni::ProbeStatus last = patroni::ProbeStatus::Unknown;
     bool reported_once = false;
     steady_clock::time_point fast_until{};
-    auto drop = [&] {
-        if (conn) PQfinish(conn);
-        conn = nullptr;
-    };
     for (;;) {
         {
             std::unique_lock lock(mu_);
@@ -93,7 +127,7 @@ void LeaderProbe::run() {
                 member = member_;
                 host = host_;
                 port = port_;
-                drop();
+                conn.drop();
                 last = patroni::ProbeStatus::Unknown;
                 reported_once = false;
                 fast_until = steady_clock::now() + opts_.fast_window;
@@ -107,26 +141,13 @@ void LeaderProbe::run() {
         patroni::ProbeStatus status = patroni::ProbeStatus::Unreachable;
         std::optional<uint64_t> position;
         std::string detail;
-        if (!conn || PQstatus(conn) != CONNECTION_OK) {
-            drop();
-            conn = PQconnectdb(probe_conninfo(opts_, host, port).c_str());
-            if (PQstatus(conn) != CONNECTION_OK) {
-                detail = trimmed_error(conn);
-                drop();
-            }
-        }
-        if (conn) {
-            PGresult* res = PQexec(conn,
-                                   "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL "
-                                   "ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END");
-            if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
-                const bool writable = std::string(PQgetvalue(res, 0, 0)) == "f";
-                status = writable ? patroni::ProbeStatus::Writable : patroni::ProbeStatus::InRecovery;
-                if (writable && !PQgetisnull(res, 0, 1)) position = std::stoull(PQgetvalue(res, 0, 1));
-            } else {
-                detail = trimmed_error(conn);
-                drop();
-            }
+        if (PGresult* res = conn.query(opts_, host, port,
+                                       "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL "
+                                       "ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END",
+                                       detail)) {
+            const bool writable = std::string(PQgetvalue(res, 0, 0)) == "f";
+            status = writable ? patroni::ProbeStatus::Writable : patroni::ProbeStatus::InRecovery;
+            if (writable && !PQgetisnull(res, 0, 1)) position = std::stoull(PQgetvalue(res, 0, 1));
             PQclear(res);
         }
 
@@ -145,25 +166,15 @@ void LeaderProbe::run() {
         }
 
         std::unique_lock lock(mu_);
-        cv_.wait_for(lock, fast_now ? opts_.fast_interval : opts_.interval, [&] { return stop_ || gen != generation_; });
+        pause(lock, fast_now ? opts_.fast_interval : opts_.interval, gen);
     }
-    drop();
 }
 
-ReplayProbe::ReplayProbe(ProbeOptions opts, Report report) : opts_(std::move(opts)), report_(std::move(report)) {
-    thread_ = std::thread([this] { run(); });
+ReplayProbe::ReplayProbe(ProbeOptions opts, Report report) : ProbeThread(std::move(opts)), report_(std::move(report)) {
+    start();
 }
 
 ReplayProbe::~ReplayProbe() { stop(); }
-
-void ReplayProbe::stop() {
-    {
-        std::lock_guard lock(mu_);
-        stop_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
-}
 
 void ReplayProbe::set_targets(std::vector<Target> targets) {
     {
@@ -176,11 +187,7 @@ void ReplayProbe::set_targets(std::vector<Target> targets) {
 }
 
 void ReplayProbe::run() {
-    std::map<std::string, std::pair<Target, PGconn*>> conns;  // member -> (target, connection)
-    auto drop = [](PGconn*& c) {
-        if (c) PQfinish(c);
-        c = nullptr;
-    };
+    std::map<std::string, std::pair<Target, ProbeConnection>> conns;  // member -> (target, connection)
     uint64_t gen = UINT64_MAX;
     std::vector<Target> targets;
     for (;;) {
@@ -195,33 +202,23 @@ void ReplayProbe::run() {
         // Close connections to members no longer probed (or moved).
         for (auto it = conns.begin(); it != conns.end();) {
             const bool keep = std::find(targets.begin(), targets.end(), it->second.first) != targets.end();
-            if (!keep) drop(it->second.second);
             it = keep ? std::next(it) : conns.erase(it);
         }
         for (const Target& t : targets) {
             auto& [target, conn] = conns[t.member];
             target = t;
             std::optional<uint64_t> replayed;
-            if (!conn || PQstatus(conn) != CONNECTION_OK) {
-                drop(conn);
-                conn = PQconnectdb(probe_conninfo(opts_, t.host, t.port).c_str());
-                if (PQstatus(conn) != CONNECTION_OK) drop(conn);
-            }
-            if (conn) {
-                PGresult* res = PQexec(conn, "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint");
-                if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
-                    if (!PQgetisnull(res, 0, 0)) replayed = std::stoull(PQgetvalue(res, 0, 0));
-                } else {
-                    drop(conn);
-                }
+            std::string error;  // an unreachable replica just has unknown replay
+            if (PGresult* res = conn.query(opts_, t.host, t.port,
+                                           "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint", error)) {
+                if (!PQgetisnull(res, 0, 0)) replayed = std::stoull(PQgetvalue(res, 0, 0));
                 PQclear(res);
             }
             report_(t.member, replayed);
         }
         std::unique_lock lock(mu_);
-        cv_.wait_for(lock, opts_.interval, [&] { return stop_ || gen != generation_; });
+        pause(lock, opts_.interval, gen);
     }
-    for (auto& [name, tc] : conns) drop(tc.second);
 }
 
 }  // namespace pgrelay::topology

@@ -31,11 +31,39 @@ struct ProbeOptions {
     std::chrono::milliseconds connect_timeout{2000};
 };
 
+// The thread, stop flag and wake-up both probes run on. A derived class starts
+// it at the end of its constructor and stops it first thing in its destructor
+// (run() uses the derived members). set-calls bump `generation_` under `mu_`
+// and notify `cv_`; run() re-reads its targets when the generation moved.
+class ProbeThread {
+public:
+    void stop();
+
+protected:
+    explicit ProbeThread(ProbeOptions opts) : opts_(std::move(opts)) {}
+    ~ProbeThread() = default;
+    void start() { thread_ = std::thread([this] { run(); }); }
+    virtual void run() = 0;
+    // Sleeps up to `d`; wakes early on stop() or a new generation.
+    void pause(std::unique_lock<std::mutex>& lock, std::chrono::milliseconds d, uint64_t seen_generation) {
+        cv_.wait_for(lock, d, [&] { return stop_ || seen_generation != generation_; });
+    }
+
+    ProbeOptions opts_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool stop_ = false;
+    uint64_t generation_ = 0;
+
+private:
+    std::thread thread_;
+};
+
 // Flow: set_target() whenever the leader key names a member (or clear_target()
 // when there is none); `report` is called from the probe thread with every
 // verdict that differs from the previous one for that target, and once per
 // target change. stop() (or the destructor) joins the thread.
-class LeaderProbe {
+class LeaderProbe final : public ProbeThread {
 public:
     // `wal_position`: the leader's current WAL position in bytes (when writable).
     using Report = std::function<void(const std::string& member, patroni::ProbeStatus status,
@@ -44,20 +72,13 @@ public:
     ~LeaderProbe();
     void set_target(const std::string& member, const std::string& host, uint16_t port);
     void clear_target();
-    void stop();
 
 private:
-    void run();
+    void run() override;
 
-    ProbeOptions opts_;
     Report report_;
-    std::mutex mu_;
-    std::condition_variable cv_;
-    bool stop_ = false;
-    uint64_t generation_ = 0;
     std::string member_, host_;
     uint16_t port_ = 0;
-    std::thread thread_;
 };
 
 // ReplayProbe: how far each replica has *replayed* (pg_last_wal_replay_lsn()).
@@ -69,7 +90,7 @@ private:
 // Flow: set_targets() with the current replicas; every `interval` each one is
 // queried over a persistent connection and `report` gets (member, position or
 // nullopt when unknown). Own thread; stop() joins it.
-class ReplayProbe {
+class ReplayProbe final : public ProbeThread {
 public:
     struct Target {
         std::string member, host;
@@ -80,19 +101,12 @@ public:
     ReplayProbe(ProbeOptions opts, Report report);
     ~ReplayProbe();
     void set_targets(std::vector<Target> targets);
-    void stop();
 
 private:
-    void run();
+    void run() override;
 
-    ProbeOptions opts_;
     Report report_;
-    std::mutex mu_;
-    std::condition_variable cv_;
-    bool stop_ = false;
-    uint64_t generation_ = 0;
     std::vector<Target> targets_;
-    std::thread thread_;
 };
 
 // libpq connection string for a probe of host:port (values quoted for libpq).
