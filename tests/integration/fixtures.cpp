@@ -224,15 +224,7 @@ void Pgrelay::launch(const std::string& body, const PgrelayOptions& opts) {
     do admin_ = free_port(); while (admin_ == rw_ || admin_ == ro_);
     body_ = body;
     opts_ = opts;
-    std::ostringstream cfg;
-    cfg << "[server]\nthreads = " << opts.threads << "\nlog_level = \"debug\"\n"
-        << "connect_timeout = \"" << opts.connect_timeout << "\"\nstartup_timeout = \"" << opts.startup_timeout << "\"\n"
-        << opts.extra_server << "\n"
-        << "[listen]\nrw = \"127.0.0.1:" << rw_ << "\"\nro = \"127.0.0.1:" << ro_ << "\"\n"
-        << "[admin]\nlisten = \"127.0.0.1:" << admin_ << "\"\n"
-        << body;
-    const std::string cfg_path = dir_->path() + "/pgrelay.toml";
-    std::ofstream(cfg_path) << cfg.str();
+    const std::string cfg_path = write_config(body);
     const std::string log_path = dir_->path() + "/pgrelay.log";
 
     pid_ = fork();
@@ -264,6 +256,20 @@ Pgrelay::~Pgrelay() {
     }
 }
 
+std::string Pgrelay::write_config(const std::string& body) const {
+    std::ostringstream cfg;
+    cfg << "[server]\nthreads = " << opts_.threads << "\nlog_level = \"debug\"\n"
+        << "connect_timeout = \"" << opts_.connect_timeout << "\"\nstartup_timeout = \"" << opts_.startup_timeout
+        << "\"\n"
+        << opts_.extra_server << "\n"
+        << "[listen]\nrw = \"127.0.0.1:" << rw_ << "\"\nro = \"127.0.0.1:" << ro_ << "\"\n"
+        << "[admin]\nlisten = \"127.0.0.1:" << admin_ << "\"\n"
+        << body;
+    const std::string path = dir_->path() + "/pgrelay.toml";
+    std::ofstream(path) << cfg.str();
+    return path;
+}
+
 void Pgrelay::signal(int sig) {
     if (pid_ > 0) kill(pid_, sig);
 }
@@ -285,15 +291,7 @@ void Pgrelay::reload(const std::string& extra_routing) {
     std::string body = body_;
     const auto at = body.find("[routing]\n");
     if (at != std::string::npos) body.insert(at + 10, extra_routing + "\n");
-    std::ostringstream cfg;
-    cfg << "[server]\nthreads = " << opts_.threads << "\nlog_level = \"debug\"\n"
-        << "connect_timeout = \"" << opts_.connect_timeout << "\"\nstartup_timeout = \"" << opts_.startup_timeout
-        << "\"\n"
-        << opts_.extra_server << "\n"
-        << "[listen]\nrw = \"127.0.0.1:" << rw_ << "\"\nro = \"127.0.0.1:" << ro_ << "\"\n"
-        << "[admin]\nlisten = \"127.0.0.1:" << admin_ << "\"\n"
-        << body;
-    std::ofstream(dir_->path() + "/pgrelay.toml") << cfg.str();
+    write_config(body);
     signal(SIGHUP);
 }
 

@@ -121,6 +121,8 @@ public:
 
 private:
     void launch(const std::string& config_body, const PgrelayOptions& opts);
+    // The whole config file (server, ports, then `body`); returns its path.
+    std::string write_config(const std::string& body) const;
     std::unique_ptr<TempDir> dir_;
     uint16_t rw_ = 0, ro_ = 0, admin_ = 0;
     int pid_ = -1;
