@@ -60,6 +60,10 @@ public:
 
     MemberStats& member(PortRole port, const std::string& member);
     PortStats& port(PortRole r) { return r == PortRole::ReadWrite ? rw_ : ro_; }
+    // Connections held right now, both ports.
+    int64_t held_now() const {
+        return rw_.held_now.load(std::memory_order_relaxed) + ro_.held_now.load(std::memory_order_relaxed);
+    }
     void count_error(std::string_view origin, std::string_view sqlstate);
 
     std::atomic<uint64_t> cancel_forwarded{0};

@@ -65,9 +65,8 @@ struct Worker {
     std::vector<std::pair<tcp::acceptor, PortRole>> acceptors;
     std::thread thread;
 
-    Worker(std::shared_ptr<const Config> cfg, const topology::SnapshotHub& hub, Router& router, CancelRegistry& cancels,
-           std::atomic<int>& held)
-        : shared{std::move(cfg), topology::SnapshotHub::Reader(hub), &router, &cancels, &held, {}, nullptr} {
+    Worker(std::shared_ptr<const Config> cfg, const topology::SnapshotHub& hub, Router& router, CancelRegistry& cancels)
+        : shared{std::move(cfg), topology::SnapshotHub::Reader(hub), &router, &cancels, {}, nullptr} {
         shared.topology_changed = std::make_unique<asio::steady_timer>(ctx, asio::steady_timer::time_point::max());
     }
     ~Worker() {
@@ -102,7 +101,6 @@ struct Server::Impl {
     topology::SnapshotHub hub;
     Router router;
     CancelRegistry cancels;
-    std::atomic<int> held{0};
     asio::io_context control{1};
     std::unique_ptr<topology::Source> source;
     std::unique_ptr<AdminServer> admin;
@@ -259,7 +257,7 @@ int Server::run() {
     }
     const unsigned n = cfg.effective_threads();
     for (unsigned i = 0; i < n; ++i) {
-        auto w = std::make_unique<Worker>(s.config, s.hub, s.router, s.cancels, s.held);
+        auto w = std::make_unique<Worker>(s.config, s.hub, s.router, s.cancels);
         for (const ListenConfig* l : {&cfg.rw, &cfg.ro}) {
             if (!l->enabled) continue;
             try {

@@ -51,6 +51,17 @@ void tune_socket(tcp::socket& s) {
     s.set_option(asio::socket_base::keep_alive(true), ec);
 }
 
+// Bytes read before the relay began (client bytes pipelined behind the
+// StartupMessage, the backend's first answer) go to the front of the relay
+// buffer, to be scanned before the next read. Startup reads stop at a whole
+// packet and open_backend_session at one frame, so they always fit.
+size_t take_carried(std::string& carried, uint8_t* buf) {
+    const size_t len = std::min(carried.size(), kRelayBuffer);
+    std::memcpy(buf, carried.data(), len);
+    carried.clear();
+    return len;
+}
+
 class Session final : public SessionHandle {
 public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
@@ -337,22 +348,20 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
         held = true;
         port_stats_->held_now.fetch_add(1, std::memory_order_relaxed);
         port_stats_->held_total.fetch_add(1, std::memory_order_relaxed);
-        const int n = shared_.held->fetch_add(1) + 1;
+        const int64_t n = metrics::Registry::instance().held_now();
         log::info("[{}] client={} user={} held: {} ({} connection{} held)", role_name(), peer_, log::printable(packet.parameter("user")),
                   why, n, n == 1 ? "" : "s");
     };
     struct Unhold {
         bool& held;
-        std::atomic<int>* count;
         metrics::PortStats& stats;
         steady_clock::time_point since;
         ~Unhold() {
             if (!held) return;
-            count->fetch_sub(1);
             stats.held_now.fetch_sub(1, std::memory_order_relaxed);
             stats.hold_seconds.observe(std::chrono::duration<double>(steady_clock::now() - since).count());
         }
-    } unhold{held, shared_.held, *port_stats_, held_since};
+    } unhold{held, *port_stats_, held_since};
     auto held_ms = [&] {
         return std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - held_since).count();
     };
@@ -448,24 +457,16 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
 asio::awaitable<void> Session::relay_client_to_backend() {
     auto buf = std::make_unique<uint8_t[]>(kRelayBuffer);
     protocol::FrameScanner scanner(cfg_->max_frame_size);
-    // Startup reads stop as soon as a whole packet (<= 10000 bytes) is
-    // buffered, so what came after it always fits.
-    size_t len = std::min(pipelined_.size(), kRelayBuffer);
-    std::memcpy(buf.get(), pipelined_.data(), len);
-    pipelined_.clear();
-    bool scan_before_read = len > 0;
-    for (;;) {
-        size_t n = 0;
-        if (!scan_before_read) {
-            auto [rec, got] = co_await client_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
+    size_t len = take_carried(pipelined_, buf.get());
+    for (bool carried = len > 0;; carried = false) {
+        if (!carried) {
+            auto [rec, n] = co_await client_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
             if (rec) {
                 if (rec != asio::error::operation_aborted) client_closed_ = true;
                 co_return;
             }
-            n = got;
+            len += n;
         }
-        scan_before_read = false;
-        len += n;
         size_t pos = 0;
         protocol::Frame f;
         bool terminate = false;
@@ -515,23 +516,16 @@ asio::awaitable<void> Session::relay_backend_to_client() {
     down_scanner_.watch(static_cast<char>(protocol::BackendType::BackendKeyData));
     down_scanner_.watch(static_cast<char>(protocol::BackendType::ReadyForQuery));
     down_scanner_.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
-    // open_backend_session reads at most one 4 KiB chunk past a complete frame header.
-    size_t len = std::min(backend_prefix_.size(), kRelayBuffer);
-    std::memcpy(buf.get(), backend_prefix_.data(), len);
-    backend_prefix_.clear();
-    bool scan_before_read = len > 0;
-    for (;;) {
-        size_t n = 0;
-        if (!scan_before_read) {
-            auto [rec, got] = co_await backend_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
+    size_t len = take_carried(backend_prefix_, buf.get());
+    for (bool carried = len > 0;; carried = false) {
+        if (!carried) {
+            auto [rec, n] = co_await backend_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
             if (rec) {
                 if (rec != asio::error::operation_aborted) backend_closed_ = true;
                 co_return;
             }
-            n = got;
+            len += n;
         }
-        scan_before_read = false;
-        len += n;
         size_t pos = 0;
         protocol::Frame f;
         for (;;) {

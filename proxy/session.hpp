@@ -38,7 +38,6 @@ struct WorkerShared {
     topology::SnapshotHub::Reader topology;
     Router* router;
     CancelRegistry* cancels;
-    std::atomic<int>* held;                       // connections waiting for a primary, all threads
     std::list<SessionHandle*> sessions;           // relaying sessions on this thread
     std::unique_ptr<boost::asio::steady_timer> topology_changed;  // never expires; cancel() wakes waiters
 };

@@ -19,6 +19,7 @@
 #include "proxy/config.hpp"
 #include "proxy/log.hpp"
 #include "proxy/router.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/session.hpp"
 #include "tests/proxy/script.hpp"
 #include "topology/source.hpp"
@@ -113,7 +114,8 @@ struct Harness {
     CancelRegistry cancels;
     Router router;
     topology::SnapshotHub hub;
-    std::atomic<int> held{0};
+    // Held connections (pgrelay counts them in its metrics registry).
+    static int held() { return static_cast<int>(pgrelay::metrics::Registry::instance().held_now()); }
     std::shared_ptr<Config> cfg;
     WorkerShared shared;
     asio::io_context ctx;
@@ -128,7 +130,6 @@ struct Harness {
                  .topology = topology::SnapshotHub::Reader(hub),
                  .router = &router,
                  .cancels = &cancels,
-                 .held = &held,
                  .sessions = {},
                  .topology_changed = nullptr},
           listener(ctx, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
@@ -783,7 +784,7 @@ TEST_CASE("session: rw connections are held while there is no primary", "[sessio
     int held_during = -1;
 
     SECTION("nobody becomes primary: 57P03 after hold_timeout") {
-        ScriptResult& c = h.client({{write(kStartup), sleep_for(100ms), call([&](ScriptResult&) { held_during = h.held; }),
+        ScriptResult& c = h.client({{write(kStartup), sleep_for(100ms), call([&](ScriptResult&) { held_during = h.held(); }),
                                      read_to_eof()}});
         REQUIRE(h.run());
         REQUIRE(h.finish());
@@ -797,9 +798,9 @@ TEST_CASE("session: rw connections are held while there is no primary", "[sessio
     }
     SECTION("the client gives up while held: the session ends at once and never reaches a backend") {
         int held_after = -1;
-        ScriptResult& c = h.client({{write(kStartup), sleep_for(100ms), call([&](ScriptResult&) { held_during = h.held; }),
+        ScriptResult& c = h.client({{write(kStartup), sleep_for(100ms), call([&](ScriptResult&) { held_during = h.held(); }),
                                      close_socket()}});
-        ScriptResult& watcher = h.client({{sleep_for(200ms), call([&](ScriptResult&) { held_after = h.held; })}});
+        ScriptResult& watcher = h.client({{sleep_for(200ms), call([&](ScriptResult&) { held_after = h.held(); })}});
         REQUIRE(h.run());
         REQUIRE(h.finish());
         CHECK(c.ok);
@@ -810,7 +811,7 @@ TEST_CASE("session: rw connections are held while there is no primary", "[sessio
     SECTION("a primary appears: the held connection goes through") {
         h.backend.expect_connection(backend_happy());
         ScriptResult& c = h.client({{write(kStartup), sleep_for(100ms), call([&](ScriptResult&) {
-                                         held_during = h.held;
+                                         held_during = h.held();
                                          h.publish({primary("pg1", h.backend.port()), replica("pg2", h.closed_port())});
                                          pgrelay::apply_topology_change(h.shared, *h.hub.latest());
                                      }),
@@ -826,7 +827,7 @@ TEST_CASE("session: rw connections are held while there is no primary", "[sessio
         CHECK(took < 240ms);  // released by the change, not by hold_timeout
     }
     CHECK(held_during == 1);
-    CHECK(h.held == 0);
+    CHECK(h.held() == 0);
     CHECK(h.shared.sessions.empty());
     CHECK(h.cancels.size() == 0);
 }
