@@ -51,6 +51,35 @@ void rewrite_backend_key_data(std::span<uint8_t> body, CancelKey key) noexcept {
     write_u32(body.data() + 4, static_cast<uint32_t>(key.secret));
 }
 
+std::optional<std::string> sasl_without_mechanism(std::span<const uint8_t> body, std::string_view mechanism) {
+    constexpr uint32_t kAuthSasl = 10;
+    if (body.size() < 5 || read_u32(body.data()) != kAuthSasl || body.back() != 0) return std::nullopt;
+    std::string kept;
+    bool found = false;
+    size_t pos = 4;
+    for (;;) {
+        if (pos >= body.size()) return std::nullopt;  // the list's terminator is missing
+        const auto* start = reinterpret_cast<const char*>(body.data() + pos);
+        const size_t len = std::char_traits<char>::length(start);  // the body ends in NUL: bounded
+        if (len == 0) break;
+        const std::string_view name(start, len);
+        if (name == mechanism) found = true;
+        else kept.append(name).push_back('\0');
+        pos += len + 1;
+    }
+    if (!found || pos + 1 != body.size()) return std::nullopt;
+    std::string out;
+    out.push_back('R');
+    uint8_t len[4];
+    write_u32(len, static_cast<uint32_t>(4 + 4 + kept.size() + 1));
+    out.append(reinterpret_cast<const char*>(len), 4);
+    write_u32(len, kAuthSasl);
+    out.append(reinterpret_cast<const char*>(len), 4);
+    out += kept;
+    out.push_back('\0');
+    return out;
+}
+
 std::optional<TxStatus> decode_ready_for_query(std::span<const uint8_t> body) noexcept {
     if (body.size() != 1) return std::nullopt;
     switch (body[0]) {

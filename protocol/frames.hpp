@@ -88,4 +88,11 @@ std::optional<ParameterStatus> decode_parameter_status(std::span<const uint8_t> 
 // In-place rewrite of a BackendKeyData body (pgrelay hands out its own keys).
 void rewrite_backend_key_data(std::span<uint8_t> body, CancelKey key) noexcept;
 
+// AuthenticationSASL (R, code 10) lists mechanisms as NUL-terminated names
+// closed by an empty one. Returns the whole message (type byte included)
+// without `mechanism`, or nullopt when `body` is not AuthenticationSASL or
+// does not list it. A proxy that ends TLS must drop SCRAM-SHA-256-PLUS: the
+// client's TLS channel is not the server's, so channel binding cannot verify.
+std::optional<std::string> sasl_without_mechanism(std::span<const uint8_t> body, std::string_view mechanism);
+
 }  // namespace pgrelay::protocol

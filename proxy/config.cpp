@@ -20,6 +20,17 @@ std::string ConfigError::describe() const {
 
 const char* to_string(PortRole r) noexcept { return r == PortRole::ReadWrite ? "rw" : "ro"; }
 
+const char* to_string(Config::BackendTls m) noexcept {
+    switch (m) {
+        case Config::BackendTls::Disable: return "disable";
+        case Config::BackendTls::Prefer: return "prefer";
+        case Config::BackendTls::Require: return "require";
+        case Config::BackendTls::VerifyCa: return "verify-ca";
+        case Config::BackendTls::VerifyFull: return "verify-full";
+    }
+    return "?";
+}
+
 unsigned Config::effective_threads() const noexcept {
     if (threads > 0) return threads;
     const unsigned n = std::thread::hardware_concurrency();
@@ -183,12 +194,23 @@ public:
     Config load(const toml::table& root) {
         Config c;
         c.path = path_;
-        only_keys(root, "the top level", {"server", "listen", "routing", "topology", "admin"});
+        only_keys(root, "the top level", {"server", "listen", "routing", "topology", "admin", "tls"});
 
         if (const toml::table* s = table(root, "server")) {
             only_keys(*s, "[server]",
                       {"threads", "log_level", "log_format", "connect_timeout", "startup_timeout", "max_frame_size",
-                       "shutdown_grace", "max_client_connections"});
+                       "shutdown_grace", "max_client_connections", "idle_client_timeout", "tcp_keepalive_idle",
+                       "tcp_keepalive_interval", "tcp_keepalive_count"});
+            c.idle_client_timeout = get_duration(*s, "idle_client_timeout", c.idle_client_timeout);
+            auto keepalive_secs = [&](std::string_view key, std::chrono::seconds def) {
+                const auto d = get_duration(*s, key, def);
+                if (d < std::chrono::seconds(1))
+                    fail(s->get(key), "'" + std::string(key) + "' must be at least 1s (TCP keepalive counts seconds)");
+                return std::chrono::duration_cast<std::chrono::seconds>(d);
+            };
+            c.keepalive_idle = keepalive_secs("tcp_keepalive_idle", c.keepalive_idle);
+            c.keepalive_interval = keepalive_secs("tcp_keepalive_interval", c.keepalive_interval);
+            c.keepalive_count = static_cast<unsigned>(get_int(*s, "tcp_keepalive_count", c.keepalive_count, 1, 127));
             c.max_client_connections =
                 static_cast<uint32_t>(get_int(*s, "max_client_connections", 0, 0, 10'000'000));
             const std::string fmt = get_string(*s, "log_format", "text");
@@ -220,6 +242,8 @@ public:
         if (c.rw.enabled && c.ro.enabled && c.rw.port == c.ro.port && c.rw.host == c.ro.host)
             fail(root["listen"]["ro"].node(), "[listen] rw and ro must not use the same address and port");
 
+        if (const toml::table* tls = table(root, "tls")) load_tls(*tls, c);
+
         if (const toml::table* r = table(root, "routing")) {
             only_keys(*r, "[routing]", {"ro_fallback_to_primary", "ro_balance", "max_replica_lag", "weights", "exclude",
                                         "hold_timeout", "allow_standby_leader"});
@@ -245,7 +269,9 @@ public:
         const toml::table* t = table(root, "topology");
         if (!t) fail(nullptr, "missing [topology] section (source and members)");
         only_keys(*t, "[topology]",
-                  {"source", "health_check_interval", "health_check_timeout", "members", "zookeeper", "probe"});
+                  {"source", "health_check_interval", "health_check_timeout", "members", "zookeeper", "probe",
+                   "backend_tls", "backend_tls_ca", "backend_tls_sni"});
+        load_backend_tls(*t, c);
         c.topology_source = get_string(*t, "source", "static");
         if (c.topology_source != "static" && c.topology_source != "zookeeper")
             fail(t->get("source"), "topology source must be \"static\" or \"zookeeper\", got \"" + c.topology_source + "\"");
@@ -288,6 +314,51 @@ public:
         if (t->get("zookeeper")) fail(t->get("zookeeper"), "[topology.zookeeper] is only for source \"zookeeper\"");
         load_members(*t, root.get_as<toml::table>("routing"), c);
         return c;
+    }
+
+    void load_tls(const toml::table& t, Config& c) {
+        only_keys(t, "[tls]", {"cert", "key", "client_ca", "client_tls", "min_version", "ciphers"});
+        c.tls.cert = get_string(t, "cert", "");
+        c.tls.key = get_string(t, "key", "");
+        c.tls.client_ca = get_string(t, "client_ca", "");
+        if (c.tls.cert.empty() != c.tls.key.empty())
+            fail(t.get(c.tls.cert.empty() ? "key" : "cert"), "[tls] cert and key go together: set both or neither");
+        const std::string mode = get_string(t, "client_tls", c.tls.enabled() ? "allow" : "disable");
+        if (mode == "disable") c.tls.client = Config::ClientTls::Disable;
+        else if (mode == "allow") c.tls.client = Config::ClientTls::Allow;
+        else if (mode == "require") c.tls.client = Config::ClientTls::Require;
+        else fail(t.get("client_tls"), "client_tls must be \"disable\", \"allow\" or \"require\", got \"" + mode + "\"");
+        if (c.tls.client != Config::ClientTls::Disable && !c.tls.enabled())
+            fail(t.get("client_tls"), "client_tls = \"" + mode + "\" needs [tls] cert and key");
+        if (!c.tls.client_ca.empty() && c.tls.client == Config::ClientTls::Disable)
+            fail(t.get("client_ca"), "[tls] client_ca needs TLS towards clients (cert, key, client_tls not \"disable\")");
+        // A client certificate only travels inside TLS: requiring one requires TLS.
+        if (!c.tls.client_ca.empty()) c.tls.client = Config::ClientTls::Require;
+        const std::string minv = get_string(t, "min_version", "TLSv1.2");
+        if (minv != "TLSv1.2" && minv != "TLSv1.3")
+            fail(t.get("min_version"), "min_version must be \"TLSv1.2\" or \"TLSv1.3\", got \"" + minv + "\"");
+        c.tls.tls13_only = minv == "TLSv1.3";
+        c.tls.ciphers = get_string(t, "ciphers", c.tls.ciphers);
+        if (c.tls.ciphers.empty()) fail(t.get("ciphers"), "[tls] ciphers must not be empty");
+    }
+
+    void load_backend_tls(const toml::table& t, Config& c) {
+        const std::string mode = get_string(t, "backend_tls", "disable");
+        if (mode == "disable") c.backend_tls = Config::BackendTls::Disable;
+        else if (mode == "prefer") c.backend_tls = Config::BackendTls::Prefer;
+        else if (mode == "require") c.backend_tls = Config::BackendTls::Require;
+        else if (mode == "verify-ca") c.backend_tls = Config::BackendTls::VerifyCa;
+        else if (mode == "verify-full") c.backend_tls = Config::BackendTls::VerifyFull;
+        else
+            fail(t.get("backend_tls"),
+                 "backend_tls must be one of disable, prefer, require, verify-ca, verify-full; got \"" + mode + "\"");
+        c.backend_tls_ca = get_string(t, "backend_tls_ca", "");
+        c.backend_tls_sni = get_bool(t, "backend_tls_sni", true);
+        if (c.backend_tls_ca.empty() &&
+            (c.backend_tls == Config::BackendTls::VerifyCa || c.backend_tls == Config::BackendTls::VerifyFull))
+            fail(t.get("backend_tls"), "backend_tls = \"" + mode + "\" needs backend_tls_ca (the CA that signed the servers' certificates)");
+        if (!c.backend_tls_ca.empty() && c.backend_tls == Config::BackendTls::Disable)
+            fail(t.get("backend_tls_ca"), "backend_tls_ca is set but backend_tls is \"disable\"");
     }
 
     void load_members(const toml::table& t, const toml::table* routing, Config& c) {

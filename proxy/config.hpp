@@ -51,6 +51,31 @@ struct Config {
     std::chrono::milliseconds startup_timeout{10000};
     uint32_t max_frame_size = 1u << 30;
     uint32_t max_client_connections = 0;  // per port; 0 = unlimited
+    // A client idle this long (no request outstanding, outside any
+    // transaction) gets 57P05 and is closed. 0 = never.
+    std::chrono::milliseconds idle_client_timeout{0};
+    // TCP keepalive on client and backend sockets (TCP_KEEPIDLE/INTVL/CNT):
+    // a peer that vanished is noticed after idle + interval * count.
+    std::chrono::seconds keepalive_idle{60};
+    std::chrono::seconds keepalive_interval{10};
+    unsigned keepalive_count = 6;
+
+    // Client-facing TLS ([tls]). Enabled when `cert` is set.
+    enum class ClientTls { Disable, Allow, Require };
+    struct Tls {
+        std::string cert, key;  // PEM files: certificate chain, private key
+        std::string client_ca;  // PEM CA file: when set, every client must present a certificate it signed
+        ClientTls client = ClientTls::Disable;  // client_tls; "allow" by default once cert is set
+        bool tls13_only = false;  // min_version = "TLSv1.3" (default TLSv1.2)
+        std::string ciphers = "HIGH:!aNULL:!MD5:!3DES:!RC4";  // TLS 1.2 cipher list (OpenSSL syntax)
+        bool enabled() const noexcept { return !cert.empty(); }
+    } tls;
+
+    // pgrelay -> backend TLS ([topology] backend_tls*), libpq's sslmode semantics.
+    enum class BackendTls { Disable, Prefer, Require, VerifyCa, VerifyFull };
+    BackendTls backend_tls = BackendTls::Disable;
+    std::string backend_tls_ca;   // PEM CA file to verify backends with
+    bool backend_tls_sni = true;  // send the member's host name as SNI (not for IP addresses), as libpq
 
     topology::RoutingOptions routing;
     // How long a new connection waits for a primary (rw) or for a first
@@ -83,6 +108,8 @@ struct Config {
 
     unsigned effective_threads() const noexcept;
 };
+
+const char* to_string(Config::BackendTls m) noexcept;  // "disable" ... "verify-full"
 
 // Throws ConfigError.
 Config load_config(const std::string& path);

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "proxy/config.hpp"
+#include "proxy/tls.hpp"
 #include "proxy/log.hpp"
 #include "proxy/server.hpp"
 
@@ -61,8 +62,10 @@ int main(int argc, char** argv) {
     }
 
     pgrelay::Config config;
+    std::shared_ptr<const pgrelay::TlsContexts> tls;
     try {
         config = pgrelay::load_config(config_path);
+        tls = pgrelay::make_tls_contexts(config);  // certificate and key files are part of the configuration
     } catch (const pgrelay::ConfigError& e) {
         std::fprintf(stderr, "pgrelay: invalid configuration: %s\n", e.describe().c_str());
         return 2;
@@ -75,7 +78,7 @@ int main(int argc, char** argv) {
     pgrelay::log::set_json(config.log_json);
     try {
         pgrelay::log::info("pgrelay {} starting with {}", PGRELAY_VERSION, config_path);
-        pgrelay::Server server(std::move(config));
+        pgrelay::Server server(std::move(config), std::move(tls));
         return server.run();
     } catch (const std::exception& e) {
         pgrelay::log::error("fatal: {}", e.what());

@@ -105,9 +105,16 @@ std::string Registry::render(const topology::Topology* t, const topology::Routin
          "Request latency through pgrelay, from the first client message to ReadyForQuery, by port.");
     for (auto [p, s] : ports) s->query_seconds.render(out, "pgrelay_query_seconds", fmt::format("port=\"{}\"", p));
     head(out, "pgrelay_sessions_terminated_total", "counter",
-         "Sessions pgrelay ended with 57P01 because their member lost its role, by port.");
+         "Sessions pgrelay ended: 57P01 (member lost its role, shutdown) or 57P05 (idle_client_timeout), by port.");
     for (auto [p, s] : ports)
         out += fmt::format("pgrelay_sessions_terminated_total{{port=\"{}\"}} {}\n", p, get(s->terminated));
+    head(out, "pgrelay_client_tls_total", "counter",
+         "Client connections by transport: TLS handshake ok or failed, or plaintext StartupMessage; by port.");
+    for (auto [p, s] : ports) {
+        out += fmt::format("pgrelay_client_tls_total{{port=\"{}\",outcome=\"ok\"}} {}\n", p, get(s->tls_ok));
+        out += fmt::format("pgrelay_client_tls_total{{port=\"{}\",outcome=\"failed\"}} {}\n", p, get(s->tls_failed));
+        out += fmt::format("pgrelay_client_tls_total{{port=\"{}\",outcome=\"plaintext\"}} {}\n", p, get(s->plaintext));
+    }
 
     {
         std::lock_guard lock(mu_);

@@ -51,7 +51,10 @@ struct PortStats {
     std::atomic<uint64_t> held_total{0};
     Histogram hold_seconds{{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}};
     Histogram query_seconds{{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10}};
-    std::atomic<uint64_t> terminated{0};  // sessions ended by pgrelay (57P01)
+    std::atomic<uint64_t> terminated{0};  // sessions ended by pgrelay (57P01, 57P05)
+    std::atomic<uint64_t> tls_ok{0};      // client TLS handshakes completed
+    std::atomic<uint64_t> tls_failed{0};  // client TLS handshakes failed or timed out
+    std::atomic<uint64_t> plaintext{0};   // StartupMessages received without TLS
 };
 
 class Registry {

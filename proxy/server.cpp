@@ -65,8 +65,9 @@ struct Worker {
     std::vector<std::pair<tcp::acceptor, PortRole>> acceptors;
     std::thread thread;
 
-    Worker(std::shared_ptr<const Config> cfg, const topology::SnapshotHub& hub, Router& router, CancelRegistry& cancels)
-        : shared{std::move(cfg), topology::SnapshotHub::Reader(hub), &router, &cancels, {}, nullptr} {
+    Worker(std::shared_ptr<const Config> cfg, std::shared_ptr<const TlsContexts> tls, const topology::SnapshotHub& hub,
+           Router& router, CancelRegistry& cancels)
+        : shared{std::move(cfg), std::move(tls), topology::SnapshotHub::Reader(hub), &router, &cancels, {}, nullptr} {
         shared.topology_changed = std::make_unique<asio::steady_timer>(ctx, asio::steady_timer::time_point::max());
     }
     ~Worker() {
@@ -98,6 +99,7 @@ struct Worker {
 
 struct Server::Impl {
     std::shared_ptr<const Config> config;
+    std::shared_ptr<const TlsContexts> tls;
     topology::SnapshotHub hub;
     Router router;
     CancelRegistry cancels;
@@ -108,7 +110,8 @@ struct Server::Impl {
     bool draining = false;
     std::string last_primary;
 
-    explicit Impl(Config c) : config(std::make_shared<const Config>(std::move(c))), router(config->routing) {}
+    Impl(Config c, std::shared_ptr<const TlsContexts> t)
+        : config(std::make_shared<const Config>(std::move(c))), tls(std::move(t)), router(config->routing) {}
 
     void post_to_workers(std::function<void(Worker&)> f) {
         for (auto& w : workers) {
@@ -126,8 +129,12 @@ struct Server::Impl {
     // configuration whole if the new one is invalid.
     void reload() {
         Config next;
+        std::shared_ptr<const TlsContexts> next_tls;
         try {
             next = load_config(config->path);
+            // Certificates are re-read too: a renewed one reaches new sessions,
+            // open sessions keep theirs.
+            next_tls = make_tls_contexts(next);
         } catch (const ConfigError& e) {
             log::error("reload: {} -- keeping the running configuration", e.describe());
             return;
@@ -154,9 +161,26 @@ struct Server::Impl {
         router.set_options(next.routing);
         source->set_member_options(next.weights, next.exclude, next.allow_standby_leader);
         config = std::make_shared<const Config>(std::move(next));
+        tls = std::move(next_tls);
         auto cfg = config;
-        post_to_workers([cfg](Worker& w) { w.shared.config = cfg; });
-        log::info("reload: configuration {} applied (routing, weights, exclusions, timeouts, log level)", cfg->path);
+        auto t = tls;
+        post_to_workers([cfg, t](Worker& w) {
+            w.shared.config = cfg;
+            w.shared.tls = t;
+        });
+        log_tls("reload");
+        log::info("reload: configuration {} applied (routing, weights, exclusions, timeouts, TLS, log level)", cfg->path);
+    }
+
+    void log_tls(const char* when) const {
+        const Config& c = *config;
+        if (tls->server)
+            log::info("{}: TLS towards clients {} with certificate {} ({}){}", when,
+                      c.tls.client == Config::ClientTls::Require ? "required" : "offered", c.tls.cert,
+                      tls->server_subject, c.tls.client_ca.empty() ? "" : ", client certificates required");
+        else
+            log::info("{}: TLS towards clients off ([tls] has no certificate)", when);
+        log::info("{}: TLS towards backends: backend_tls = {}", when, to_string(c.backend_tls));
     }
 
     // SIGTERM/SIGINT: stop accepting, let sessions finish for shutdown_grace,
@@ -211,7 +235,8 @@ struct Server::Impl {
     }
 };
 
-Server::Server(Config config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+Server::Server(Config config, std::shared_ptr<const TlsContexts> tls)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(tls))) {}
 Server::~Server() = default;
 
 int Server::run() {
@@ -233,6 +258,8 @@ int Server::run() {
         zo.probe.dbname = cfg.probe.dbname;
         zo.probe.interval = cfg.probe.interval;
         zo.probe.connect_timeout = cfg.probe.connect_timeout;
+        zo.probe.sslmode = to_string(cfg.backend_tls);
+        zo.probe.sslrootcert = cfg.backend_tls_ca;
         zo.stats = &reg.source;
         reg.zookeeper_source = true;
         zo.on_reroute = [&reg](double secs) { reg.reroute_seconds.observe(secs); };
@@ -255,9 +282,10 @@ int Server::run() {
                                      std::to_string(l->port) + ": " + e.what());
         }
     }
+    s.log_tls("start");
     const unsigned n = cfg.effective_threads();
     for (unsigned i = 0; i < n; ++i) {
-        auto w = std::make_unique<Worker>(s.config, s.hub, s.router, s.cancels);
+        auto w = std::make_unique<Worker>(s.config, s.tls, s.hub, s.router, s.cancels);
         for (const ListenConfig* l : {&cfg.rw, &cfg.ro}) {
             if (!l->enabled) continue;
             try {

@@ -7,14 +7,15 @@
 #include <memory>
 
 #include "proxy/config.hpp"
+#include "proxy/tls.hpp"
 
 namespace pgrelay {
 
-// Flow: Server s(config); s.run() blocks until SIGINT/SIGTERM; returns the
+// Flow: Server s(config, make_tls_contexts(config)); s.run() blocks until SIGINT/SIGTERM; returns the
 // process exit code. Throws on setup failure (e.g. a port already in use).
 class Server {
 public:
-    explicit Server(Config config);
+    Server(Config config, std::shared_ptr<const TlsContexts> tls);
     ~Server();
     int run();
 

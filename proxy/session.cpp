@@ -3,6 +3,10 @@
 // PostgreSQL ErrorResponse with a SQLSTATE (docs/INTERNALS.md has the table).
 #include "proxy/session.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -10,6 +14,8 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -45,10 +51,38 @@ std::string endpoint_string(const tcp::socket& s) {
     return ep.address().to_string() + ":" + std::to_string(ep.port());
 }
 
-void tune_socket(tcp::socket& s) {
+using IoResult = std::tuple<boost::system::error_code, size_t>;
+using TlsStream = asio::ssl::stream<tcp::socket&>;
+
+// TCP_NODELAY, and keepalive probes after `keepalive_idle` of silence, so a
+// peer that vanished (power loss, partition) is noticed within
+// idle + interval * count instead of the kernel's two hours.
+void tune_socket(tcp::socket& s, const Config& cfg) {
     boost::system::error_code ec;
     s.set_option(tcp::no_delay(true), ec);
     s.set_option(asio::socket_base::keep_alive(true), ec);
+    const int fd = s.native_handle();
+    const int idle = static_cast<int>(cfg.keepalive_idle.count());
+    const int intvl = static_cast<int>(cfg.keepalive_interval.count());
+    const int cnt = static_cast<int>(cfg.keepalive_count);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+}
+
+// "TLSv1.3 TLS_AES_256_GCM_SHA384", for the log.
+std::string tls_description(TlsStream& s) {
+    SSL* ssl = s.native_handle();
+    return std::string(SSL_get_version(ssl)) + " " + SSL_get_cipher_name(ssl);
+}
+
+// Why a handshake failed: OpenSSL's reason, plus the certificate
+// verification result when that is what failed.
+std::string tls_failure(TlsStream& s, const boost::system::error_code& ec) {
+    std::string why = ec.message();
+    const long v = SSL_get_verify_result(s.native_handle());
+    if (v != X509_V_OK) why += ": " + std::string(X509_verify_cert_error_string(v));
+    return why;
 }
 
 // Bytes read before the relay began (client bytes pipelined behind the
@@ -67,7 +101,7 @@ public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
         : client_(std::move(client)), backend_(client_.get_executor()), kill_(client_.get_executor()),
           terminate_deadline_(client_.get_executor()), shared_(shared),
-          cfg_(shared.config), peer_(endpoint_string(client_)), started_(steady_clock::now()) {
+          cfg_(shared.config), tls_(shared.tls ? shared.tls : std::make_shared<const TlsContexts>()), peer_(endpoint_string(client_)), started_(steady_clock::now()) {
         this->role = role;
         port_stats_ = &metrics::Registry::instance().port(role);
         kill_.expires_at(steady_clock::time_point::max());
@@ -121,8 +155,31 @@ private:
     asio::awaitable<bool> connect_with_timeout(tcp::socket& sock, const Target& t, boost::system::error_code& ec);
 
     asio::awaitable<void> wait_for_kill();
+    asio::awaitable<void> watch_idle();
+    asio::awaitable<std::string> start_backend_tls(const Target& t, bool& config_failure);
+
+    // Client and backend I/O, through TLS when it was negotiated. These
+    // return the initiating operation's awaitable itself: no extra frame.
+    asio::awaitable<IoResult> client_read(asio::mutable_buffer b) {
+        if (client_tls_) return client_tls_->async_read_some(b, use_tuple);
+        return client_.async_read_some(b, use_tuple);
+    }
+    asio::awaitable<IoResult> client_write(asio::const_buffer b) {
+        if (client_tls_) return asio::async_write(*client_tls_, b, use_tuple);
+        return asio::async_write(client_, b, use_tuple);
+    }
+    asio::awaitable<IoResult> backend_read(asio::mutable_buffer b) {
+        if (backend_tls_) return backend_tls_->async_read_some(b, use_tuple);
+        return backend_.async_read_some(b, use_tuple);
+    }
+    asio::awaitable<IoResult> backend_write(asio::const_buffer b) {
+        if (backend_tls_) return asio::async_write(*backend_tls_, b, use_tuple);
+        return asio::async_write(backend_, b, use_tuple);
+    }
 
     void on_ready_for_query(std::optional<protocol::TxStatus> status) {
+        if (status) tx_status_ = *status;
+        if (track_idle_) last_activity_ = steady_clock::now();
         if (outstanding_ == 0) return;  // the one after authentication answers no request
         if (outstanding_ <= request_started_.size()) {
             port_stats_->query_seconds.observe(
@@ -136,6 +193,11 @@ private:
 
     tcp::socket client_;
     tcp::socket backend_;
+    // TLS layers over the sockets above, once negotiated (declared after
+    // them: they hold references).
+    std::unique_ptr<TlsStream> client_tls_;
+    std::unique_ptr<TlsStream> backend_tls_;
+    bool client_cert_ok_ = false;  // the client presented a certificate client_ca verified
     asio::steady_timer kill_;  // cancelled by terminate() to stop the relay
     asio::steady_timer terminate_deadline_;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
@@ -144,6 +206,7 @@ private:
     bool terminate_pending_ = false;
     WorkerShared& shared_;
     std::shared_ptr<const Config> cfg_;
+    std::shared_ptr<const TlsContexts> tls_;  // as of the session's start: a reload does not touch it
     std::string peer_;
     steady_clock::time_point started_;
     Target target_;
@@ -168,6 +231,11 @@ private:
     std::string end_message_;
     protocol::FrameScanner down_scanner_{1};  // replaced in relay_backend_to_client
     char last_down_type_ = 0;  // type of the last message header seen from the backend
+    // idle_client_timeout: transaction status from the last ReadyForQuery,
+    // and the last client read or ReadyForQuery.
+    protocol::TxStatus tx_status_ = protocol::TxStatus::Idle;
+    bool track_idle_ = false;
+    steady_clock::time_point last_activity_{};
 };
 
 asio::awaitable<void> Session::send_error(const char* sqlstate, const std::string& message, const std::string& hint) {
@@ -176,13 +244,14 @@ asio::awaitable<void> Session::send_error(const char* sqlstate, const std::strin
     protocol::encode_error_response(out, protocol::Severity::Fatal, sqlstate, message, hint);
     // Bounded: a client that does not read must not pin the session.
     asio::steady_timer t(client_.get_executor(), std::chrono::seconds(2));
-    co_await (asio::async_write(client_, asio::buffer(out), use_tuple) || t.async_wait(use_tuple));
+    co_await (client_write(asio::buffer(out)) || t.async_wait(use_tuple));
 }
 
 // Reads the startup phase. Returns true with a StartupMessage to forward; false
 // when the connection is done (cancel handled, error sent, timeout, EOF).
 asio::awaitable<bool> Session::startup(std::string& startup_bytes, protocol::StartupPacket& packet) {
-    protocol::StartupOp op({.tls_available = false});
+    const bool tls_offered = tls_->server && cfg_->tls.client != Config::ClientTls::Disable;
+    protocol::StartupOp op({.tls_available = tls_offered});
     asio::steady_timer deadline(client_.get_executor(), cfg_->startup_timeout);
     std::string buf;
     uint8_t chunk[1024];
@@ -191,8 +260,7 @@ asio::awaitable<bool> Session::startup(std::string& startup_bytes, protocol::Sta
         using K = protocol::StartupOp::Kind;
         switch (action.kind) {
             case K::ReadMore: {
-                auto r = co_await (client_.async_read_some(asio::buffer(chunk), use_tuple) ||
-                                   deadline.async_wait(use_tuple));
+                auto r = co_await (client_read(asio::buffer(chunk)) || deadline.async_wait(use_tuple));
                 if (r.index() == 1) {
                     log::warn("[{}] client={} startup not completed within {} ms, closing", role_name(), peer_,
                               cfg_->startup_timeout.count());
@@ -213,12 +281,39 @@ asio::awaitable<bool> Session::startup(std::string& startup_bytes, protocol::Sta
             }
             case K::Reply: {
                 const char reply = action.reply;
-                auto [ec, n] = co_await asio::async_write(client_, asio::buffer(&reply, 1), use_tuple);
+                auto [ec, n] = co_await client_write(asio::buffer(&reply, 1));
                 if (ec) co_return false;
                 buf.erase(0, action.consumed);
                 continue;
             }
-            case K::StartTls:  // not offered: tls_available is false until TLS termination lands
+            case K::StartTls: {
+                const char reply = action.reply;
+                auto [ec, n] = co_await client_write(asio::buffer(&reply, 1));
+                if (ec) co_return false;
+                buf.erase(0, action.consumed);  // nothing is left: StartupOp refuses bytes after the SSLRequest
+                client_tls_ = std::make_unique<TlsStream>(client_, *tls_->server);
+                auto r = co_await (client_tls_->async_handshake(asio::ssl::stream_base::server, use_tuple) ||
+                                   deadline.async_wait(use_tuple));
+                if (r.index() == 1) {
+                    log::warn("[{}] client={} TLS handshake not completed within startup_timeout ({} ms), closing",
+                              role_name(), peer_, cfg_->startup_timeout.count());
+                    port_stats_->tls_failed.fetch_add(1, std::memory_order_relaxed);
+                    co_return false;
+                }
+                if (auto [hec] = std::get<0>(r); hec) {
+                    // No TLS session, so no ErrorResponse: OpenSSL already sent its alert.
+                    log::warn("[{}] client={} TLS handshake failed: {}", role_name(), peer_,
+                              tls_failure(*client_tls_, hec));
+                    port_stats_->tls_failed.fetch_add(1, std::memory_order_relaxed);
+                    co_return false;
+                }
+                port_stats_->tls_ok.fetch_add(1, std::memory_order_relaxed);
+                SSL* ssl = client_tls_->native_handle();
+                client_cert_ok_ = SSL_get0_peer_certificate(ssl) && SSL_get_verify_result(ssl) == X509_V_OK;
+                log::debug("[{}] client={} TLS established: {}{}", role_name(), peer_, tls_description(*client_tls_),
+                           client_cert_ok_ ? " (client certificate verified)" : "");
+                continue;
+            }
             case K::Close:
                 log::warn("[{}] client={} protocol violation during startup: {} (SQLSTATE {})", role_name(), peer_,
                           action.message, action.sqlstate);
@@ -228,6 +323,25 @@ asio::awaitable<bool> Session::startup(std::string& startup_bytes, protocol::Sta
                 co_await forward_cancel(action.packet->cancel_key);
                 co_return false;
             case K::Forward:
+                if (!client_tls_) port_stats_->plaintext.fetch_add(1, std::memory_order_relaxed);
+                // Refused before any backend hears of it, with PostgreSQL's
+                // SQLSTATE for a pg_hba rejection.
+                if (cfg_->tls.client == Config::ClientTls::Require && !client_tls_) {
+                    log::warn("[{}] client={} user={} refused: plaintext connection, client_tls = \"require\"",
+                              role_name(), peer_, log::printable(action.packet->parameter("user")));
+                    co_await send_error("28000", std::string("pgrelay ") + role_name() +
+                                                     ": TLS is required (client_tls = \"require\"); connect with sslmode=require or stricter",
+                                        "Set sslmode=require (libpq, psycopg), ssl=true (JDBC) or ssl: true (node-postgres).");
+                    co_return false;
+                }
+                if (!cfg_->tls.client_ca.empty() && !client_cert_ok_) {
+                    log::warn("[{}] client={} user={} refused: no client certificate", role_name(), peer_,
+                              log::printable(action.packet->parameter("user")));
+                    co_await send_error("28000", std::string("pgrelay ") + role_name() +
+                                                     ": connection requires a valid client certificate",
+                                        "Connect with sslcert and sslkey signed by the CA in pgrelay's [tls] client_ca.");
+                    co_return false;
+                }
                 packet = *action.packet;
                 startup_bytes.assign(buf, 0, action.consumed);
                 // A client may pipeline messages behind the startup packet: they
@@ -306,29 +420,102 @@ asio::awaitable<void> Session::forward_cancel(protocol::CancelKey key) {
 // I/O error, or PostgreSQL's own 57P03 (starting up, shutting down, in
 // recovery), which the caller may wait out or route around before the client
 // has seen a byte.
+// backend_tls (libpq's sslmode): SSLRequest on the fresh connection; on 'S' a
+// handshake that verifies what the mode asks for. Returns "" when the session
+// may go on (over TLS, or in plaintext where the mode allows it), else why
+// not; `config_failure` says the failure is one of configuration or
+// certificates (no point in waiting for it to pass).
+asio::awaitable<std::string> Session::start_backend_tls(const Target& t, bool& config_failure) {
+    using M = Config::BackendTls;
+    const M mode = cfg_->backend_tls;
+    uint8_t request[8];
+    protocol::write_u32(request, 8);
+    protocol::write_u32(request + 4, protocol::kSSLRequestCode);
+    asio::steady_timer deadline(backend_.get_executor(), cfg_->connect_timeout);
+    auto [wec, wn] = co_await asio::async_write(backend_, asio::buffer(request), use_tuple);
+    if (wec) co_return "connection lost during the SSLRequest: " + wec.message();
+    // Exactly one byte: anything after it would be plaintext a man in the
+    // middle slipped in ahead of the handshake (CVE-2021-23222).
+    char answer = 0;
+    auto r = co_await (backend_.async_read_some(asio::buffer(&answer, 1), use_tuple) || deadline.async_wait(use_tuple));
+    if (r.index() == 1) co_return "no answer to the SSLRequest within connect_timeout";
+    if (auto [rec, n] = std::get<0>(r); rec) co_return "connection lost during the SSLRequest: " + rec.message();
+    if (answer == 'N') {
+        if (mode == M::Prefer) co_return "";
+        config_failure = true;
+        co_return std::string("the server does not support TLS (backend_tls = \"") + to_string(mode) + "\")";
+    }
+    if (answer != 'S') {
+        config_failure = true;
+        co_return std::string("unexpected answer to the SSLRequest (byte ") + std::to_string(static_cast<uint8_t>(answer)) + ")";
+    }
+    backend_tls_ = std::make_unique<TlsStream>(backend_, *tls_->backend);
+    SSL* ssl = backend_tls_->native_handle();
+    boost::system::error_code aec;
+    asio::ip::make_address(t.host, aec);
+    const bool is_ip = !aec;
+    // As libpq: SNI with host names, never with addresses.
+    if (cfg_->backend_tls_sni && !is_ip) SSL_set_tlsext_host_name(ssl, t.host.c_str());
+    // require checks nothing, unless a CA is configured: then, as libpq with a
+    // root certificate, it verifies the chain like verify-ca.
+    const bool verify_chain = mode == M::VerifyCa || mode == M::VerifyFull || !cfg_->backend_tls_ca.empty();
+    SSL_set_verify(ssl, verify_chain ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
+    if (mode == M::VerifyFull) {
+        X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+        if (is_ip) X509_VERIFY_PARAM_set1_ip_asc(param, t.host.c_str());
+        else X509_VERIFY_PARAM_set1_host(param, t.host.c_str(), 0);
+    }
+    auto h = co_await (backend_tls_->async_handshake(asio::ssl::stream_base::client, use_tuple) ||
+                       deadline.async_wait(use_tuple));
+    if (h.index() == 1) co_return "TLS handshake not completed within connect_timeout";
+    if (auto [hec] = std::get<0>(h); hec) {
+        config_failure = true;
+        co_return std::string("TLS handshake failed (backend_tls = \"") + to_string(mode) +
+            "\"): " + tls_failure(*backend_tls_, hec);
+    }
+    log::debug("[{}] client={} backend {} TLS established: {}", role_name(), peer_, t.member,
+               tls_description(*backend_tls_));
+    co_return "";
+}
+
 asio::awaitable<std::string> Session::open_backend_session(const std::string& startup_bytes) {
-    auto [wec, wn] = co_await asio::async_write(backend_, asio::buffer(startup_bytes), use_tuple);
+    auto [wec, wn] = co_await backend_write(asio::buffer(startup_bytes));
     if (wec) co_return "connection lost during startup: " + wec.message();
     protocol::FrameScanner scanner(UINT32_MAX, kMaxWatched);
     scanner.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
+    scanner.watch(static_cast<char>(protocol::BackendType::Authentication));
+    scanner.watch(static_cast<char>(protocol::BackendType::NegotiateProtocolVersion));
     asio::steady_timer deadline(backend_.get_executor(), cfg_->connect_timeout);
     uint8_t chunk[4096];
+    size_t pos = 0;
     for (;;) {
-        auto r = co_await (backend_.async_read_some(asio::buffer(chunk), use_tuple) || deadline.async_wait(use_tuple));
+        auto r = co_await (backend_read(asio::buffer(chunk)) || deadline.async_wait(use_tuple));
         if (r.index() == 1) co_return "no answer to the startup message within connect_timeout";
         auto [rec, n] = std::get<0>(r);
         if (rec) co_return "connection lost during startup: " + rec.message();
         backend_prefix_.append(reinterpret_cast<const char*>(chunk), n);
-        size_t pos = 0;
-        protocol::Frame f;
-        std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(backend_prefix_.data()), backend_prefix_.size());
-        const auto st = scanner.next(bytes, pos, f);
-        if (st == protocol::FrameScanner::Status::NeedMore) continue;
-        if (st == protocol::FrameScanner::Status::Frame && f.type == 'E' && f.complete) {
-            auto e = protocol::decode_error_fields(bytes.subspan(f.offset + 5, f.length - 4));
-            if (e && e->sqlstate == "57P03") co_return "the server answered 57P03: " + std::string(e->message);
+        for (;;) {
+            protocol::Frame f;
+            std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(backend_prefix_.data()), backend_prefix_.size());
+            const auto st = scanner.next(bytes, pos, f);
+            if (st == protocol::FrameScanner::Status::NeedMore) break;
+            if (st == protocol::FrameScanner::Status::Error || !f.complete) co_return "";  // the relay reports it
+            const auto body = bytes.subspan(f.offset + 5, f.length - 4);
+            if (f.type == 'E') {
+                auto e = protocol::decode_error_fields(body);
+                if (e && e->sqlstate == "57P03") co_return "the server answered 57P03: " + std::string(e->message);
+                co_return "";
+            }
+            if (f.type == 'R') {
+                // The first authentication request. Channel binding cannot
+                // work across pgrelay: offer the client plain SCRAM only.
+                if (auto stripped = protocol::sasl_without_mechanism(body, "SCRAM-SHA-256-PLUS"))
+                    backend_prefix_.replace(f.offset, f.wire_size(), *stripped);
+                co_return "";
+            }
+            // NegotiateProtocolVersion may precede it; anything else is the client's business.
+            if (f.type != 'v') co_return "";
         }
-        co_return "";  // anything else (auth request, other errors) is the client's business
     }
 }
 
@@ -402,19 +589,26 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
 
         std::string failures;
         bool unreachable = false;  // some candidate failed at the TCP level (vs. answering 57P03)
+        bool tls_config_failure = false;  // some candidate failed backend_tls: waiting will not help
         for (const Target& t : d.candidates) {
             boost::system::error_code ec;
             tcp::socket sock(client_.get_executor());
             if (co_await connect_with_timeout(sock, t, ec)) {
+                backend_tls_.reset();
                 backend_ = std::move(sock);
-                tune_socket(backend_);
+                tune_socket(backend_, *cfg_);
                 backend_prefix_.clear();
-                const std::string refusal = co_await open_backend_session(startup_bytes);
+                bool config_failure = false;
+                std::string refusal;
+                if (tls_->backend) refusal = co_await start_backend_tls(t, config_failure);
+                if (refusal.empty()) refusal = co_await open_backend_session(startup_bytes);
                 if (!refusal.empty()) {
                     unreachable = unreachable || refusal.rfind("the server answered 57P03", 0) != 0;
+                    tls_config_failure = tls_config_failure || config_failure;
                     log::warn("[{}] client={} backend {} ({}) cannot take the connection: {}", role_name(), peer_,
                               t.member, t.address(), refusal);
                     boost::system::error_code ignored;
+                    backend_tls_.reset();
                     backend_.close(ignored);
                     if (!failures.empty()) failures += "; ";
                     failures += t.member + " (" + t.address() + "): " + refusal;
@@ -439,7 +633,7 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
             if (!failures.empty()) failures += "; ";
             failures += t.member + " (" + t.address() + "): " + ec.message();
         }
-        if (role == PortRole::ReadWrite && topo && topo->source == "zookeeper" && holdable) {
+        if (role == PortRole::ReadWrite && topo && topo->source == "zookeeper" && holdable && !tls_config_failure) {
             hold("primary " + d.candidates.front().member + " cannot take connections");
             // Re-route on the next topology change, or retry shortly anyway.
             asio::steady_timer retry(client_.get_executor(), std::chrono::milliseconds(100));
@@ -460,11 +654,12 @@ asio::awaitable<void> Session::relay_client_to_backend() {
     size_t len = take_carried(pipelined_, buf.get());
     for (bool carried = len > 0;; carried = false) {
         if (!carried) {
-            auto [rec, n] = co_await client_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
+            auto [rec, n] = co_await client_read(asio::buffer(buf.get() + len, kRelayBuffer - len));
             if (rec) {
                 if (rec != asio::error::operation_aborted) client_closed_ = true;
                 co_return;
             }
+            if (track_idle_) last_activity_ = steady_clock::now();
             len += n;
         }
         size_t pos = 0;
@@ -493,7 +688,7 @@ asio::awaitable<void> Session::relay_client_to_backend() {
             }
         }
         if (pos > 0) {
-            auto [wec, wn] = co_await asio::async_write(backend_, asio::buffer(buf.get(), pos), use_tuple);
+            auto [wec, wn] = co_await backend_write(asio::buffer(buf.get(), pos));
             if (wec) {
                 if (wec != asio::error::operation_aborted) backend_closed_ = true;
                 co_return;
@@ -519,7 +714,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
     size_t len = take_carried(backend_prefix_, buf.get());
     for (bool carried = len > 0;; carried = false) {
         if (!carried) {
-            auto [rec, n] = co_await backend_.async_read_some(asio::buffer(buf.get() + len, kRelayBuffer - len), use_tuple);
+            auto [rec, n] = co_await backend_read(asio::buffer(buf.get() + len, kRelayBuffer - len));
             if (rec) {
                 if (rec != asio::error::operation_aborted) backend_closed_ = true;
                 co_return;
@@ -555,7 +750,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
         }
         if (pos > 0) {
             down_writing_ = true;
-            auto [wec, wn] = co_await asio::async_write(client_, asio::buffer(buf.get(), pos), use_tuple);
+            auto [wec, wn] = co_await client_write(asio::buffer(buf.get(), pos));
             down_writing_ = false;
             if (wec) {
                 // A write cut short (cancelled by ||, or failed) leaves the
@@ -578,8 +773,31 @@ asio::awaitable<void> Session::wait_for_kill() {
     co_await kill_.async_wait(use_tuple);
 }
 
+// idle_client_timeout: ends the session once the client has been silent that
+// long with nothing outstanding and no transaction open (as PostgreSQL's
+// idle_session_timeout, 57P05). Inside a transaction it only looks again later.
+asio::awaitable<void> Session::watch_idle() {
+    const auto limit = cfg_->idle_client_timeout;
+    asio::steady_timer timer(client_.get_executor());
+    auto due = last_activity_ + limit;
+    for (;;) {
+        timer.expires_at(due);
+        if (auto [ec] = co_await timer.async_wait(use_tuple); ec) co_return;
+        const auto now = steady_clock::now();
+        due = last_activity_ + limit;
+        if (now < due) continue;
+        if (outstanding_ == 0 && tx_status_ == protocol::TxStatus::Idle) {
+            terminate("57P05", std::string("pgrelay ") + role_name() +
+                                   ": terminating connection due to idle-session timeout (idle_client_timeout = " +
+                                   std::to_string(limit.count()) + " ms)");
+            co_return;
+        }
+        due = now + limit;
+    }
+}
+
 asio::awaitable<void> Session::run() {
-    tune_socket(client_);
+    tune_socket(client_, *cfg_);
     std::string startup_bytes;
     protocol::StartupPacket packet;
     if (!co_await startup(startup_bytes, packet)) co_return;
@@ -606,8 +824,11 @@ asio::awaitable<void> Session::run() {
     // check it against the newest one before relaying anything.
     std::string moved;
     if (const auto& now = shared_.topology.current()) moved = lost_role_reason(*this, *now);
-    if (moved.empty()) co_await (relay_client_to_backend() || relay_backend_to_client() || wait_for_kill());
-    else terminate("57P01", std::move(moved));
+    track_idle_ = cfg_->idle_client_timeout.count() > 0;
+    last_activity_ = steady_clock::now();
+    if (!moved.empty()) terminate("57P01", std::move(moved));
+    else if (track_idle_) co_await (relay_client_to_backend() || relay_backend_to_client() || wait_for_kill() || watch_idle());
+    else co_await (relay_client_to_backend() || relay_backend_to_client() || wait_for_kill());
 
     // Only whole messages may precede pgrelay's own ErrorResponse.
     const bool can_tell_client = !client_closed_ && client_at_boundary_;

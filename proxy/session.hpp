@@ -14,6 +14,7 @@
 #include "proxy/cancel_registry.hpp"
 #include "proxy/config.hpp"
 #include "proxy/router.hpp"
+#include "proxy/tls.hpp"
 #include "topology/source.hpp"
 
 namespace pgrelay {
@@ -35,6 +36,7 @@ protected:
 // What every session on one worker thread shares. Owned by the worker.
 struct WorkerShared {
     std::shared_ptr<const Config> config;
+    std::shared_ptr<const TlsContexts> tls;  // swapped together with config on reload
     topology::SnapshotHub::Reader topology;
     Router* router;
     CancelRegistry* cancels;

@@ -83,7 +83,8 @@ std::string probe_conninfo(const ProbeOptions& o, const std::string& host, uint1
     return "host=" + conninfo_value(host) + " port=" + std::to_string(port) + " user=" + conninfo_value(o.user) +
            " password=" + conninfo_value(o.password) + " dbname=" + conninfo_value(o.dbname) +
            " connect_timeout=" + std::to_string(std::max<int64_t>(1, o.connect_timeout.count() / 1000)) +
-           " application_name=pgrelay-probe sslmode=prefer"
+           " application_name=pgrelay-probe sslmode=" + conninfo_value(o.sslmode) +
+           (o.sslrootcert.empty() ? std::string() : " sslrootcert=" + conninfo_value(o.sslrootcert)) +
            // A probe must never hang on a half-open connection: bound the
            // query and let TCP give up within seconds, not minutes.
            " options='-c statement_timeout=2000' tcp_user_timeout=3000"

@@ -29,6 +29,8 @@ struct ProbeOptions {
     std::chrono::milliseconds fast_interval{5};   // retry period right after a leader change
     std::chrono::milliseconds fast_window{30000}; // how long fast retries last at most
     std::chrono::milliseconds connect_timeout{2000};
+    std::string sslmode = "prefer";  // pgrelay's backend_tls, so the probe needs what sessions need
+    std::string sslrootcert;         // backend_tls_ca
 };
 
 // The thread, stop flag and wake-up both probes run on. A derived class starts

@@ -34,6 +34,7 @@ known_metrics=(
     pgrelay_query_seconds_sum
     pgrelay_query_seconds_count
     pgrelay_sessions_terminated_total
+    pgrelay_client_tls_total
     pgrelay_backend_connections
     pgrelay_backend_connections_total
     pgrelay_client_bytes_received_total

@@ -199,9 +199,10 @@ std::string PgCluster::direct(const Node& n) const {
 Pgrelay::Pgrelay(const PgCluster& cluster, PgrelayOptions opts) : dir_(std::make_unique<TempDir>("pgrelay-proxy")) {
     std::ostringstream cfg;
     cfg << "[routing]\nro_fallback_to_primary = " << (opts.ro_fallback_to_primary ? "true" : "false") << "\n"
-        << "[topology]\nsource = \"static\"\nhealth_check_interval = \"200ms\"\nhealth_check_timeout = \"500ms\"\n";
+        << "[topology]\nsource = \"static\"\nhealth_check_interval = \"200ms\"\nhealth_check_timeout = \"500ms\"\n"
+        << opts.extra_topology << "\n";
     for (const auto& n : cluster.nodes())
-        cfg << "[[topology.members]]\nname = \"" << n.name << "\"\nhost = \"127.0.0.1\"\nport = " << n.port
+        cfg << "[[topology.members]]\nname = \"" << n.name << "\"\nhost = \"" << opts.member_host << "\"\nport = " << n.port
             << "\nrole = \"" << n.role << "\"\n";
     launch(cfg.str(), opts);
 }
@@ -264,7 +265,8 @@ std::string Pgrelay::write_config(const std::string& body) const {
         << opts_.extra_server << "\n"
         << "[listen]\nrw = \"127.0.0.1:" << rw_ << "\"\nro = \"127.0.0.1:" << ro_ << "\"\n"
         << "[admin]\nlisten = \"127.0.0.1:" << admin_ << "\"\n"
-        << body;
+        << body << "\n"
+        << opts_.extra_sections << "\n";
     const std::string path = dir_->path() + "/pgrelay.toml";
     std::ofstream(path) << cfg.str();
     return path;
@@ -316,6 +318,28 @@ int Pgrelay::open_fds() const {
         if (e->d_name[0] != '.') ++n;
     closedir(d);
     return n;
+}
+
+TestCa::TestCa(std::string dir, std::string name)
+    : dir_(std::move(dir)), name_(std::move(name)), cert_(dir_ + "/" + name_ + ".crt"), key_(dir_ + "/" + name_ + ".key") {
+    std::string out;
+    const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj '/CN=" +
+                            name_ + "' -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign" +
+                            " -keyout " + key_ + " -out " + cert_ + " 2>&1";
+    if (run_command(cmd, &out) != 0) throw std::runtime_error("openssl: cannot make CA " + name_ + ": " + out);
+}
+
+std::string TestCa::issue(const std::string& stem, const std::string& cn, const std::string& san) const {
+    const std::string base = dir_ + "/" + stem;
+    std::ofstream(base + ".ext") << (san.empty() ? "" : "subjectAltName=" + san + "\n")
+                                 << "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n";
+    std::string out;
+    const std::string cmd = "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj '/CN=" + cn +
+                            "' -keyout " + base + ".key -out " + base + ".csr 2>&1 && openssl x509 -req -in " + base +
+                            ".csr -CA " + cert_ + " -CAkey " + key_ + " -CAcreateserial -days 2 -extfile " + base +
+                            ".ext -out " + base + ".crt 2>&1 && chmod 600 " + base + ".key";
+    if (run_command(cmd, &out) != 0) throw std::runtime_error("openssl: cannot issue " + stem + ": " + out);
+    return base + ".crt";
 }
 
 std::string Pgrelay::conninfo(uint16_t port, const std::string& user, const std::string& password) const {

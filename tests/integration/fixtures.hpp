@@ -94,6 +94,9 @@ struct PgrelayOptions {
     std::string startup_timeout = "3s";
     std::string connect_timeout = "2s";
     std::string extra_server;  // extra lines for [server]
+    std::string extra_topology;  // extra lines for [topology] (e.g. backend_tls), static cluster only
+    std::string extra_sections;  // whole extra tables (e.g. "[tls]\n...") at the end of the file
+    std::string member_host = "127.0.0.1";  // how the static topology names the nodes' host
     unsigned threads = 2;
 };
 
@@ -118,6 +121,7 @@ public:
     std::string log() const;
     bool running();
     int open_fds() const;
+    int pid() const { return pid_; }
 
 private:
     void launch(const std::string& config_body, const PgrelayOptions& opts);
@@ -128,6 +132,22 @@ private:
     int pid_ = -1;
     std::string body_;  // config after [listen], to rewrite on reload
     PgrelayOptions opts_;
+};
+
+// Certificates made with the openssl CLI (EC P-256, valid two days).
+// Flow: TestCa ca(dir, "name"); ca.issue("server", "CN", "IP:127.0.0.1,DNS:localhost")
+// writes dir/server.crt and dir/server.key signed by the CA (dir/name.crt).
+class TestCa {
+public:
+    TestCa(std::string dir, std::string name);
+    const std::string& cert() const { return cert_; }  // the CA's certificate (PEM path)
+    // Issues a leaf certificate; `san` is an openssl subjectAltName value, or
+    // empty for none. Returns the certificate's path (the key is beside it).
+    std::string issue(const std::string& file_stem, const std::string& cn, const std::string& san) const;
+    std::string key_of(const std::string& file_stem) const { return dir_ + "/" + file_stem + ".key"; }
+
+private:
+    std::string dir_, name_, cert_, key_;
 };
 
 // libpq connection with the SQLSTATE of a failed connect kept apart.

@@ -642,3 +642,34 @@ TEST_CASE("to_string names message types", "[protocol][frames]") {
     CHECK(to_string(static_cast<BackendType>('?')) == "unknown");
     CHECK(to_string(static_cast<FrontendType>('?')) == "unknown");
 }
+
+TEST_CASE("sasl_without_mechanism drops SCRAM-SHA-256-PLUS from AuthenticationSASL", "[protocol][frames]") {
+    auto body_of = [](uint32_t code, const std::string& list) {
+        Bytes b(4);
+        write_u32(b.data(), code);
+        b.insert(b.end(), list.begin(), list.end());
+        return b;
+    };
+    using namespace std::string_literals;
+    const Bytes both = body_of(10, "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"s);
+    auto out = sasl_without_mechanism(both, "SCRAM-SHA-256-PLUS");
+    REQUIRE(out);
+    // 'R', length 4 + 4 + "SCRAM-SHA-256\0" + "\0" = 23, code 10.
+    CHECK(*out == "R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0"s);
+
+    // The order does not matter; other mechanisms stay.
+    out = sasl_without_mechanism(body_of(10, "X\0SCRAM-SHA-256-PLUS\0Y\0\0"s), "SCRAM-SHA-256-PLUS");
+    REQUIRE(out);
+    CHECK(out->substr(9) == "X\0Y\0\0"s);
+
+    // Nothing to drop, or not AuthenticationSASL, or malformed: left alone.
+    CHECK_FALSE(sasl_without_mechanism(body_of(10, "SCRAM-SHA-256\0\0"s), "SCRAM-SHA-256-PLUS"));
+    CHECK_FALSE(sasl_without_mechanism(body_of(5, "SCRAM-SHA-256-PLUS\0\0"s), "SCRAM-SHA-256-PLUS"));
+    CHECK_FALSE(sasl_without_mechanism(body_of(10, "SCRAM-SHA-256-PLUS\0"s), "SCRAM-SHA-256-PLUS"));  // no terminator
+    CHECK_FALSE(sasl_without_mechanism(body_of(10, "SCRAM-SHA-256-PLUS"s), "SCRAM-SHA-256-PLUS"));
+    CHECK_FALSE(sasl_without_mechanism(body_of(10, "SCRAM-SHA-256-PLUS\0\0junk\0"s), "SCRAM-SHA-256-PLUS"));
+    CHECK_FALSE(sasl_without_mechanism(Bytes{0, 0, 0}, "SCRAM-SHA-256-PLUS"));
+    // Every truncation of a valid body is handled without reading past it.
+    for (size_t n = 0; n < both.size(); ++n)
+        CHECK_FALSE(sasl_without_mechanism(std::span<const uint8_t>(both.data(), n), "SCRAM-SHA-256-PLUS"));
+}

@@ -534,3 +534,62 @@ TEST_CASE("config: max_client_connections, shutdown_grace, log_format and [admin
     CHECK_THROWS_AS(parse_config("[server]\nlog_format = \"xml\"\n" + kListen + kTopology, "test.toml"), ConfigError);
     CHECK(parse_config("[admin]\nlisten = \"\"\n" + kListen + kTopology, "test.toml").admin.enabled == false);
 }
+
+TEST_CASE("config: [tls], backend_tls, idle_client_timeout and TCP keepalive", "[config][tls]") {
+    using pgrelay::Config;
+    const Config defaults = parse_config(kListen + kTopology, "test.toml");
+    CHECK_FALSE(defaults.tls.enabled());
+    CHECK(defaults.tls.client == Config::ClientTls::Disable);
+    CHECK(defaults.backend_tls == Config::BackendTls::Disable);
+    CHECK(defaults.backend_tls_sni);
+    CHECK(defaults.idle_client_timeout == 0ms);
+    CHECK(defaults.keepalive_idle == 60s);
+    CHECK(defaults.keepalive_interval == 10s);
+    CHECK(defaults.keepalive_count == 6);
+
+    const Config c = parse_config("[server]\nidle_client_timeout = \"5m\"\ntcp_keepalive_idle = 30\n"
+                                  "tcp_keepalive_interval = \"2s\"\ntcp_keepalive_count = 3\n" +
+                                      kListen +
+                                      "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nmin_version = \"TLSv1.3\"\n"
+                                      "ciphers = \"ECDHE+AESGCM\"\n"
+                                      "[topology]\nbackend_tls = \"verify-full\"\nbackend_tls_ca = \"/ca.pem\"\n"
+                                      "backend_tls_sni = false\n"
+                                      "[[topology.members]]\nname = \"pg1\"\nhost = \"db\"\nrole = \"primary\"\n",
+                                  "test.toml");
+    CHECK(c.idle_client_timeout == 300s);
+    CHECK(c.keepalive_idle == 30s);
+    CHECK(c.keepalive_interval == 2s);
+    CHECK(c.keepalive_count == 3);
+    CHECK(c.tls.enabled());
+    CHECK(c.tls.client == Config::ClientTls::Allow);  // the default once a certificate is set
+    CHECK(c.tls.tls13_only);
+    CHECK(c.tls.ciphers == "ECDHE+AESGCM");
+    CHECK(c.backend_tls == Config::BackendTls::VerifyFull);
+    CHECK(c.backend_tls_ca == "/ca.pem");
+    CHECK_FALSE(c.backend_tls_sni);
+    CHECK(std::string(to_string(c.backend_tls)) == "verify-full");
+
+    // client_ca implies require.
+    const Config ca = parse_config(kListen + "[tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"\n" + kTopology, "t");
+    CHECK(ca.tls.client == Config::ClientTls::Require);
+
+    const std::string tls = "[tls]\n";
+    require_error_at_marker(kListen + tls + "cert = \"/c.pem\" " + kHere + "\n" + kTopology, "cert and key go together");
+    require_error_at_marker(kListen + tls + "client_tls = \"require\" " + kHere + "\n" + kTopology, "needs [tls] cert and key");
+    require_error_at_marker(kListen + tls + "cert = \"/c\"\nkey = \"/k\"\nclient_tls = \"always\" " + kHere + "\n" + kTopology,
+                            "client_tls must be");
+    require_error_at_marker(kListen + tls + "client_ca = \"/ca\" " + kHere + "\n" + kTopology, "client_ca needs TLS");
+    require_error_at_marker(kListen + tls + "min_version = \"TLSv1.1\" " + kHere + "\n" + kTopology, "min_version must be");
+    require_error_at_marker(kListen + tls + "ciphers = \"\" " + kHere + "\n" + kTopology, "ciphers must not be empty");
+    require_error_at_marker(kListen + tls + "certfile = \"/c\" " + kHere + "\n" + kTopology, "unknown key 'certfile'");
+    const std::string members = "[[topology.members]]\nname = \"pg1\"\nhost = \"db\"\nrole = \"primary\"\n";
+    require_error_at_marker(kListen + "[topology]\nbackend_tls = \"verify\" " + kHere + "\n" + members, "backend_tls must be one of");
+    require_error_at_marker(kListen + "[topology]\nbackend_tls = \"verify-ca\" " + kHere + "\n" + members,
+                            "needs backend_tls_ca");
+    require_error_at_marker(kListen + "[topology]\nbackend_tls_ca = \"/ca\" " + kHere + "\n" + members,
+                            "backend_tls is \"disable\"");
+    require_error_at_marker("[server]\ntcp_keepalive_idle = \"500ms\" " + std::string(kHere) + "\n" + kListen + kTopology,
+                            "at least 1s");
+    require_error_at_marker("[server]\ntcp_keepalive_count = 0 " + std::string(kHere) + "\n" + kListen + kTopology,
+                            "out of range");
+}

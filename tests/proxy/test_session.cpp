@@ -127,6 +127,7 @@ struct Harness {
         : router(o.routing),
           cfg(make_config(o)),
           shared{.config = cfg,
+                 .tls = std::make_shared<const pgrelay::TlsContexts>(),
                  .topology = topology::SnapshotHub::Reader(hub),
                  .router = &router,
                  .cancels = &cancels,

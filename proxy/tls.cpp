@@ -1,0 +1,87 @@
+// TLS contexts (tls.hpp).
+#include "proxy/tls.hpp"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <boost/asio/ssl/context.hpp>
+
+namespace pgrelay {
+
+namespace ssl = boost::asio::ssl;
+
+namespace {
+
+// The oldest queued OpenSSL error, e.g. "No such file or directory" or
+// "key values mismatch"; clears the queue.
+std::string openssl_error() {
+    const unsigned long e = ERR_peek_error();
+    std::string out = e ? ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "unknown OpenSSL error" : "";
+    ERR_clear_error();
+    return out;
+}
+
+[[noreturn]] void fail(const Config& c, const std::string& what, const std::string& why) {
+    throw ConfigError(c.path, 0, what + ": " + (why.empty() ? "failed" : why));
+}
+
+std::string subject_of(SSL_CTX* ctx) {
+    X509* cert = SSL_CTX_get0_certificate(ctx);
+    if (!cert) return {};
+    char buf[256];
+    X509_NAME_oneline(X509_get_subject_name(cert), buf, sizeof buf);
+    return buf;
+}
+
+std::shared_ptr<ssl::context> make_server(const Config& c) {
+    auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
+    SSL_CTX* h = ctx->native_handle();
+    SSL_CTX_set_min_proto_version(h, c.tls.tls13_only ? TLS1_3_VERSION : TLS1_2_VERSION);
+    // As PostgreSQL: no compression (CRIME), no renegotiation, the server's
+    // cipher order.
+    SSL_CTX_set_options(h, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_set_cipher_list(h, c.tls.ciphers.c_str()) != 1)
+        fail(c, "[tls] ciphers \"" + c.tls.ciphers + "\"", "no usable cipher (" + openssl_error() + ")");
+    if (SSL_CTX_use_certificate_chain_file(h, c.tls.cert.c_str()) != 1)
+        fail(c, "[tls] cert " + c.tls.cert, openssl_error());
+    if (SSL_CTX_use_PrivateKey_file(h, c.tls.key.c_str(), SSL_FILETYPE_PEM) != 1)
+        fail(c, "[tls] key " + c.tls.key, openssl_error());
+    if (SSL_CTX_check_private_key(h) != 1)
+        fail(c, "[tls] key " + c.tls.key, "does not match the certificate " + c.tls.cert + " (" + openssl_error() + ")");
+    if (!c.tls.client_ca.empty()) {
+        if (SSL_CTX_load_verify_locations(h, c.tls.client_ca.c_str(), nullptr) != 1)
+            fail(c, "[tls] client_ca " + c.tls.client_ca, openssl_error());
+        STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(c.tls.client_ca.c_str());
+        if (!names) fail(c, "[tls] client_ca " + c.tls.client_ca, "no CA certificate in the file");
+        SSL_CTX_set_client_CA_list(h, names);
+        // A certificate the CA did not sign fails the handshake; a client
+        // without one gets past it and is refused with 28000 (as PostgreSQL).
+        SSL_CTX_set_verify(h, SSL_VERIFY_PEER, nullptr);
+    }
+    return ctx;
+}
+
+std::shared_ptr<ssl::context> make_backend(const Config& c) {
+    auto ctx = std::make_shared<ssl::context>(ssl::context::tls_client);
+    SSL_CTX* h = ctx->native_handle();
+    SSL_CTX_set_min_proto_version(h, TLS1_2_VERSION);
+    SSL_CTX_set_options(h, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (!c.backend_tls_ca.empty() && SSL_CTX_load_verify_locations(h, c.backend_tls_ca.c_str(), nullptr) != 1)
+        fail(c, "[topology] backend_tls_ca " + c.backend_tls_ca, openssl_error());
+    return ctx;
+}
+
+}  // namespace
+
+std::shared_ptr<const TlsContexts> make_tls_contexts(const Config& c) {
+    auto out = std::make_shared<TlsContexts>();
+    if (c.tls.enabled()) {
+        out->server = make_server(c);
+        out->server_subject = subject_of(out->server->native_handle());
+    }
+    if (c.backend_tls != Config::BackendTls::Disable) out->backend = make_backend(c);
+    return out;
+}
+
+}  // namespace pgrelay
