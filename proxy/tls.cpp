@@ -5,7 +5,11 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <unistd.h>
+
 #include <boost/asio/ssl/context.hpp>
+#include <cerrno>
+#include <cstring>
 
 namespace pgrelay {
 
@@ -13,18 +17,31 @@ namespace ssl = boost::asio::ssl;
 
 namespace {
 
+[[noreturn]] void fail(const Config& c, const std::string& what, const std::string& why) {
+    throw ConfigError(c.path, 0, what + ": " + (why.empty() ? "failed" : why));
+}
+
 // The oldest queued OpenSSL error, e.g. "No such file or directory" or
 // "key values mismatch"; clears the queue.
 std::string openssl_error() {
     const unsigned long e = ERR_peek_error();
-    std::string out = e ? ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "unknown OpenSSL error" : "";
+    std::string out;
+    if (const char* reason = e ? ERR_reason_error_string(e) : nullptr) {
+        out = reason;
+    } else if (e) {
+        char buf[256];
+        ERR_error_string_n(e, buf, sizeof buf);
+        out = buf;
+    }
     ERR_clear_error();
     return out;
 }
 
-[[noreturn]] void fail(const Config& c, const std::string& what, const std::string& why) {
-    throw ConfigError(c.path, 0, what + ": " + (why.empty() ? "failed" : why));
+// A file OpenSSL is about to read: say plainly when it is missing or unreadable.
+void require_readable(const Config& c, const std::string& what, const std::string& path) {
+    if (::access(path.c_str(), R_OK) != 0) fail(c, what + " " + path, std::strerror(errno));
 }
+
 
 std::string subject_of(SSL_CTX* ctx) {
     X509* cert = SSL_CTX_get0_certificate(ctx);
@@ -43,6 +60,9 @@ std::shared_ptr<ssl::context> make_server(const Config& c) {
     SSL_CTX_set_options(h, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (SSL_CTX_set_cipher_list(h, c.tls.ciphers.c_str()) != 1)
         fail(c, "[tls] ciphers \"" + c.tls.ciphers + "\"", "no usable cipher (" + openssl_error() + ")");
+    require_readable(c, "[tls] cert", c.tls.cert);
+    require_readable(c, "[tls] key", c.tls.key);
+    if (!c.tls.client_ca.empty()) require_readable(c, "[tls] client_ca", c.tls.client_ca);
     if (SSL_CTX_use_certificate_chain_file(h, c.tls.cert.c_str()) != 1)
         fail(c, "[tls] cert " + c.tls.cert, openssl_error());
     if (SSL_CTX_use_PrivateKey_file(h, c.tls.key.c_str(), SSL_FILETYPE_PEM) != 1)
@@ -67,6 +87,7 @@ std::shared_ptr<ssl::context> make_backend(const Config& c) {
     SSL_CTX* h = ctx->native_handle();
     SSL_CTX_set_min_proto_version(h, TLS1_2_VERSION);
     SSL_CTX_set_options(h, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (!c.backend_tls_ca.empty()) require_readable(c, "[topology] backend_tls_ca", c.backend_tls_ca);
     if (!c.backend_tls_ca.empty() && SSL_CTX_load_verify_locations(h, c.backend_tls_ca.c_str(), nullptr) != 1)
         fail(c, "[topology] backend_tls_ca " + c.backend_tls_ca, openssl_error());
     return ctx;
