@@ -61,6 +61,7 @@ void tune_socket(tcp::socket& s, const Config& cfg) {
     boost::system::error_code ec;
     s.set_option(tcp::no_delay(true), ec);
     s.set_option(asio::socket_base::keep_alive(true), ec);
+    s.non_blocking(true, ec);  // read_pooled's first try must not block
     const int fd = s.native_handle();
     const int idle = static_cast<int>(cfg.keepalive_idle.count());
     const int intvl = static_cast<int>(cfg.keepalive_interval.count());
@@ -85,14 +86,84 @@ std::string tls_failure(TlsStream& s, const boost::system::error_code& ec) {
     return why;
 }
 
+// A relay buffer lent by the worker thread's pool. A relay loop holds one only
+// while it has bytes to move: waiting for an idle peer it hands it back, so an
+// idle session costs no buffer at all (10,000 idle clients are not 320 MB).
+class RelayBuffer {
+public:
+    RelayBuffer() = default;
+    RelayBuffer(const RelayBuffer&) = delete;
+    RelayBuffer& operator=(const RelayBuffer&) = delete;
+    ~RelayBuffer() { release(); }
+    uint8_t* data() const noexcept { return p_; }
+    explicit operator bool() const noexcept { return p_ != nullptr; }
+    void ensure() {
+        if (p_) return;
+        auto& free = pool().free;
+        if (free.empty()) {
+            p_ = new uint8_t[kRelayBuffer];
+        } else {
+            p_ = free.back();
+            free.pop_back();
+        }
+    }
+    void release() noexcept {
+        if (!p_) return;
+        auto& free = pool().free;
+        if (free.size() < kPoolMax) free.push_back(p_);
+        else delete[] p_;
+        p_ = nullptr;
+    }
+
+private:
+    static constexpr size_t kPoolMax = 256;  // per thread: 4 MiB kept for reuse at most
+    struct Pool {
+        std::vector<uint8_t*> free;
+        Pool() { free.reserve(kPoolMax); }
+        ~Pool() {
+            for (uint8_t* p : free) delete[] p;
+        }
+    };
+    static Pool& pool() {
+        thread_local Pool p;
+        return p;
+    }
+    uint8_t* p_ = nullptr;
+};
+
+// Reads as much as `sock` has into buf[len..]. With a plain socket it first
+// tries a non-blocking read; when nothing is there and the buffer is empty, it
+// returns the buffer to the pool and waits for readability without one. TLS
+// keeps its buffer: OpenSSL may hold decrypted bytes the socket no longer shows.
+asio::awaitable<IoResult> read_pooled(tcp::socket& sock, TlsStream* tls, RelayBuffer& buf, size_t len) {
+    if (tls) {
+        buf.ensure();
+        co_return co_await tls->async_read_some(asio::buffer(buf.data() + len, kRelayBuffer - len), use_tuple);
+    }
+    for (;;) {
+        if (buf) {
+            boost::system::error_code ec;
+            const size_t n = sock.read_some(asio::buffer(buf.data() + len, kRelayBuffer - len), ec);
+            if (ec != asio::error::would_block && ec != asio::error::try_again) co_return IoResult{ec, n};
+            if (len == 0) buf.release();
+        }
+        auto [wec] = co_await sock.async_wait(tcp::socket::wait_read, use_tuple);
+        if (wec) co_return IoResult{wec, 0};
+        buf.ensure();
+    }
+}
+
 // Bytes read before the relay began (client bytes pipelined behind the
 // StartupMessage, the backend's first answer) go to the front of the relay
 // buffer, to be scanned before the next read. Startup reads stop at a whole
 // packet and open_backend_session at one frame, so they always fit.
-size_t take_carried(std::string& carried, uint8_t* buf) {
+size_t take_carried(std::string& carried, RelayBuffer& buf) {
+    if (carried.empty()) return 0;
+    buf.ensure();
     const size_t len = std::min(carried.size(), kRelayBuffer);
-    std::memcpy(buf, carried.data(), len);
+    std::memcpy(buf.data(), carried.data(), len);
     carried.clear();
+    carried.shrink_to_fit();
     return len;
 }
 
@@ -649,12 +720,12 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
 }
 
 asio::awaitable<void> Session::relay_client_to_backend() {
-    auto buf = std::make_unique<uint8_t[]>(kRelayBuffer);
+    RelayBuffer buf;
     protocol::FrameScanner scanner(cfg_->max_frame_size);
-    size_t len = take_carried(pipelined_, buf.get());
+    size_t len = take_carried(pipelined_, buf);
     for (bool carried = len > 0;; carried = false) {
         if (!carried) {
-            auto [rec, n] = co_await client_read(asio::buffer(buf.get() + len, kRelayBuffer - len));
+            auto [rec, n] = co_await read_pooled(client_, client_tls_.get(), buf, len);
             if (rec) {
                 if (rec != asio::error::operation_aborted) client_closed_ = true;
                 co_return;
@@ -666,7 +737,7 @@ asio::awaitable<void> Session::relay_client_to_backend() {
         protocol::Frame f;
         bool terminate = false;
         for (;;) {
-            auto st = scanner.next({buf.get(), len}, pos, f);
+            auto st = scanner.next({buf.data(), len}, pos, f);
             if (st == protocol::FrameScanner::Status::NeedMore) break;
             if (st == protocol::FrameScanner::Status::Error) {
                 end_sqlstate_ = "08P01";
@@ -688,7 +759,7 @@ asio::awaitable<void> Session::relay_client_to_backend() {
             }
         }
         if (pos > 0) {
-            auto [wec, wn] = co_await backend_write(asio::buffer(buf.get(), pos));
+            auto [wec, wn] = co_await backend_write(asio::buffer(buf.data(), pos));
             if (wec) {
                 if (wec != asio::error::operation_aborted) backend_closed_ = true;
                 co_return;
@@ -700,21 +771,21 @@ asio::awaitable<void> Session::relay_client_to_backend() {
             client_closed_ = true;
             co_return;
         }
-        std::memmove(buf.get(), buf.get() + pos, len - pos);
+        std::memmove(buf.data(), buf.data() + pos, len - pos);
         len -= pos;
     }
 }
 
 asio::awaitable<void> Session::relay_backend_to_client() {
-    auto buf = std::make_unique<uint8_t[]>(kRelayBuffer);
+    RelayBuffer buf;
     down_scanner_ = protocol::FrameScanner(UINT32_MAX, kMaxWatched);
     down_scanner_.watch(static_cast<char>(protocol::BackendType::BackendKeyData));
     down_scanner_.watch(static_cast<char>(protocol::BackendType::ReadyForQuery));
     down_scanner_.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
-    size_t len = take_carried(backend_prefix_, buf.get());
+    size_t len = take_carried(backend_prefix_, buf);
     for (bool carried = len > 0;; carried = false) {
         if (!carried) {
-            auto [rec, n] = co_await backend_read(asio::buffer(buf.get() + len, kRelayBuffer - len));
+            auto [rec, n] = co_await read_pooled(backend_, backend_tls_.get(), buf, len);
             if (rec) {
                 if (rec != asio::error::operation_aborted) backend_closed_ = true;
                 co_return;
@@ -724,7 +795,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
         size_t pos = 0;
         protocol::Frame f;
         for (;;) {
-            auto st = down_scanner_.next({buf.get(), len}, pos, f);
+            auto st = down_scanner_.next({buf.data(), len}, pos, f);
             if (st == protocol::FrameScanner::Status::NeedMore) break;
             if (st == protocol::FrameScanner::Status::Error) {
                 log::error("[{}] client={} backend {} sent an invalid frame (type '{}', length {})", role_name(), peer_,
@@ -734,13 +805,13 @@ asio::awaitable<void> Session::relay_backend_to_client() {
             }
             last_down_type_ = f.type;
             if (f.type == static_cast<char>(protocol::BackendType::ReadyForQuery) && f.complete) {
-                on_ready_for_query(protocol::decode_ready_for_query(f.body({buf.get(), len})));
+                on_ready_for_query(protocol::decode_ready_for_query(f.body({buf.data(), len})));
             } else if (f.type == static_cast<char>(protocol::BackendType::ErrorResponse) && f.complete) {
-                if (auto e = protocol::decode_error_fields(f.body({buf.get(), len})))
+                if (auto e = protocol::decode_error_fields(f.body({buf.data(), len})))
                     metrics::Registry::instance().count_error("backend", e->sqlstate);
             }
             if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && f.complete) {
-                auto body = f.body({buf.get(), len});
+                auto body = f.body({buf.data(), len});
                 if (auto key = protocol::decode_backend_key_data(body)) {
                     if (proxy_key_) shared_.cancels->remove(*proxy_key_);
                     proxy_key_ = shared_.cancels->add(CancelTarget{target_.member, target_.host, target_.port, *key});
@@ -750,7 +821,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
         }
         if (pos > 0) {
             down_writing_ = true;
-            auto [wec, wn] = co_await client_write(asio::buffer(buf.get(), pos));
+            auto [wec, wn] = co_await client_write(asio::buffer(buf.data(), pos));
             down_writing_ = false;
             if (wec) {
                 // A write cut short (cancelled by ||, or failed) leaves the
@@ -764,7 +835,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
             member_stats_->bytes_to_client.fetch_add(pos, std::memory_order_relaxed);
             if (terminate_pending_) co_return;
         }
-        std::memmove(buf.get(), buf.get() + pos, len - pos);
+        std::memmove(buf.data(), buf.data() + pos, len - pos);
         len -= pos;
     }
 }
