@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -498,8 +499,33 @@ TEST_CASE("truncated startup packets: EOF mid-packet closes silently, a stall ge
             CHECK(err->message == "pgrelay " + role + ": startup packet not received in time");
         }
     }
+    // A slowloris: one byte every 100 ms. startup_timeout bounds the whole
+    // startup, not each read, so trickling does not keep the slot.
+    {
+        Sock s(relay.rw_port());
+        REQUIRE(s.connected());
+        std::atomic<size_t> sent{0};
+        std::thread trickle([&] {
+            for (size_t i = 0; i < startup.size(); ++i) {
+                pollfd p{s.fd(), POLLIN, 0};
+                if (::poll(&p, 1, 100) != 0) break;  // pgrelay answered or closed: stop
+                if (!s.send(startup.substr(i, 1))) break;
+                ++sent;
+            }
+        });
+        const Reply r = read_to_end(s, 15s);
+        trickle.join();
+        INFO("trickled " << sent << " of " << startup.size() << " bytes, got " << summary(r.bytes) << " ("
+                         << to_string(r.end) << ")");
+        CHECK(sent < startup.size());
+        CHECK(r.end != End::Timeout);
+        auto err = sole_error(r.bytes);
+        REQUIRE(err);
+        CHECK(err->sqlstate == "08P01");
+        CHECK(err->message == "pgrelay rw: startup packet not received in time");
+    }
     const std::string log = relay.log();
-    CHECK(count_of(log, "startup not completed within 1000 ms") == 2 * (cuts.size() + 4));
+    CHECK(count_of(log, "startup not completed within 1000 ms") == 2 * (cuts.size() + 4) + 1);
     CHECK_THAT(log, Catch::Contains("connection ended during startup"));
     check_fds_back(relay, baseline);
     check_still_serving(cluster, relay);
@@ -1085,4 +1111,56 @@ TEST_CASE("1000 connections dropped at random points of the startup leave pgrela
     check_fds_back(relay, baseline);
     check_still_serving(cluster, relay);
     check_fds_back(relay, baseline);
+}
+
+TEST_CASE("a flood beyond pgrelay's descriptor limit: accept backs off, every client still gets 08P01, pgrelay recovers",
+          "[hostile]") {
+    auto& cluster = PgCluster::shared();
+    Pgrelay relay(cluster, with_startup_timeout("1s"));
+    const int baseline = baseline_fds(relay);
+    // Room for 40 more descriptors, then 150 half-open clients: most wait in
+    // the listen backlog while pgrelay's accepts fail with EMFILE, and are
+    // accepted (and timed out) as earlier ones free their descriptor.
+    const int pid = pgrelay_pid();
+    REQUIRE(pid > 0);
+    rlimit lim{};
+    REQUIRE(prlimit(pid, RLIMIT_NOFILE, nullptr, &lim) == 0);
+    lim.rlim_cur = rlim_t(baseline + 40);
+    REQUIRE(prlimit(pid, RLIMIT_NOFILE, &lim, nullptr) == 0);
+    constexpr int kFlood = 150;
+    std::vector<Sock> socks;
+    for (int i = 0; i < kFlood; ++i) {
+        socks.emplace_back(i % 2 ? relay.ro_port() : relay.rw_port());
+        REQUIRE(socks.back().connected());
+        if (i % 3 == 1) REQUIRE(socks.back().send(request(8, kSSLCode)));
+    }
+    const auto replies = read_all_to_end(socks, 60s);
+    std::vector<std::string> wrong;
+    for (int i = 0; i < kFlood; ++i) {
+        const Reply& r = replies[size_t(i)];
+        const std::string answer = i % 3 == 1 ? "N" : "";
+        const std::string role = i % 2 ? "ro" : "rw";
+        auto err = sole_error(r.bytes.substr(std::min(r.bytes.size(), answer.size())));
+        if (r.end != End::Eof || r.bytes.substr(0, answer.size()) != answer || !err || err->sqlstate != "08P01" ||
+            err->message != "pgrelay " + role + ": startup packet not received in time")
+            wrong.push_back("#" + std::to_string(i) + ": got " + summary(r.bytes) + " (" + to_string(r.end) + ")");
+    }
+    INFO(wrong.size() << " of " << kFlood << " wrong; first: " << (wrong.empty() ? "" : wrong[0]));
+    CHECK(wrong.empty());
+    socks.clear();
+    std::string log = relay.log();
+    CHECK_THAT(log, Catch::Contains("accept failed: Too many open files"));
+    CHECK(count_of(log, "startup not completed within 1000 ms") == size_t(kFlood));
+    WARN("descriptor flood: " << count_of(log, "accept failed") << " failed accepts logged, "
+                              << count_of(log, "marked stopped") << " members marked stopped by the health check");
+    // Still at the low limit: the health check sees the members again (it
+    // cannot open a socket while descriptors are out), then clients get in.
+    CHECK(eventually(
+        [&] {
+            log = relay.log();
+            return count_of(log, "marked stopped") == count_of(log, "is reachable again");
+        },
+        10s));
+    check_fds_back(relay, baseline);
+    check_still_serving(cluster, relay);
 }
