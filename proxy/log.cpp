@@ -4,6 +4,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <ctime>
 #include <string>
 
@@ -43,10 +44,52 @@ bool parse_level(std::string_view s, Level& out) noexcept {
     return true;
 }
 
+namespace {
+
+// Length of the well-formed UTF-8 sequence at the start of `s` (RFC 3629: no
+// overlong forms, no surrogates, at most U+10FFFF), or 0.
+size_t utf8_sequence(std::string_view s) {
+    const auto b = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+    const unsigned char c = b(0);
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xbf;  // allowed range of the second byte
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) n = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+    } else {
+        return 0;
+    }
+    if (s.size() < n || b(1) < lo || b(1) > hi) return 0;
+    for (size_t i = 2; i < n; ++i)
+        if ((b(i) & 0xc0) != 0x80) return 0;
+    return n;
+}
+
+}  // namespace
+
 std::string printable(std::string_view s) {
+    constexpr size_t kMax = 64;
     std::string out;
-    for (char c : s.substr(0, 64)) out.push_back(static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c);
-    if (s.size() > 64) out += "...";
+    size_t i = 0;
+    while (i < s.size() && i < kMax) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        const size_t n = utf8_sequence(s.substr(i, std::min(s.size(), kMax) - i));
+        if (n == 0 || c < 0x20 || c == 0x7f) {
+            out.push_back('?');  // control byte, or not UTF-8 (or cut by the limit)
+            ++i;
+            continue;
+        }
+        out.append(s.substr(i, n));
+        i += n;
+    }
+    if (s.size() > kMax) out += "...";
     return out;
 }
 

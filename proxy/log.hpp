@@ -14,8 +14,9 @@ namespace pgrelay::log {
 enum class Level { Debug = 0, Info = 1, Warning = 2, Error = 3 };
 
 bool parse_level(std::string_view s, Level& out) noexcept;
-// Client-supplied text (user names, ...) with control characters replaced, so
-// a client cannot forge log lines; at most 64 characters.
+// Client-supplied text (user names, ...) with control characters and bytes
+// that are not well-formed UTF-8 replaced by '?', so a client can neither
+// forge log lines nor break JSON logs; at most 64 bytes, then "...".
 std::string printable(std::string_view s);
 void set_level(Level l) noexcept;
 // One JSON object per line ({"ts","level","msg"}) instead of plain text.

@@ -79,16 +79,25 @@ struct Worker {
 
     asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, PortRole role) {
         asio::steady_timer backoff(ctx);
+        uint64_t failures = 0;  // in the current run of failed accepts
         for (;;) {
             auto [ec, sock] = co_await acceptor.async_accept(asio::as_tuple(asio::use_awaitable));
             if (ec == asio::error::operation_aborted) co_return;
             if (ec) {
                 // EMFILE/ENFILE/ENOBUFS: pause instead of spinning; the pending
                 // connection stays in the backlog until descriptors free up.
-                log::error("[{}] accept failed: {}", to_string(role), ec.message());
+                // Logged once, then every 50th retry (5 s), not 10 times a second.
+                if (failures++ % 50 == 0)
+                    log::error("[{}] accept failed: {} (retrying every 100 ms; {} failure{} so far)", to_string(role),
+                               ec.message(), failures, failures == 1 ? "" : "s");
                 backoff.expires_after(std::chrono::milliseconds(100));
                 co_await backoff.async_wait(asio::as_tuple(asio::use_awaitable));
                 continue;
+            }
+            if (failures > 0) {
+                log::info("[{}] accepting again after {} failed attempt{}", to_string(role), failures,
+                          failures == 1 ? "" : "s");
+                failures = 0;
             }
             asio::co_spawn(ctx, run_session(std::move(sock), role, shared), asio::detached);
         }

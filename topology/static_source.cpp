@@ -28,6 +28,7 @@ struct StaticSource::Impl : std::enable_shared_from_this<Impl> {
     std::vector<State> states;
     bool stopped = false;
     std::vector<std::unique_ptr<asio::steady_timer>> timers;
+    std::string last_local_error;
 
     Impl(asio::io_context& c, SnapshotHub& h, StaticSourceOptions o) : ctx(c), hub(h), opts(std::move(o)) {
         states.assign(opts.members.size(), State::Running);
@@ -39,33 +40,54 @@ struct StaticSource::Impl : std::enable_shared_from_this<Impl> {
         hub.publish(std::move(t));
     }
 
-    // True when a TCP connection to the member succeeds within the timeout.
-    asio::awaitable<bool> probe(const Member& m) {
+    enum class Probe { Up, Down, Unknown };
+
+    // Up when a TCP connection to the member succeeds within the timeout;
+    // Unknown when pgrelay itself cannot open a socket (out of descriptors or
+    // memory), which says nothing about the member.
+    asio::awaitable<Probe> probe(const Member& m) {
         tcp::resolver resolver(ctx);
         auto [rec, results] = co_await resolver.async_resolve(m.host, std::to_string(m.port),
                                                               asio::as_tuple(asio::use_awaitable));
-        if (rec) co_return false;
+        if (rec) co_return Probe::Down;
         tcp::socket sock(ctx);
         asio::steady_timer deadline(ctx, opts.timeout);
         auto r = co_await (asio::async_connect(sock, results, asio::as_tuple(asio::use_awaitable)) ||
                            deadline.async_wait(asio::as_tuple(asio::use_awaitable)));
-        if (r.index() != 0) co_return false;
-        co_return !std::get<0>(std::get<0>(r));
+        if (r.index() != 0) co_return Probe::Down;
+        const boost::system::error_code ec = std::get<0>(std::get<0>(r));
+        if (!ec) co_return Probe::Up;
+        if (ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system ||
+            ec == asio::error::no_buffer_space || ec == asio::error::no_memory) {
+            last_local_error = ec.message();
+            co_return Probe::Unknown;
+        }
+        co_return Probe::Down;
     }
 
     asio::awaitable<void> check_loop(size_t i) {
         auto self = shared_from_this();
         asio::steady_timer& timer = *timers[i];
         const Member& m = opts.members[i];
+        bool blind = false;  // the last check failed locally
         while (!stopped) {
-            const bool up = co_await probe(m);
+            const Probe p = co_await probe(m);
             if (stopped) break;
-            const State s = up ? State::Running : State::Stopped;
-            if (s != states[i]) {
-                states[i] = s;
-                if (up) log::info("topology: member {} ({}) is reachable again", m.name, m.address());
-                else log::warn("topology: member {} ({}) refuses connections, marked stopped", m.name, m.address());
-                publish();
+            if (p == Probe::Unknown) {
+                // Keep the member's state: a local shortage is not the member's fault.
+                if (!blind) log::warn("topology: cannot check member {} ({}): {}; keeping its state", m.name,
+                                      m.address(), last_local_error);
+                blind = true;
+            } else {
+                blind = false;
+                const bool up = p == Probe::Up;
+                const State s = up ? State::Running : State::Stopped;
+                if (s != states[i]) {
+                    states[i] = s;
+                    if (up) log::info("topology: member {} ({}) is reachable again", m.name, m.address());
+                    else log::warn("topology: member {} ({}) refuses connections, marked stopped", m.name, m.address());
+                    publish();
+                }
             }
             timer.expires_after(opts.interval);
             co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
