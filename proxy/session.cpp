@@ -61,7 +61,6 @@ void tune_socket(tcp::socket& s, const Config& cfg) {
     boost::system::error_code ec;
     s.set_option(tcp::no_delay(true), ec);
     s.set_option(asio::socket_base::keep_alive(true), ec);
-    s.non_blocking(true, ec);  // read_pooled's first try must not block
     const int fd = s.native_handle();
     const int idle = static_cast<int>(cfg.keepalive_idle.count());
     const int intvl = static_cast<int>(cfg.keepalive_interval.count());
@@ -131,26 +130,34 @@ private:
     uint8_t* p_ = nullptr;
 };
 
-// Reads as much as `sock` has into buf[len..]. With a plain socket it first
-// tries a non-blocking read; when nothing is there and the buffer is empty, it
-// returns the buffer to the pool and waits for readability without one. TLS
-// keeps its buffer: OpenSSL may hold decrypted bytes the socket no longer shows.
-asio::awaitable<IoResult> read_pooled(tcp::socket& sock, TlsStream* tls, RelayBuffer& buf, size_t len) {
+// Reads as much as `sock` has into buf[len..]. A loop whose last read drained
+// the socket and that has nothing pending is idle: it hands its buffer back to
+// the pool and waits in a read of at most kIdleRead bytes into `idle`, a small
+// array of its own, which costs what a plain read costs (asio tries the read
+// first, then waits for epoll). The bytes move to a pooled buffer once they
+// arrive. TLS keeps its buffer: OpenSSL reads ahead of what it returns.
+constexpr size_t kIdleRead = 256;
+
+asio::awaitable<IoResult> read_pooled(tcp::socket& sock, TlsStream* tls, RelayBuffer& buf, size_t len,
+                                      bool& drained, uint8_t (&idle)[kIdleRead]) {
     if (tls) {
         buf.ensure();
         co_return co_await tls->async_read_some(asio::buffer(buf.data() + len, kRelayBuffer - len), use_tuple);
     }
-    for (;;) {
-        if (buf) {
-            boost::system::error_code ec;
-            const size_t n = sock.read_some(asio::buffer(buf.data() + len, kRelayBuffer - len), ec);
-            if (ec != asio::error::would_block && ec != asio::error::try_again) co_return IoResult{ec, n};
-            if (len == 0) buf.release();
+    if (len == 0 && drained) {
+        buf.release();
+        auto [ec, n] = co_await sock.async_read_some(asio::buffer(idle), use_tuple);
+        drained = n < kIdleRead;
+        if (!ec) {
+            buf.ensure();
+            std::memcpy(buf.data(), idle, n);
         }
-        auto [wec] = co_await sock.async_wait(tcp::socket::wait_read, use_tuple);
-        if (wec) co_return IoResult{wec, 0};
-        buf.ensure();
+        co_return IoResult{ec, n};
     }
+    buf.ensure();
+    auto [ec, n] = co_await sock.async_read_some(asio::buffer(buf.data() + len, kRelayBuffer - len), use_tuple);
+    drained = n < kRelayBuffer - len;
+    co_return IoResult{ec, n};
 }
 
 // Bytes read before the relay began (client bytes pipelined behind the
@@ -721,11 +728,13 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
 
 asio::awaitable<void> Session::relay_client_to_backend() {
     RelayBuffer buf;
+    bool drained = true;
+    uint8_t idle[kIdleRead];
     protocol::FrameScanner scanner(cfg_->max_frame_size);
     size_t len = take_carried(pipelined_, buf);
     for (bool carried = len > 0;; carried = false) {
         if (!carried) {
-            auto [rec, n] = co_await read_pooled(client_, client_tls_.get(), buf, len);
+            auto [rec, n] = co_await read_pooled(client_, client_tls_.get(), buf, len, drained, idle);
             if (rec) {
                 if (rec != asio::error::operation_aborted) client_closed_ = true;
                 co_return;
@@ -778,6 +787,8 @@ asio::awaitable<void> Session::relay_client_to_backend() {
 
 asio::awaitable<void> Session::relay_backend_to_client() {
     RelayBuffer buf;
+    bool drained = true;
+    uint8_t idle[kIdleRead];
     down_scanner_ = protocol::FrameScanner(UINT32_MAX, kMaxWatched);
     down_scanner_.watch(static_cast<char>(protocol::BackendType::BackendKeyData));
     down_scanner_.watch(static_cast<char>(protocol::BackendType::ReadyForQuery));
@@ -785,7 +796,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
     size_t len = take_carried(backend_prefix_, buf);
     for (bool carried = len > 0;; carried = false) {
         if (!carried) {
-            auto [rec, n] = co_await read_pooled(backend_, backend_tls_.get(), buf, len);
+            auto [rec, n] = co_await read_pooled(backend_, backend_tls_.get(), buf, len, drained, idle);
             if (rec) {
                 if (rec != asio::error::operation_aborted) backend_closed_ = true;
                 co_return;
