@@ -27,7 +27,7 @@ FrameScanner::Status FrameScanner::next(std::span<const uint8_t> buf, size_t& po
     out.offset = pos;
     const size_t have = buf.size() - pos;
     const size_t wire = size_t(len) + 1;
-    if (watched_[static_cast<uint8_t>(type)] && len <= max_watched_) {
+    if (watched(type) && len <= max_watched_) {
         if (have < wire) return Status::NeedMore;
         out.complete = true;
         pos += wire;

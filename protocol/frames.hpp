@@ -48,7 +48,14 @@ public:
     explicit FrameScanner(uint32_t max_frame_length, uint32_t max_watched_length = 8192) noexcept
         : max_frame_(max_frame_length), max_watched_(max_watched_length) {}
 
-    void watch(char type) noexcept { watched_[static_cast<uint8_t>(type)] = true; }
+    void watch(char type) noexcept {
+        const auto t = static_cast<uint8_t>(type);
+        watched_[t >> 6] |= uint64_t{1} << (t & 63);
+    }
+    bool watched(char type) const noexcept {
+        const auto t = static_cast<uint8_t>(type);
+        return (watched_[t >> 6] >> (t & 63)) & 1;
+    }
 
     Status next(std::span<const uint8_t> buf, size_t& pos, Frame& out) noexcept;
 
@@ -63,7 +70,7 @@ private:
     uint64_t remaining_ = 0;  // body bytes of the current streamed frame not yet seen
     uint32_t bad_length_ = 0;
     char bad_type_ = 0;
-    std::array<bool, 256> watched_{};
+    std::array<uint64_t, 4> watched_{};  // a bit per type byte: scanners live in every session
 };
 
 // Decoders for the backend messages pgrelay tracks. Each takes a frame body.

@@ -12,6 +12,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/ssl/context.hpp>
@@ -115,7 +116,7 @@ public:
     }
 
 private:
-    static constexpr size_t kPoolMax = 256;  // per thread: 4 MiB kept for reuse at most
+    static constexpr size_t kPoolMax = 32;  // per thread: 512 KiB kept for reuse at most
     struct Pool {
         std::vector<uint8_t*> free;
         Pool() { free.reserve(kPoolMax); }
@@ -177,12 +178,12 @@ size_t take_carried(std::string& carried, RelayBuffer& buf) {
 class Session final : public SessionHandle {
 public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
-        : client_(std::move(client)), backend_(client_.get_executor()), kill_(client_.get_executor()),
-          terminate_deadline_(client_.get_executor()), shared_(shared),
+        : client_(std::move(client)), backend_(client_.get_executor()), relay_done_(client_.get_executor()),
+          idle_timer_(client_.get_executor()), terminate_deadline_(client_.get_executor()), shared_(shared),
           cfg_(shared.config), tls_(shared.tls ? shared.tls : std::make_shared<const TlsContexts>()), peer_(endpoint_string(client_)), started_(steady_clock::now()) {
         this->role = role;
         port_stats_ = &metrics::Registry::instance().port(role);
-        kill_.expires_at(steady_clock::time_point::max());
+        relay_done_.expires_at(steady_clock::time_point::max());
         port_stats_->client_open.fetch_add(1, std::memory_order_relaxed);
         port_stats_->client_total.fetch_add(1, std::memory_order_relaxed);
     }
@@ -204,7 +205,7 @@ public:
         log::info("[{}] client={} backend {}: {}", role_name(), peer_, target_.member, end_message_);
         // Never cut a write to the client midway: the relay stops after it.
         if (!down_writing_) {
-            kill_.cancel();
+            stop_relay();
             return;
         }
         // Let the write in flight finish so the client stream stays whole,
@@ -215,7 +216,7 @@ public:
         // The handler may run after the session is gone (already queued when
         // the session ended): `alive` says whether `this` may be touched.
         terminate_deadline_.async_wait([this, alive = alive_](const boost::system::error_code& ec) {
-            if (!ec && *alive) kill_.cancel();
+            if (!ec && *alive) stop_relay();
         });
     }
 
@@ -223,6 +224,7 @@ public:
 
 private:
     const char* role_name() const { return to_string(role); }
+    asio::awaitable<bool> establish();
     asio::awaitable<bool> startup(std::string& startup_bytes, protocol::StartupPacket& packet);
     asio::awaitable<bool> connect_backend(const protocol::StartupPacket& packet, const std::string& startup_bytes);
     asio::awaitable<std::string> open_backend_session(const std::string& startup_bytes);
@@ -232,8 +234,20 @@ private:
     asio::awaitable<void> send_error(const char* sqlstate, const std::string& message, const std::string& hint = {});
     asio::awaitable<bool> connect_with_timeout(tcp::socket& sock, const Target& t, boost::system::error_code& ec);
 
-    asio::awaitable<void> wait_for_kill();
     asio::awaitable<void> watch_idle();
+    asio::awaitable<void> relay_task(asio::awaitable<void> (Session::*body)());
+
+    // Ends the relay: every loop returns at its next step, and the reads and
+    // writes in flight are cancelled (all on this thread, so a loop is either
+    // suspended in one of them or checks stopping_ before starting the next).
+    void stop_relay() {
+        if (stopping_) return;
+        stopping_ = true;
+        boost::system::error_code ec;
+        client_.cancel(ec);
+        backend_.cancel(ec);
+        idle_timer_.cancel();
+    }
     asio::awaitable<std::string> start_backend_tls(const Target& t, bool& config_failure);
 
     // Client and backend I/O, through TLS when it was negotiated. These
@@ -276,7 +290,13 @@ private:
     std::unique_ptr<TlsStream> client_tls_;
     std::unique_ptr<TlsStream> backend_tls_;
     bool client_cert_ok_ = false;  // the client presented a certificate client_ca verified
-    asio::steady_timer kill_;  // cancelled by terminate() to stop the relay
+    // The relay runs as this coroutine (client -> backend) plus spawned ones
+    // (backend -> client, the idle watcher); the last to end cancels
+    // relay_done_, which run() waits on before the session may go away.
+    asio::steady_timer relay_done_;
+    asio::steady_timer idle_timer_;
+    int relays_running_ = 0;
+    bool stopping_ = false;
     asio::steady_timer terminate_deadline_;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
     bool registered_ = false;
@@ -733,6 +753,7 @@ asio::awaitable<void> Session::relay_client_to_backend() {
     protocol::FrameScanner scanner(cfg_->max_frame_size);
     size_t len = take_carried(pipelined_, buf);
     for (bool carried = len > 0;; carried = false) {
+        if (stopping_) co_return;
         if (!carried) {
             auto [rec, n] = co_await read_pooled(client_, client_tls_.get(), buf, len, drained, idle);
             if (rec) {
@@ -768,6 +789,7 @@ asio::awaitable<void> Session::relay_client_to_backend() {
             }
         }
         if (pos > 0) {
+            if (stopping_) co_return;
             auto [wec, wn] = co_await backend_write(asio::buffer(buf.data(), pos));
             if (wec) {
                 if (wec != asio::error::operation_aborted) backend_closed_ = true;
@@ -795,6 +817,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
     down_scanner_.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
     size_t len = take_carried(backend_prefix_, buf);
     for (bool carried = len > 0;; carried = false) {
+        if (stopping_) co_return;
         if (!carried) {
             auto [rec, n] = co_await read_pooled(backend_, backend_tls_.get(), buf, len, drained, idle);
             if (rec) {
@@ -831,6 +854,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
             }
         }
         if (pos > 0) {
+            if (stopping_) co_return;
             down_writing_ = true;
             auto [wec, wn] = co_await client_write(asio::buffer(buf.data(), pos));
             down_writing_ = false;
@@ -851,8 +875,16 @@ asio::awaitable<void> Session::relay_backend_to_client() {
     }
 }
 
-asio::awaitable<void> Session::wait_for_kill() {
-    co_await kill_.async_wait(use_tuple);
+// A relay coroutine spawned beside run(); whatever way it ends, the others
+// stop, and the last one out releases run().
+asio::awaitable<void> Session::relay_task(asio::awaitable<void> (Session::*body)()) {
+    try {
+        co_await (this->*body)();
+    } catch (const std::exception& e) {
+        log::error("[{}] client={} relay ended by an unexpected error: {}", role_name(), peer_, e.what());
+    }
+    stop_relay();
+    if (--relays_running_ == 0) relay_done_.cancel();
 }
 
 // idle_client_timeout: ends the session once the client has been silent that
@@ -860,11 +892,11 @@ asio::awaitable<void> Session::wait_for_kill() {
 // idle_session_timeout, 57P05). Inside a transaction it only looks again later.
 asio::awaitable<void> Session::watch_idle() {
     const auto limit = cfg_->idle_client_timeout;
-    asio::steady_timer timer(client_.get_executor());
     auto due = last_activity_ + limit;
     for (;;) {
-        timer.expires_at(due);
-        if (auto [ec] = co_await timer.async_wait(use_tuple); ec) co_return;
+        if (stopping_) co_return;
+        idle_timer_.expires_at(due);
+        if (auto [ec] = co_await idle_timer_.async_wait(use_tuple); ec) co_return;
         const auto now = steady_clock::now();
         due = last_activity_ + limit;
         if (now < due) continue;
@@ -878,11 +910,12 @@ asio::awaitable<void> Session::watch_idle() {
     }
 }
 
-asio::awaitable<void> Session::run() {
-    tune_socket(client_, *cfg_);
+// Startup, limits, routing and backend connect; true once the session can
+// relay. Its own frame, so the startup packet is freed before the relay.
+asio::awaitable<bool> Session::establish() {
     std::string startup_bytes;
     protocol::StartupPacket packet;
-    if (!co_await startup(startup_bytes, packet)) co_return;
+    if (!co_await startup(startup_bytes, packet)) co_return false;
     // Checked once the startup packet is read, so the client (whatever its
     // SSL/GSS negotiation) gets a proper ErrorResponse, as from PostgreSQL.
     if (const uint32_t max = cfg_->max_client_connections;
@@ -891,14 +924,19 @@ asio::awaitable<void> Session::run() {
         co_await send_error("53300", std::string("pgrelay ") + role_name() + ": too many connections (max_client_connections = " +
                                          std::to_string(max) + ")",
                             "Retry later, or raise max_client_connections.");
-        co_return;
+        co_return false;
     }
+    if (!co_await connect_backend(packet, startup_bytes)) co_return false;
     const std::string user = log::printable(packet.parameter("user"));
-    const std::string db =
-        packet.parameter("database").empty() ? user : log::printable(packet.parameter("database"));
-    if (!co_await connect_backend(packet, startup_bytes)) co_return;
-    log::info("[{}] client={} user={} db={} -> backend {} ({}) connected", role_name(), peer_, user, db,
+    log::info("[{}] client={} user={} db={} -> backend {} ({}) connected", role_name(), peer_, user,
+              packet.parameter("database").empty() ? user : log::printable(packet.parameter("database")),
               target_.member, target_.address());
+    co_return true;
+}
+
+asio::awaitable<void> Session::run() {
+    tune_socket(client_, *cfg_);
+    if (!co_await establish()) co_return;
 
     self_ = shared_.sessions.insert(shared_.sessions.end(), this);
     registered_ = true;
@@ -909,8 +947,26 @@ asio::awaitable<void> Session::run() {
     track_idle_ = cfg_->idle_client_timeout.count() > 0;
     last_activity_ = steady_clock::now();
     if (!moved.empty()) terminate("57P01", std::move(moved));
-    else if (track_idle_) co_await (relay_client_to_backend() || relay_backend_to_client() || wait_for_kill() || watch_idle());
-    else co_await (relay_client_to_backend() || relay_backend_to_client() || wait_for_kill());
+    else {
+        // One coroutine per direction, not `a || b`: the operators' parallel
+        // group, cancellation signals and per-branch threads cost about 4 KiB
+        // per session, which 10,000 idle clients notice.
+        const auto ex = client_.get_executor();
+        relays_running_ = 1;
+        asio::co_spawn(ex, relay_task(&Session::relay_backend_to_client), asio::detached);
+        if (track_idle_) {
+            ++relays_running_;
+            asio::co_spawn(ex, relay_task(&Session::watch_idle), asio::detached);
+        }
+        try {
+            co_await relay_client_to_backend();
+        } catch (const std::exception& e) {
+            log::error("[{}] client={} relay ended by an unexpected error: {}", role_name(), peer_, e.what());
+        }
+        stop_relay();
+        // The spawned coroutines use this session: wait for them.
+        while (relays_running_ > 0) co_await relay_done_.async_wait(use_tuple);
+    }
 
     // Only whole messages may precede pgrelay's own ErrorResponse.
     const bool can_tell_client = !client_closed_ && client_at_boundary_;
