@@ -62,6 +62,23 @@ struct Exact {
     std::unique_ptr<uint8_t[]> data;
 };
 
+// Poisons [len, cap) of a relay buffer until lifted or destroyed: ASan then
+// flags a read past the bytes that have arrived, as with an exact-size copy.
+class PoisonTail {
+public:
+    PoisonTail(uint8_t* buf, size_t len, size_t cap) : buf_(buf), cap_(cap) {
+        ASAN_POISON_MEMORY_REGION(buf + len, cap - len);
+    }
+    ~PoisonTail() { lift(); }
+    PoisonTail(const PoisonTail&) = delete;
+    PoisonTail& operator=(const PoisonTail&) = delete;
+    void lift() { ASAN_UNPOISON_MEMORY_REGION(buf_, cap_); }
+
+private:
+    uint8_t* buf_;
+    size_t cap_;
+};
+
 // Chunk lengths chosen by the input, used cyclically.
 class Chunker {
 public:
@@ -307,7 +324,7 @@ void relay(Bytes stream, const ScanConfig& c, Chunker chunker) {
         len += take;
         fed += take;
         chunk_left -= take;
-        ASAN_POISON_MEMORY_REGION(buf.get() + len, c.capacity - len);
+        PoisonTail poisoned(buf.get(), len, c.capacity);
         const std::span<uint8_t> view(buf.get(), len);
 
         size_t pos = 0;
@@ -359,7 +376,7 @@ void relay(Bytes stream, const ScanConfig& c, Chunker chunker) {
                 }
             }
         }
-        ASAN_UNPOISON_MEMORY_REGION(buf.get(), c.capacity);
+        poisoned.lift();
         out.append(reinterpret_cast<const char*>(buf.get()), pos);
         std::memmove(buf.get(), buf.get() + pos, len - pos);
         len -= pos;
@@ -407,29 +424,40 @@ std::string encode_startup(const StartupPacket& p) {
 std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* regular_from) {
     StartupOp op({.tls_available = tls});
     std::vector<Event> events;
-    std::string buf;
+    // The client's bytes not consumed yet, at the front of a buffer as big as
+    // the whole stream.
+    const size_t cap = std::max<size_t>(stream.size(), 1);
+    std::unique_ptr<uint8_t[]> mem(new uint8_t[cap]);
+    size_t len = 0;
+    auto drop = [&](size_t n) {
+        std::memmove(mem.get(), mem.get() + n, len - n);
+        len -= n;
+    };
     size_t base = 0, fed = 0;
     bool ssl_seen = false, gss_seen = false;
     for (size_t round = 0;; ++round) {
         CHECK(round <= 2 * stream.size() + 2);
-        Exact exact({reinterpret_cast<const uint8_t*>(buf.data()), buf.size()});
-        const StartupOp::Action a = op.next(exact.span());
+        PoisonTail poisoned(mem.get(), len, cap);
+        const Bytes buf(mem.get(), len);
+        const StartupOp::Action a = op.next(buf);
         CHECK(a.consumed <= buf.size());
         if (a.kind == StartupOp::Kind::ReadMore) {
             CHECK(a.consumed == 0 && a.packet == nullptr);
             CHECK(op.ssl_requested() == ssl_seen && op.gssenc_requested() == gss_seen);
-            CHECK(parse_startup(exact.span()).status == ParseStatus::NeedMore);
+            CHECK(parse_startup(buf).status == ParseStatus::NeedMore);
             if (fed == stream.size()) return events;
             const size_t n = chunker.next(stream.size() - fed);
-            buf.append(chars(stream.subspan(fed, n)));
+            poisoned.lift();
+            std::memcpy(mem.get() + len, stream.data() + fed, n);
+            len += n;
             fed += n;
             continue;
         }
         events.push_back({a.kind, base, a.consumed, a.reply, a.sqlstate, a.message});
         if (a.consumed > 0) {
             // A packet is only ever taken whole: one byte less is not enough.
-            CHECK(parse_startup(exact.span().first(a.consumed - 1)).status == ParseStatus::NeedMore);
-            CHECK(read_u32(exact.data.get()) == a.consumed);
+            CHECK(parse_startup(buf.first(a.consumed - 1)).status == ParseStatus::NeedMore);
+            CHECK(read_u32(buf.data()) == a.consumed);
         }
         switch (a.kind) {
             case StartupOp::Kind::ReadMore: break;
@@ -443,7 +471,8 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
                     gss_seen = true;
                 }
                 CHECK(op.ssl_requested() == ssl_seen && op.gssenc_requested() == gss_seen);
-                buf.erase(0, 8);
+                poisoned.lift();
+                drop(8);
                 base += 8;
                 continue;
             case StartupOp::Kind::StartTls:
@@ -452,7 +481,8 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
                 CHECK(a.reply == 'S' && a.consumed == 8 && buf.size() == 8 && op.ssl_requested());
                 ssl_seen = true;
                 // The handshake would run here; the client goes on inside TLS.
-                buf.erase(0, 8);
+                poisoned.lift();
+                drop(8);
                 base += 8;
                 continue;
             case StartupOp::Kind::Forward: {
@@ -463,7 +493,7 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
                 CHECK(!p.parameter("user").empty());
                 for (const auto& [name, value] : p.parameters) CHECK(!name.empty());
                 // The parsed packet re-encodes to exactly the bytes consumed.
-                CHECK(encode_startup(p) == std::string_view(buf).substr(0, a.consumed));
+                CHECK(encode_startup(p) == chars(buf.first(a.consumed)));
                 if (regular_from) *regular_from = base + a.consumed;
                 return events;
             }
@@ -471,12 +501,12 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
                 CHECK(a.packet && a.packet->kind == StartupKind::CancelRequest && a.consumed == 16);
                 std::string enc;
                 encode_cancel_request(enc, a.packet->cancel_key);
-                CHECK(enc == std::string_view(buf).substr(0, 16));
+                CHECK(enc == chars(buf.first(16)));
                 return events;
             }
             case StartupOp::Kind::Close: {
                 CHECK(std::strlen(a.sqlstate) == 5 && !a.message.empty());
-                const StartupParse p = parse_startup(exact.span());
+                const StartupParse p = parse_startup(buf);
                 if (p.status == ParseStatus::Error) {
                     CHECK(a.consumed == 0 && std::string_view(a.sqlstate) == p.sqlstate && a.message == p.message);
                 } else {
