@@ -434,7 +434,7 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
         len -= n;
     };
     size_t base = 0, fed = 0;
-    bool ssl_seen = false, gss_seen = false;
+    bool ssl_seen = false, gss_seen = false, tls_started = false;
     for (size_t round = 0;; ++round) {
         CHECK(round <= 2 * stream.size() + 2);
         PoisonTail poisoned(mem.get(), len, cap);
@@ -467,7 +467,7 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
                     CHECK(!tls && !ssl_seen);
                     ssl_seen = true;
                 } else {
-                    CHECK(a.packet->kind == StartupKind::GSSENCRequest && !gss_seen);
+                    CHECK(a.packet->kind == StartupKind::GSSENCRequest && !gss_seen && !tls_started);
                     gss_seen = true;
                 }
                 CHECK(op.ssl_requested() == ssl_seen && op.gssenc_requested() == gss_seen);
@@ -479,7 +479,7 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
                 // Only with TLS on offer, and never with bytes behind the request.
                 CHECK(tls && !ssl_seen && a.packet && a.packet->kind == StartupKind::SSLRequest);
                 CHECK(a.reply == 'S' && a.consumed == 8 && buf.size() == 8 && op.ssl_requested());
-                ssl_seen = true;
+                ssl_seen = tls_started = true;
                 // The handshake would run here; the client goes on inside TLS.
                 poisoned.lift();
                 drop(8);
@@ -510,12 +510,13 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
                 if (p.status == ParseStatus::Error) {
                     CHECK(a.consumed == 0 && std::string_view(a.sqlstate) == p.sqlstate && a.message == p.message);
                 } else {
-                    // A well-formed packet refused: a second SSL/GSS request, or
-                    // plaintext pipelined behind an SSLRequest that TLS answers.
+                    // A well-formed packet refused: a second SSL/GSS request, a
+                    // GSS request inside TLS, or plaintext pipelined behind an
+                    // SSLRequest that TLS answers.
                     CHECK(p.status == ParseStatus::Ok);
                     const auto k = p.packet.kind;
                     CHECK((k == StartupKind::SSLRequest && (ssl_seen || (tls && buf.size() > 8))) ||
-                          (k == StartupKind::GSSENCRequest && gss_seen));
+                          (k == StartupKind::GSSENCRequest && (gss_seen || tls_started)));
                 }
                 check_error_roundtrip(Severity::Fatal, a.sqlstate, a.message, std::string_view("hint\0with NUL", 13));
                 return events;

@@ -124,6 +124,7 @@ SEEDS = {
     "ssl-bad-length": header() + u32(12) + u32(SSL_REQUEST) + u32(0),
     "gssenc-ssl-startup": header(sizes=[7, 7, 255]) + packet(GSSENC_REQUEST) + packet(SSL_REQUEST) + startup(USER),
     "gssenc-twice": header() + packet(GSSENC_REQUEST) + packet(GSSENC_REQUEST),
+    "ssl-alone-then-gssenc": header(sizes=[7, 7, 255]) + packet(SSL_REQUEST) + packet(GSSENC_REQUEST) + startup(USER),
     "cancel": header() + cancel(4242, -123456789),
     "cancel-split": header(sizes=[0, 2, 4]) + cancel(-1, 0x7FFFFFFF) + b"trailing",
     "cancel-bad-length": header() + u32(12) + u32(CANCEL_REQUEST) + i32(1),
