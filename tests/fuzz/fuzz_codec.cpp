@@ -38,12 +38,13 @@
 
 using namespace pgrelay::protocol;
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            std::fprintf(stderr, "fuzz_codec: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-            std::abort();                                                                    \
-        }                                                                                    \
+#define CHECK(cond)                                                                      \
+    do {                                                                                 \
+        if (!(cond)) {                                                                   \
+            std::fprintf(stderr, "fuzz_codec: invariant failed at %s:%d: %s\n", __FILE__, \
+                         __LINE__, #cond);                                               \
+            std::abort();                                                                \
+        }                                                                                \
     } while (0)
 
 namespace {
@@ -141,8 +142,10 @@ bool has_field(const std::vector<Field>& fields, char code) {
     return std::any_of(fields.begin(), fields.end(), [&](const Field& f) { return f.code == code; });
 }
 
+// The key pgrelay would hand out instead of the backend's (any bijection will do).
 CancelKey other_key(CancelKey k) {
-    return {static_cast<int32_t>(~static_cast<uint32_t>(k.pid)), static_cast<int32_t>(static_cast<uint32_t>(k.secret) ^ 0x5a5a5a5au)};
+    return {static_cast<int32_t>(~static_cast<uint32_t>(k.pid)),
+            static_cast<int32_t>(static_cast<uint32_t>(k.secret) ^ 0x5a5a5a5au)};
 }
 
 // What a peer receives from encode_error_response must decode to what was encoded
@@ -580,7 +583,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
     // Encoders on arbitrary strings (NULs included).
     const std::string_view s = chars(stream);
-    check_error_roundtrip((flags & 4) ? Severity::Fatal : Severity::Error, s.substr(0, 5), s.substr(std::min<size_t>(5, s.size()), 100),
-                          s.substr(std::min<size_t>(105, s.size()), 50));
+    check_error_roundtrip((flags & 4) ? Severity::Fatal : Severity::Error, s.substr(0, 5),
+                          s.substr(std::min<size_t>(5, s.size()), 100), s.substr(std::min<size_t>(105, s.size()), 50));
     return 0;
 }
