@@ -4,8 +4,8 @@
 set -euo pipefail
 
 PACKAGES=(
-  # toolchain
-  g++ cmake make pkg-config ccache
+  # toolchain; clang and its runtimes (libFuzzer, sanitizers) for .ci/fuzz.sh
+  g++ cmake make pkg-config ccache clang-14 libclang-rt-14-dev
   # libraries
   libboost1.81-dev libboost-json1.81-dev libpq-dev libssl-dev libzookeeper-mt-dev libfmt-dev catch2
   libtomlplusplus-dev
@@ -13,6 +13,8 @@ PACKAGES=(
   postgresql-15 postgresql-client-15 python3 zookeeper patroni python3-kazoo
   # promtool, to check /metrics output and the alert rules
   prometheus
+  # the openssl CLI, used by tests
+  openssl
 )
 
 missing=()

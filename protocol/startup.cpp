@@ -136,9 +136,11 @@ StartupOp::Action StartupOp::next(std::span<const uint8_t> buffered) {
             }
             a.kind = Kind::StartTls;
             a.reply = 'S';
+            tls_started_ = true;
             return a;
         case StartupKind::GSSENCRequest:
-            if (gss_done_) break;
+            // Inside TLS, postmaster.c refuses a GSSENCRequest like a repeated one.
+            if (gss_done_ || tls_started_) break;
             gss_done_ = true;
             a.kind = Kind::Reply;
             a.reply = 'N';  // pgrelay does not do GSSAPI encryption; clients go on in plaintext or TLS
@@ -148,7 +150,9 @@ StartupOp::Action StartupOp::next(std::span<const uint8_t> buffered) {
     }
     a.kind = Kind::Close;
     a.sqlstate = kProtocolViolation;
-    a.message = std::string("duplicate ") + std::string(to_string(packet_.kind)) + " during startup";
+    a.message = tls_started_ && packet_.kind == StartupKind::GSSENCRequest
+                    ? std::string("GSSENCRequest after the TLS handshake")
+                    : std::string("duplicate ") + std::string(to_string(packet_.kind)) + " during startup";
     a.consumed = 0;
     return a;
 }

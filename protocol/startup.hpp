@@ -86,6 +86,7 @@ private:
     Options opts_;
     bool ssl_done_ = false;
     bool gss_done_ = false;
+    bool tls_started_ = false;  // an SSLRequest was answered 'S'
     StartupPacket packet_;
 };
 

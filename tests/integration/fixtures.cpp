@@ -246,15 +246,28 @@ void Pgrelay::launch(const std::string& body, const PgrelayOptions& opts) {
 }
 
 Pgrelay::~Pgrelay() {
-    if (pid_ > 0) {
-        kill(pid_, SIGTERM);
-        for (int i = 0; i < 100; ++i) {
-            if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-            std::this_thread::sleep_for(50ms);
-        }
-        kill(pid_, SIGKILL);
-        waitpid(pid_, nullptr, 0);
+    stop();
+    // .ci/sanitize.sh reads the logs of every pgrelay run (UBSan reports land
+    // there): keep a copy before the temporary directory goes.
+    if (const char* keep = std::getenv("PGRELAY_TEST_LOG_DIR"); keep && *keep) {
+        const std::string name = dir_->path().substr(dir_->path().rfind('/') + 1);
+        std::ofstream(std::string(keep) + "/" + name + ".log") << log();
     }
+}
+
+void Pgrelay::stop() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    for (int i = 0; i < 100; ++i) {
+        if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+            pid_ = -1;
+            return;
+        }
+        std::this_thread::sleep_for(50ms);
+    }
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
 }
 
 std::string Pgrelay::write_config(const std::string& body) const {

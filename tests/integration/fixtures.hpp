@@ -125,6 +125,7 @@ public:
 
 private:
     void launch(const std::string& config_body, const PgrelayOptions& opts);
+    void stop();  // SIGTERM, then SIGKILL after 5 s
     // The whole config file (server, ports, then `body`); returns its path.
     std::string write_config(const std::string& body) const;
     std::unique_ptr<TempDir> dir_;

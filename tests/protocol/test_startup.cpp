@@ -516,6 +516,16 @@ TEST_CASE("StartupOp closes on a repeated negotiation request", "[protocol][star
         CHECK(std::string(a2.sqlstate) == "08P01");
         CHECK_FALSE(a2.message.empty());
     }
+    SECTION("GSSENCRequest after a TLS handshake (postmaster.c refuses it too)") {
+        StartupOp op({.tls_available = true});
+        const StartupOp::Action a1 = op.next(ssl_request());
+        REQUIRE(a1.kind == K::StartTls);
+        const StartupOp::Action a2 = op.next(gssenc_request());
+        REQUIRE(a2.kind == K::Close);
+        CHECK(std::string(a2.sqlstate) == "08P01");
+        CHECK(a2.consumed == 0);
+        CHECK_FALSE(op.gssenc_requested());
+    }
 }
 
 TEST_CASE("StartupOp with TLS: StartTls, then the StartupMessage", "[protocol][startup][op]") {
