@@ -221,6 +221,40 @@ void check_decoders(Bytes frame_body) {
         check_error_roundtrip(Severity::Error, e->sqlstate, e->message, {});
     }
 
+    // AuthenticationSASL without SCRAM-SHA-256-PLUS: only for code 10 with a
+    // well-formed list naming it; the result is the list without it.
+    const auto sasl = sasl_without_mechanism(body, "SCRAM-SHA-256-PLUS");
+    std::vector<std::string> names;
+    bool sasl_valid = n >= 5 && read_u32(body.data()) == 10 && body[n - 1] == 0;
+    if (sasl_valid) {
+        size_t pos = 4;
+        for (;;) {
+            const size_t end = chars(body).find('\0', pos);
+            if (end == std::string::npos) {
+                sasl_valid = false;
+                break;
+            }
+            if (end == pos) {
+                sasl_valid = end + 1 == n;  // the empty name closes the list, nothing after
+                break;
+            }
+            names.emplace_back(chars(body).substr(pos, end - pos));
+            pos = end + 1;
+        }
+    }
+    const bool has_plus = std::find(names.begin(), names.end(), "SCRAM-SHA-256-PLUS") != names.end();
+    CHECK(sasl.has_value() == (sasl_valid && has_plus));
+    if (sasl) {
+        std::string want;
+        for (const auto& name : names)
+            if (name != "SCRAM-SHA-256-PLUS") want += name + '\0';
+        want.push_back('\0');
+        CHECK(sasl->size() == 9 + want.size() && (*sasl)[0] == 'R');
+        CHECK(read_u32(reinterpret_cast<const uint8_t*>(sasl->data()) + 1) == sasl->size() - 1);
+        CHECK(read_u32(reinterpret_cast<const uint8_t*>(sasl->data()) + 5) == 10);
+        CHECK(sasl->substr(9) == want);
+    }
+
     // ParameterStatus: name NUL value NUL, nothing after.
     const auto ps = decode_parameter_status(body);
     const bool ps_valid = n >= 2 && body[n - 1] == 0 && std::count(body.begin(), body.end(), 0) == 2;

@@ -143,6 +143,9 @@ SEEDS = {
     "backend-sasl": header(sizes=[40, 12])
     + auth(10, cstr("SCRAM-SHA-256") + b"\0") + auth(11, b"r=abc,s=c2FsdA==,i=4096")
     + auth(12, b"v=c2lnbmF0dXJl") + auth(0) + key_data(1, 2) + ready(),
+    "backend-sasl-plus": header(sizes=[30])
+    + auth(10, cstr("SCRAM-SHA-256-PLUS") + cstr("SCRAM-SHA-256") + b"\0") + auth(10, cstr("SCRAM-SHA-256-PLUS") + b"\0")
+    + auth(10, cstr("SCRAM-SHA-256-PLUS")) + auth(0),
     "backend-query": header(mask=W_Z | W_C | W_D | W_K)
     + row_description(["a", "b"]) + data_row(["1", None]) + data_row(["22", "x"]) + frame("C", cstr("SELECT 2"))
     + ready("T"),
