@@ -2,6 +2,8 @@
 // control io_context; a state change publishes a fresh snapshot.
 #include "topology/static_source.hpp"
 
+#include <cerrno>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/detached.hpp>
@@ -57,8 +59,9 @@ struct StaticSource::Impl : std::enable_shared_from_this<Impl> {
         if (r.index() != 0) co_return Probe::Down;
         const boost::system::error_code ec = std::get<0>(std::get<0>(r));
         if (!ec) co_return Probe::Up;
-        if (ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system ||
-            ec == asio::error::no_buffer_space || ec == asio::error::no_memory) {
+        const int v = ec.value();
+        if (ec.category() == boost::system::system_category() &&
+            (v == EMFILE || v == ENFILE || v == ENOBUFS || v == ENOMEM)) {
             last_local_error = ec.message();
             co_return Probe::Unknown;
         }
