@@ -18,6 +18,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BENCH_DIR = os.path.join(ROOT, "bench")
 ALL_SCENARIOS = ["throughput", "connrate", "memory", "bulk", "failover"]
 NOFILE = 100000
+TIME_LIMITS = {"smoke": 540, "quick": 1200, "full": 7200}
+
+
+class TimeLimit(BaseException):
+    """SIGALRM at --time-limit: unwinds like Ctrl-C, so everything is cleaned up."""
 
 MODES = {
     # rounds: throughput/connrate/bulk; mem_rounds: memory
@@ -49,6 +54,9 @@ def parse_args(argv):
                      ("warmup", int), ("scale", int), ("connections", int),
                      ("mem-rounds", int), ("copy-mb", int), ("switchovers", int)):
         p.add_argument("--" + key, type=typ, help="override the mode's %s" % key)
+    p.add_argument("--time-limit", type=int,
+                   help="stop (and clean up) after this many seconds; default: smoke 540, "
+                        "quick 1200, full 7200")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -237,8 +245,14 @@ def main(argv=None):
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt()
+
+    def on_alarm(signum, frame):
+        raise TimeLimit()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    limit = args.time_limit or TIME_LIMITS[args.mode]
+    signal.alarm(limit)
 
     started = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="pgrelay-bench-", dir="/tmp")
@@ -285,7 +299,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         say("interrupted; cleaning up")
         code = 130
+    except TimeLimit:
+        results["errors"].append("stopped at the time limit (%d s)" % limit)
+        say("time limit of %d s reached; cleaning up" % limit)
     finally:
+        signal.alarm(0)
         for t in bench.targets:
             if t.proc and not t.proc.alive():
                 results["errors"].append("%s exited during the run (code %s)%s" % (
