@@ -13,6 +13,9 @@ PACKAGES=(
   postgresql-15 postgresql-client-15 python3 zookeeper patroni python3-kazoo
   # promtool, to check /metrics output and the alert rules
   prometheus
+  # the benchmark harness (bench/run): the proxies pgrelay is compared with,
+  # the failover write loop, the charts
+  haproxy pgbouncer python3-psycopg2 python3-matplotlib
 )
 
 missing=()
@@ -30,3 +33,9 @@ echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# bench/run starts its own HAProxy and PgBouncer on free ports; the packages'
+# system services (PgBouncer's default port is 6432, the demo's rw port) must
+# not run. Without systemd (containers, CI) they were never started.
+if [[ -d /run/systemd/system ]]; then
+  $SUDO systemctl disable --now pgbouncer.service haproxy.service >/dev/null 2>&1 || true
+fi
