@@ -202,9 +202,30 @@ class Bench:
         say("waiting for HAProxy's health checks to settle (fall 3 x inter 3s)")
         services.wait_haproxy_view(wd, cl, leader)
         self.targets = [direct, relay, haproxy, bouncer]
+        self.check_routing()
         say("targets: " + ", ".join("%s rw %d ro %d%s" % (
             t.name, t.rw.port, t.ro.port, "" if not t.pid else " (pid %d)" % t.pid)
             for t in self.targets))
+
+
+    def check_routing(self):
+        """Every target's rw must reach the primary and ro a replica, or the
+        numbers would compare different things."""
+        import psycopg2
+        names = self.cluster.port_to_name()
+        for t in self.targets:
+            for role, ep, want in (("rw", t.rw, False), ("ro", t.ro, True)):
+                try:
+                    c = psycopg2.connect(ep.dsn(connect_timeout=10, sslmode="disable"))
+                    cur = c.cursor()
+                    cur.execute("SELECT pg_is_in_recovery(), inet_server_port()")
+                    in_recovery, port = cur.fetchone()
+                    c.close()
+                except psycopg2.Error as e:
+                    raise BenchError("%s %s: %s" % (t.name, role, str(e).strip()))
+                if in_recovery != want:
+                    raise BenchError("%s %s reached %s, a %s" % (
+                        t.name, role, names.get(port, port), "replica" if in_recovery else "primary"))
 
 
 def run_scenario(results, name, fn, bench):
