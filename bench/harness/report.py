@@ -144,6 +144,21 @@ def summarize(results):
                      "unit": "ms", "fmt": None,
                      "cells": {t: {"value": out[t]} for t in TARGETS if t in out},
                      "target": "each <= leaderless window + 100 ms", "met": met_out})
+        gap = {s["index"]: s["cluster_write_gap_ms"] for s in fo["switchovers"]
+               if s.get("cluster_write_gap_ms") is not None}
+        extra = {}
+        for t in TARGETS:
+            vals = [r["outage_ms"] - gap[r["round"]] for r in ok_runs(fo["runs"], target=t)
+                    if "outage_ms" in r and r["round"] in gap]
+            if vals:
+                extra[t] = "%s / %s" % (fmt_ms(median(vals)), fmt_ms(max(vals)))
+        if extra:
+            rows.append({"scenario": "6. failover", "metric": "outage beyond the cluster's own "
+                         "write gap ms, median / max (the gap: last commit any client got from "
+                         "the old primary -> first any got from the new; median %s)"
+                         % fmt_ms(median(list(gap.values()))), "unit": "ms", "fmt": None,
+                         "cells": {t: {"value": extra[t]} for t in TARGETS if t in extra},
+                         "target": "", "met": None})
     return rows
 
 
@@ -165,6 +180,9 @@ def fmt_cell(row, t):
 def markdown(results, rows):
     smoke = results["mode"] == "smoke"
     o = results["options"]
+    mem = results["scenarios"].get("memory", {}).get("config", {})
+    mem_n = mem.get("connections", o["connections"])
+    mem_note = mem.get("limit_note")
     lines = [
         "# pgrelay benchmark: %s" % results["name"],
         "",
@@ -173,16 +191,17 @@ def markdown(results, rows):
         "for CPU the ratio to PgBouncer. %s." % (
             results["mode"], results["started"], o["rounds"], describe_host(results["host"])),
         "",
-        "pgbench -c 16 -j 2, -T %ss (connection rate -T %ss), scale %s; memory: %s idle "
-        "connections (%s rounds) to a fake backend; COPY %s MB; %s switchovers.%s" % (
-            o["duration"], o["conn_duration"], o["scale"], format(o["connections"], ","),
+        "pgbench -c 16 -j 2, -T %ss (connection rate -T %ss, md5 logins), scale %s; memory: %s "
+        "idle connections (%s rounds) to a fake backend; COPY %s MB; %s switchovers.%s%s" % (
+            o["duration"], o["conn_duration"], o["scale"], format(mem_n, ","),
             o["mem_rounds"], o["copy_mb"], o["switchovers"],
             " Quick mode: fewer rounds, shorter runs, %s instead of 10,000 idle connections, "
             "%s MB instead of 1 GB, %s instead of 10 switchovers." % (
-                format(o["connections"], ","), o["copy_mb"], o["switchovers"])
-            if results["mode"] == "quick" else ""),
+                format(mem_n, ","), o["copy_mb"], o["switchovers"])
+            if results["mode"] == "quick" else "",
+            " Memory: %s." % mem_note if mem_note else ""),
         "",
-        "| scenario | metric | direct | pgrelay | haproxy | pgbouncer | target | pgrelay |",
+        "| scenario | metric | direct | pgrelay | haproxy | pgbouncer | target | pgrelay vs target |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for row in rows:
