@@ -40,7 +40,10 @@ def parse_args(argv):
         prog="bench/run",
         description="pgrelay against direct, HAProxy and PgBouncer on a throwaway "
                     "ZooKeeper + Patroni cluster on loopback (see bench/README.md).")
-    p.add_argument("mode", choices=list(MODES))
+    p.add_argument("mode", choices=list(MODES) + ["report"],
+                   help="report: re-render the table and charts of RESULTS.json (after "
+                        "a change to the report, say) without measuring anything")
+    p.add_argument("json", nargs="?", metavar="RESULTS.json", help="for report")
     p.add_argument("--pgrelay", help="pgrelay binary (default: BUILD_DIR/proxy/pgrelay, "
                                      "built with .ci/build.sh if missing)")
     p.add_argument("--build-dir", default=os.environ.get("BUILD_DIR", "build"),
@@ -60,6 +63,10 @@ def parse_args(argv):
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.mode == "report":
+        if not args.json:
+            p.error("report needs a RESULTS.json")
+        return args
     opts = dict(MODES[args.mode])
     for key in opts:
         val = getattr(args, key, None)
@@ -259,8 +266,22 @@ def write_outputs(results, outdir, name):
     return md
 
 
+def rerender(args):
+    import json
+    with open(args.json) as f:
+        results = json.load(f)
+    outdir = os.path.abspath(args.out or os.path.dirname(os.path.abspath(args.json)))
+    name = args.name or results["name"]
+    results["errors"] = [e for e in results["errors"] if not e.startswith("charts:")]
+    print(write_outputs(results, outdir, name))
+    say("re-rendered %s/%s.{json,md} from %s" % (outdir, name, args.json))
+    return 1 if results["errors"] else 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.mode == "report":
+        return rerender(args)
     common.VERBOSE = args.verbose
     name = args.name or args.mode
 

@@ -346,6 +346,11 @@ def charts(results, rows, outdir, name):
                     ms=14, label="Patroni leaderless window")
             a2.plot([i for i, _ in leaderless], [v + 100 for _, v in leaderless], "k_:",
                     ms=14, label="leaderless + 100 ms (target)")
+        gap = [(s["index"], s["cluster_write_gap_ms"]) for s in fo["switchovers"]
+               if s.get("cluster_write_gap_ms") is not None]
+        if gap:
+            a2.plot([i for i, _ in gap], [v for _, v in gap], "_-.", color="#9467bd", ms=14,
+                    label="cluster write gap (no client can do better)")
         a1.axhline(100, color="k", ls="--", lw=1)
         for ax, title in ((a1, "reroute: leader znode created -> first commit on new primary"),
                           (a2, "write outage: last commit on old -> first on new")):
