@@ -15,6 +15,9 @@ PACKAGES=(
   prometheus
   # the openssl CLI, used by tests
   openssl
+  # the benchmark harness (bench/run): the proxies pgrelay is compared with,
+  # the failover write loop, the charts
+  haproxy pgbouncer python3-psycopg2 python3-matplotlib
 )
 
 missing=()
@@ -32,3 +35,9 @@ echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# bench/run starts its own HAProxy and PgBouncer on free ports; the packages'
+# system services (PgBouncer's default port is 6432, the demo's rw port) must
+# not run. Without systemd (containers, CI) they were never started.
+if [[ -d /run/systemd/system ]]; then
+  $SUDO systemctl disable --now pgbouncer.service haproxy.service >/dev/null 2>&1 || true
+fi
