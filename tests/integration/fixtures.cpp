@@ -508,6 +508,13 @@ uint32_t get32(const std::string& s, size_t at) {
     return (uint32_t(uint8_t(s[at])) << 24) | (uint32_t(uint8_t(s[at + 1])) << 16) | (uint32_t(uint8_t(s[at + 2])) << 8) |
            uint32_t(uint8_t(s[at + 3]));
 }
+bool has_frame(const std::string& bytes, char type) {
+    for (const auto& [t, body] : frames_of(bytes))
+        if (t == type) return true;
+    return false;
+}
+}  // namespace
+
 std::string md5_hex(const std::string& in) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
@@ -520,12 +527,13 @@ std::string md5_hex(const std::string& in) {
     }
     return out;
 }
-bool has_frame(const std::string& bytes, char type) {
-    for (const auto& [t, body] : frames_of(bytes))
-        if (t == type) return true;
-    return false;
+
+std::string startup_request(uint32_t len, uint32_t code) {
+    std::string s;
+    for (uint32_t v : {len, code})
+        for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+    return s;
 }
-}  // namespace
 
 std::vector<std::pair<char, std::string>> frames_of(const std::string& bytes) {
     std::vector<std::pair<char, std::string>> out;

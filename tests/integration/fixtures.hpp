@@ -213,6 +213,9 @@ struct RawSession {
 };
 RawSession md5_login(uint16_t port, const std::string& user, const std::string& password);
 std::string cancel_request(int32_t pid, int32_t secret);
+// An 8-byte startup-phase request: length word, then code (SSLRequest, ...).
+std::string startup_request(uint32_t len, uint32_t code);
+std::string md5_hex(const std::string& in);
 std::string query_message(const std::string& sql);
 
 }  // namespace pgrelay::test

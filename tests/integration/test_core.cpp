@@ -21,13 +21,6 @@ std::string port_via(const std::string& conninfo) {
     return query_value(c.conn, "SELECT inet_server_port()");
 }
 
-// Bytes of an 8-byte startup-phase request with the given code.
-std::string request(uint32_t len, uint32_t code) {
-    std::string s;
-    for (uint32_t v : {len, code})
-        for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-    return s;
-}
 
 }  // namespace
 
@@ -158,7 +151,7 @@ TEST_CASE("PQcancel ends pg_sleep through rw and ro with 32 concurrent sessions"
     REQUIRE(c.ok());
     REQUIRE(PQsendQuery(c.conn, "SELECT pg_sleep(1), 'finished'") == 1);
     RawClient bogus(relay.rw_port());
-    std::string cancel = request(16, 80877102);
+    std::string cancel = startup_request(16, 80877102);
     cancel += std::string("\x12\x34\x56\x78\x0a\x0b\x0c\x0d", 8);
     REQUIRE(bogus.send(cancel));
     CHECK(bogus.read_all(3s).empty());
@@ -176,10 +169,10 @@ TEST_CASE("malformed startup packets get ErrorResponse 08P01 and the proxy keeps
         std::string bytes;
     };
     std::vector<Case> cases = {
-        {"length below 8", request(4, 196608)},
-        {"length above 10000", request(100000, 196608)},
-        {"protocol 2.0", request(8, 2u << 16)},
-        {"unknown version 1234.1234", request(8, (1234u << 16) | 1234u)},
+        {"length below 8", startup_request(4, 196608)},
+        {"length above 10000", startup_request(100000, 196608)},
+        {"protocol 2.0", startup_request(8, 2u << 16)},
+        {"unknown version 1234.1234", startup_request(8, (1234u << 16) | 1234u)},
         {"garbage (HTTP request)", "GET / HTTP/1.1\r\nHost: x\r\n\r\n"},
         {"garbage bytes", std::string("\xde\xad\xbe\xef\x00\x01\x02\x03\xff\xfe", 10)},
         {"startup without terminator", startup_message({{"user", "x"}}).substr(0, 4) + std::string("\x00\x03\x00\x00user", 8)},
@@ -231,9 +224,9 @@ TEST_CASE("SSLRequest and GSSENCRequest are answered N and the client goes on in
     CHECK(query_value(c.conn, "SELECT 1") == "1");
     // pgjdbc's order by hand: GSSENCRequest, then SSLRequest, then the StartupMessage.
     RawClient raw(relay.rw_port());
-    REQUIRE(raw.send(request(8, 80877104)));
+    REQUIRE(raw.send(startup_request(8, 80877104)));
     // Read exactly one byte per answer.
-    REQUIRE(raw.send(request(8, 80877103)));
+    REQUIRE(raw.send(startup_request(8, 80877103)));
     REQUIRE(raw.send(startup_message({{"user", "md5user"}, {"database", "postgres"}})));
     const std::string reply = raw.read_all(2s);
     REQUIRE(reply.size() >= 3);

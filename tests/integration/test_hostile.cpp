@@ -51,7 +51,6 @@ uint32_t get32(const std::string& s, size_t at) {
 }
 
 // An 8-byte startup-phase packet: length word, then code.
-std::string request(uint32_t len, uint32_t code) { return be32(len) + be32(code); }
 
 std::string garbage_cancel(uint32_t len, uint32_t pid, uint32_t secret) {
     return be32(len) + be32(kCancelCode) + be32(pid) + be32(secret);
@@ -61,18 +60,6 @@ std::string login_startup(const std::string& user) {
     return startup_message({{"user", user}, {"database", "postgres"}, {"application_name", "hostile"}});
 }
 
-std::string md5_hex(const std::string& in) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_Digest(in.data(), in.size(), md, &len, EVP_md5(), nullptr);
-    static const char* hex = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) {
-        out.push_back(hex[md[i] >> 4]);
-        out.push_back(hex[md[i] & 15]);
-    }
-    return out;
-}
 
 // PasswordMessage for AuthenticationMD5Password with `salt` (protocol-flow.html).
 std::string md5_password_message(const std::string& user, const std::string& password, const std::string& salt) {
@@ -477,8 +464,8 @@ TEST_CASE("truncated startup packets: EOF mid-packet closes silently, a stall ge
         for (size_t k : cuts) stalls.push_back({std::to_string(k) + " bytes of a StartupMessage", startup.substr(0, k), ""});
         stalls.push_back({"a 10000-byte length word and 100 bytes", be32(10000) + be32(kProtocol3) + std::string(92, 'x'), ""});
         stalls.push_back({"half a CancelRequest", garbage_cancel(16, 1, 2).substr(0, 10), ""});
-        stalls.push_back({"SSLRequest, then 5 bytes", request(8, kSSLCode) + startup.substr(0, 5), "N"});
-        stalls.push_back({"GSSENCRequest, SSLRequest, then nothing", request(8, kGSSCode) + request(8, kSSLCode), "NN"});
+        stalls.push_back({"SSLRequest, then 5 bytes", startup_request(8, kSSLCode) + startup.substr(0, 5), "N"});
+        stalls.push_back({"GSSENCRequest, SSLRequest, then nothing", startup_request(8, kGSSCode) + startup_request(8, kSSLCode), "NN"});
         std::vector<Sock> socks;
         for (const auto& st : stalls) {
             socks.emplace_back(port);
@@ -550,7 +537,7 @@ TEST_CASE("oversized startup lengths get 08P01 at once, without allocating; exac
                     INFO("port " << port << ": length " << len << ", code " << code);
                     Sock s(port);
                     REQUIRE(s.connected());
-                    REQUIRE(s.send(request(len, code)));
+                    REQUIRE(s.send(startup_request(len, code)));
                     const Reply r = read_to_end(s, 5s);
                     INFO("got " << summary(r.bytes) << " (" << to_string(r.end) << ")");
                     CHECK(r.end == End::Eof);
@@ -630,8 +617,8 @@ TEST_CASE("a flood of half-open connections is closed at startup_timeout while n
             case 0: break;  // connects and sends nothing
             case 1: bytes = startup.substr(0, 1 + size_t(i % 3)); break;  // part of the length word
             case 2: bytes = startup.substr(0, 4 + size_t(i % 13)); break;  // the length and part of the packet
-            case 3: bytes = request(8, kSSLCode), answer = "N"; break;  // SSLRequest, then nothing
-            case 4: bytes = request(8, kGSSCode) + startup.substr(0, 6), answer = "N"; break;
+            case 3: bytes = startup_request(8, kSSLCode), answer = "N"; break;  // SSLRequest, then nothing
+            case 4: bytes = startup_request(8, kGSSCode) + startup.substr(0, 6), answer = "N"; break;
         }
         names.push_back("#" + std::to_string(i) + " port " + std::to_string(port) + " sent " + std::to_string(bytes.size()) +
                         " bytes");
@@ -679,7 +666,7 @@ TEST_CASE("SSLRequest and GSSENCRequest get 'N' and a plaintext login follows; a
         {
             // libpq's order (sslmode=prefer): SSLRequest, 'N', StartupMessage.
             Sock s(port);
-            REQUIRE(s.send(request(8, kSSLCode)));
+            REQUIRE(s.send(startup_request(8, kSSLCode)));
             const Reply n = read_until(s, one_byte, 5s);
             CHECK(n.bytes == "N");
             REQUIRE(s.send(login_startup("md5user")));
@@ -694,9 +681,9 @@ TEST_CASE("SSLRequest and GSSENCRequest get 'N' and a plaintext login follows; a
             // pgjdbc's order (gssEncMode=prefer, sslmode=prefer): GSSENCRequest,
             // 'N', SSLRequest, 'N', StartupMessage, each answer read first.
             Sock s(port);
-            REQUIRE(s.send(request(8, kGSSCode)));
+            REQUIRE(s.send(startup_request(8, kGSSCode)));
             CHECK(read_until(s, one_byte, 5s).bytes == "N");
-            REQUIRE(s.send(request(8, kSSLCode)));
+            REQUIRE(s.send(startup_request(8, kSSLCode)));
             CHECK(read_until(s, one_byte, 5s).bytes == "N");
             REQUIRE(s.send(login_startup("md5user")));
             CHECK(finish_md5_login(s, "md5user", "md5pass") == "");
@@ -706,7 +693,7 @@ TEST_CASE("SSLRequest and GSSENCRequest get 'N' and a plaintext login follows; a
             // All three in one write: the answers come in order, then the
             // backend's authentication request.
             Sock s(port);
-            REQUIRE(s.send(request(8, kGSSCode) + request(8, kSSLCode) + login_startup("md5user")));
+            REQUIRE(s.send(startup_request(8, kGSSCode) + startup_request(8, kSSLCode) + login_startup("md5user")));
             const Reply r = read_until(s, [](const std::string& b) { return b.size() >= 2 && has_frame(b.substr(2), 'R'); }, 10s);
             REQUIRE(r.bytes.size() >= 2);
             CHECK(r.bytes.substr(0, 2) == "NN");
@@ -721,17 +708,17 @@ TEST_CASE("SSLRequest and GSSENCRequest get 'N' and a plaintext login follows; a
             std::string name, bytes, answers, message;
         };
         const std::vector<Case> cases = {
-            {"SSLRequest twice", request(8, kSSLCode) + request(8, kSSLCode), "N", "duplicate SSLRequest during startup"},
-            {"GSSENCRequest twice", request(8, kGSSCode) + request(8, kGSSCode), "N", "duplicate GSSENCRequest during startup"},
-            {"SSL, GSS, SSL", request(8, kSSLCode) + request(8, kGSSCode) + request(8, kSSLCode), "NN",
+            {"SSLRequest twice", startup_request(8, kSSLCode) + startup_request(8, kSSLCode), "N", "duplicate SSLRequest during startup"},
+            {"GSSENCRequest twice", startup_request(8, kGSSCode) + startup_request(8, kGSSCode), "N", "duplicate GSSENCRequest during startup"},
+            {"SSL, GSS, SSL", startup_request(8, kSSLCode) + startup_request(8, kGSSCode) + startup_request(8, kSSLCode), "NN",
              "duplicate SSLRequest during startup"},
             {"SSLRequest of length 12", be32(12) + be32(kSSLCode) + be32(0), "",
              "invalid length of SSLRequest/GSSENCRequest packet"},
             {"GSSENCRequest of length 9", be32(9) + be32(kGSSCode) + "x", "",
              "invalid length of SSLRequest/GSSENCRequest packet"},
-            {"SSLRequest, then protocol 2.0", request(8, kSSLCode) + request(8, 2u << 16), "N",
+            {"SSLRequest, then protocol 2.0", startup_request(8, kSSLCode) + startup_request(8, 2u << 16), "N",
              "unsupported frontend protocol 2.0: pgrelay supports protocol 3.x only"},
-            {"SSLRequest, then a StartupMessage without user", request(8, kSSLCode) + startup_message({{"database", "postgres"}}),
+            {"SSLRequest, then a StartupMessage without user", startup_request(8, kSSLCode) + startup_message({{"database", "postgres"}}),
              "N", "no PostgreSQL user name specified in startup packet"},
         };
         for (const auto& c : cases) {
@@ -751,7 +738,7 @@ TEST_CASE("SSLRequest and GSSENCRequest get 'N' and a plaintext login follows; a
         {
             // SSLRequest, then gone before the 'N' is read.
             Sock s(port);
-            REQUIRE(s.send(request(8, kSSLCode)));
+            REQUIRE(s.send(startup_request(8, kSSLCode)));
             s.reset();
         }
     }
@@ -982,7 +969,7 @@ std::string run_plan(const Plan& p, uint16_t port) {
             break;
         }
         case Plan::SslThenPartial: {
-            if (!s.send(request(8, kSSLCode))) return "send failed";
+            if (!s.send(startup_request(8, kSSLCode))) return "send failed";
             const Reply n = read_until(s, [](const std::string& b) { return !b.empty(); }, 10s);
             if (n.bytes != "N") {
                 problem = "expected N, got " + summary(n.bytes) + " (" + to_string(n.end) + ")";
@@ -1132,7 +1119,7 @@ TEST_CASE("a flood beyond pgrelay's descriptor limit: accept backs off, every cl
     for (int i = 0; i < kFlood; ++i) {
         socks.emplace_back(i % 2 ? relay.ro_port() : relay.rw_port());
         REQUIRE(socks.back().connected());
-        if (i % 3 == 1) REQUIRE(socks.back().send(request(8, kSSLCode)));
+        if (i % 3 == 1) REQUIRE(socks.back().send(startup_request(8, kSSLCode)));
     }
     const auto replies = read_all_to_end(socks, 60s);
     std::vector<std::string> wrong;

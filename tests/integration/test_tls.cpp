@@ -141,12 +141,6 @@ int tcp_connect(uint16_t port) {
     return fd;
 }
 
-std::string request(uint32_t len, uint32_t code) {
-    std::string s;
-    for (uint32_t v : {len, code})
-        for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-    return s;
-}
 
 }  // namespace
 
@@ -215,7 +209,7 @@ TEST_CASE("GSSENCRequest gets N, then SSLRequest and a TLS startup work (pgjdbc'
 
     const int fd = tcp_connect(relay.rw_port());
     REQUIRE(fd >= 0);
-    const std::string gss = request(8, 80877104), sslreq = request(8, 80877103);
+    const std::string gss = startup_request(8, 80877104), sslreq = startup_request(8, 80877103);
     char answer = 0;
     REQUIRE(::send(fd, gss.data(), gss.size(), 0) == 8);
     REQUIRE(::recv(fd, &answer, 1, 0) == 1);
