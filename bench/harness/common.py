@@ -36,16 +36,9 @@ def debug(text):
 _handed_out = set()
 
 
-def port_is_free(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind((HOST, port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+# The bind test the cluster fixture uses (SO_REUSEADDR, as the servers bind).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures"))
+from patroni_cluster import port_is_free  # noqa: E402
 
 
 def free_ports(count):
