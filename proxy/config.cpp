@@ -2,6 +2,7 @@
 // wrong types and bad values are errors with a line number, because a typo in a
 // proxy's config should fail at start, not route traffic somewhere surprising.
 #include "proxy/config.hpp"
+#include "topology/http.hpp"
 
 #include <cctype>
 #include <cmath>
@@ -269,12 +270,17 @@ public:
         const toml::table* t = table(root, "topology");
         if (!t) fail(nullptr, "missing [topology] section (source and members)");
         only_keys(*t, "[topology]",
-                  {"source", "health_check_interval", "health_check_timeout", "members", "zookeeper", "probe",
-                   "backend_tls", "backend_tls_ca", "backend_tls_sni"});
+                  {"source", "health_check_interval", "health_check_timeout", "members", "zookeeper", "etcd",
+                   "patroni_api", "probe", "backend_tls", "backend_tls_ca", "backend_tls_sni"});
         load_backend_tls(*t, c);
         c.topology_source = get_string(*t, "source", "static");
-        if (c.topology_source != "static" && c.topology_source != "zookeeper")
-            fail(t->get("source"), "topology source must be \"static\" or \"zookeeper\", got \"" + c.topology_source + "\"");
+        if (c.topology_source != "static" && c.topology_source != "zookeeper" && c.topology_source != "etcd" &&
+            c.topology_source != "patroni_api")
+            fail(t->get("source"), "topology source must be \"static\", \"zookeeper\", \"etcd\" or \"patroni_api\", got \"" +
+                                       c.topology_source + "\"");
+        for (const char* sub : {"zookeeper", "etcd", "patroni_api"})
+            if (t->get(sub) && c.topology_source != sub)
+                fail(t->get(sub), "[topology." + std::string(sub) + "] is only for source \"" + sub + "\"");
         c.health_check_interval = get_duration(*t, "health_check_interval", c.health_check_interval);
         c.health_check_timeout = get_duration(*t, "health_check_timeout", c.health_check_timeout);
         if (c.health_check_interval.count() == 0) fail(t->get("health_check_interval"), "health_check_interval must be above 0");
@@ -290,30 +296,125 @@ public:
             if (c.probe.connect_timeout.count() < 1000)
                 fail(p->get("connect_timeout"), "probe connect_timeout must be at least 1s (libpq's granularity)");
         }
-        if (c.topology_source == "zookeeper") {
-            const toml::table* z = table(*t, "zookeeper");
-            if (!z) fail(t, "[topology] source \"zookeeper\" needs a [topology.zookeeper] section (hosts, scope)");
-            only_keys(*z, "[topology.zookeeper]", {"hosts", "namespace", "scope", "session_timeout"});
-            c.zookeeper.hosts = get_string(*z, "hosts", "");
-            if (c.zookeeper.hosts.empty()) fail(z, "[topology.zookeeper] hosts is required, e.g. \"zk1:2181,zk2:2181\"");
-            c.zookeeper.namespace_ = get_string(*z, "namespace", c.zookeeper.namespace_);
-            c.zookeeper.scope = get_string(*z, "scope", "");
-            if (c.zookeeper.scope.empty()) fail(z, "[topology.zookeeper] scope (Patroni's cluster name) is required");
-            // Patroni writes namespace "/service/"; accept it with or without slashes.
-            for (std::string* part : {&c.zookeeper.namespace_, &c.zookeeper.scope}) {
-                while (!part->empty() && part->front() == '/') part->erase(0, 1);
-                while (!part->empty() && part->back() == '/') part->pop_back();
-            }
-            c.zookeeper.session_timeout = get_duration(*z, "session_timeout", c.zookeeper.session_timeout);
-            if (c.zookeeper.session_timeout.count() < 1000)
-                fail(z->get("session_timeout"), "session_timeout must be at least 1s");
-            if (t->get("members")) fail(t->get("members"), "[[topology.members]] is only for source \"static\"");
+        if (c.topology_source != "static") {
+            if (c.topology_source == "zookeeper") load_zookeeper(*t, c);
+            else if (c.topology_source == "etcd") load_etcd(*t, c);
+            else load_patroni_api(*t, c);
+            if (t->get("members"))
+                fail(t->get("members"), "[[topology.members]] is only for source \"static\"");
             c.routing.lag_aware = true;
             return c;
         }
-        if (t->get("zookeeper")) fail(t->get("zookeeper"), "[topology.zookeeper] is only for source \"zookeeper\"");
         load_members(*t, root.get_as<toml::table>("routing"), c);
         return c;
+    }
+
+    // Patroni writes namespace "/service/"; accept it with or without slashes.
+    static void strip_slashes(std::string& part) {
+        while (!part.empty() && part.front() == '/') part.erase(0, 1);
+        while (!part.empty() && part.back() == '/') part.pop_back();
+    }
+
+    void load_zookeeper(const toml::table& t, Config& c) {
+        const toml::table* z = table(t, "zookeeper");
+        if (!z) fail(t.get("source"), "[topology] source \"zookeeper\" needs a [topology.zookeeper] section (hosts, scope)");
+        only_keys(*z, "[topology.zookeeper]", {"hosts", "namespace", "scope", "session_timeout"});
+        c.zookeeper.hosts = get_string(*z, "hosts", "");
+        if (c.zookeeper.hosts.empty()) fail(z, "[topology.zookeeper] hosts is required, e.g. \"zk1:2181,zk2:2181\"");
+        c.zookeeper.namespace_ = get_string(*z, "namespace", c.zookeeper.namespace_);
+        c.zookeeper.scope = get_string(*z, "scope", "");
+        strip_slashes(c.zookeeper.namespace_);
+        strip_slashes(c.zookeeper.scope);
+        if (c.zookeeper.scope.empty()) fail(z, "[topology.zookeeper] scope (Patroni's cluster name) is required");
+        c.zookeeper.session_timeout = get_duration(*z, "session_timeout", c.zookeeper.session_timeout);
+        if (c.zookeeper.session_timeout.count() < 1000)
+            fail(z->get("session_timeout"), "session_timeout must be at least 1s");
+    }
+
+    // A list of store URLs: each must parse, and they must not repeat.
+    std::vector<std::string> get_urls(const toml::table& t, std::string_view key, const std::string& section,
+                                      bool default_tls, uint16_t default_port, const char* example) {
+        const std::vector<std::string> urls = get_string_list(t, key);
+        if (urls.empty())
+            fail(t.get(key) ? t.get(key) : &t, section + " " + std::string(key) + " is required, e.g. " + example);
+        std::set<std::string> seen;
+        for (size_t i = 0; i < urls.size(); ++i) {
+            auto u = topology::http::parse_url(urls[i], default_tls, default_port);
+            const toml::node* at = (*t.get_as<toml::array>(key)).get(i);
+            if (!u)
+                fail(at, section + " " + std::string(key) + ": '" + urls[i] +
+                             "' is not http://host:port, https://host:port or host:port");
+            if (!seen.insert(u->to_string()).second) fail(at, section + " " + std::string(key) + " lists '" + urls[i] + "' twice");
+        }
+        return urls;
+    }
+
+    // ca/cert/key for an https store: files must exist now, cert and key go together.
+    void get_store_tls(const toml::table& t, const std::string& section, std::string& ca, std::string& cert,
+                       std::string& key) {
+        ca = get_string(t, "ca", "");
+        cert = get_string(t, "cert", "");
+        key = get_string(t, "key", "");
+        if (cert.empty() != key.empty())
+            fail(t.get(cert.empty() ? "key" : "cert"), section + " cert and key go together: set both or neither");
+        const std::pair<const char*, const std::string*> files[] = {{"ca", &ca}, {"cert", &cert}, {"key", &key}};
+        for (const auto& [k, f] : files)
+            if (!f->empty() && !std::ifstream(*f)) fail(t.get(k), section + " " + k + ": cannot read '" + *f + "'");
+    }
+
+    void load_etcd(const toml::table& t, Config& c) {
+        const toml::table* e = table(t, "etcd");
+        if (!e) fail(t.get("source"), "[topology] source \"etcd\" needs a [topology.etcd] section (endpoints, scope)");
+        only_keys(*e, "[topology.etcd]",
+                  {"endpoints", "namespace", "scope", "username", "password", "password_file", "ca", "cert", "key",
+                   "request_timeout", "check_interval"});
+        get_store_tls(*e, "[topology.etcd]", c.etcd.ca, c.etcd.cert, c.etcd.key);
+        const bool tls_files = !c.etcd.ca.empty() || !c.etcd.cert.empty();
+        c.etcd.endpoints = get_urls(*e, "endpoints", "[topology.etcd]", tls_files, 2379,
+                                    "[\"http://etcd1:2379\", \"http://etcd2:2379\"]");
+        c.etcd.namespace_ = get_string(*e, "namespace", c.etcd.namespace_);
+        c.etcd.scope = get_string(*e, "scope", "");
+        strip_slashes(c.etcd.namespace_);
+        strip_slashes(c.etcd.scope);
+        if (c.etcd.scope.empty()) fail(e, "[topology.etcd] scope (Patroni's cluster name) is required");
+        c.etcd.username = get_string(*e, "username", "");
+        c.etcd.password = get_string(*e, "password", "");
+        c.etcd.password_file = get_string(*e, "password_file", "");
+        if (!c.etcd.password.empty() && !c.etcd.password_file.empty())
+            fail(e->get("password_file"), "[topology.etcd] set password or password_file, not both");
+        if (!c.etcd.password_file.empty()) {
+            std::ifstream in(c.etcd.password_file);
+            if (!in) fail(e->get("password_file"), "[topology.etcd] password_file: cannot read '" + c.etcd.password_file + "'");
+            std::getline(in, c.etcd.password);
+            while (!c.etcd.password.empty() && (c.etcd.password.back() == '\r' || c.etcd.password.back() == '\n'))
+                c.etcd.password.pop_back();
+        }
+        if (c.etcd.username.empty() && (e->get("password") || e->get("password_file")))
+            fail(e->get("password") ? e->get("password") : e->get("password_file"),
+                 "[topology.etcd] a password needs a username");
+        if (!c.etcd.username.empty() && c.etcd.password.empty())
+            fail(e->get("username"), "[topology.etcd] username '" + c.etcd.username + "' needs a password or password_file");
+        c.etcd.request_timeout = get_duration(*e, "request_timeout", c.etcd.request_timeout);
+        c.etcd.check_interval = get_duration(*e, "check_interval", c.etcd.check_interval);
+        if (c.etcd.request_timeout < std::chrono::milliseconds(100))
+            fail(e->get("request_timeout"), "[topology.etcd] request_timeout must be at least 100ms");
+        if (c.etcd.check_interval < std::chrono::milliseconds(100))
+            fail(e->get("check_interval"), "[topology.etcd] check_interval must be at least 100ms");
+    }
+
+    void load_patroni_api(const toml::table& t, Config& c) {
+        const toml::table* a = table(t, "patroni_api");
+        if (!a) fail(t.get("source"), "[topology] source \"patroni_api\" needs a [topology.patroni_api] section (urls)");
+        only_keys(*a, "[topology.patroni_api]", {"urls", "ca", "cert", "key", "interval", "request_timeout"});
+        get_store_tls(*a, "[topology.patroni_api]", c.patroni_api.ca, c.patroni_api.cert, c.patroni_api.key);
+        c.patroni_api.urls = get_urls(*a, "urls", "[topology.patroni_api]", false, 8008,
+                                      "[\"http://pg1:8008\", \"http://pg2:8008\"]");
+        c.patroni_api.interval = get_duration(*a, "interval", c.patroni_api.interval);
+        c.patroni_api.request_timeout = get_duration(*a, "request_timeout", c.patroni_api.request_timeout);
+        if (c.patroni_api.interval < std::chrono::milliseconds(50))
+            fail(a->get("interval"), "[topology.patroni_api] interval must be at least 50ms");
+        if (c.patroni_api.request_timeout < std::chrono::milliseconds(100))
+            fail(a->get("request_timeout"), "[topology.patroni_api] request_timeout must be at least 100ms");
     }
 
     void load_tls(const toml::table& t, Config& c) {

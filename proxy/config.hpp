@@ -85,7 +85,7 @@ struct Config {
     std::map<std::string, uint32_t> weights;  // member name -> weight
     std::vector<std::string> exclude;         // member names never routed to
 
-    std::string topology_source = "static";  // "static" or "zookeeper"
+    std::string topology_source = "static";  // "static", "zookeeper", "etcd" or "patroni_api"
     std::vector<topology::Member> static_members;
     std::chrono::milliseconds health_check_interval{1000};
     std::chrono::milliseconds health_check_timeout{1000};
@@ -97,6 +97,26 @@ struct Config {
         std::chrono::milliseconds session_timeout{10000};
         std::string base() const { return "/" + namespace_ + "/" + scope; }
     } zookeeper;
+
+    struct Etcd {
+        std::vector<std::string> endpoints;  // "http://h:2379", "https://h:2379" or "h:2379"
+        std::string namespace_ = "service";
+        std::string scope;
+        std::string username;
+        std::string password;       // from `password` or read from `password_file`; never logged
+        std::string password_file;
+        std::string ca, cert, key;  // https: CA to verify etcd with; client certificate and key
+        std::chrono::milliseconds request_timeout{2000};
+        std::chrono::milliseconds check_interval{1000};
+        std::string base() const { return "/" + namespace_ + "/" + scope; }
+    } etcd;
+
+    struct PatroniApi {
+        std::vector<std::string> urls;  // the members' Patroni REST APIs: "http://h:8008"
+        std::string ca, cert, key;
+        std::chrono::milliseconds interval{250};
+        std::chrono::milliseconds request_timeout{1000};
+    } patroni_api;
 
     struct Probe {
         std::string user = "postgres";

@@ -162,17 +162,30 @@ std::string Registry::render(const topology::Topology* t, const topology::Routin
     head(out, "pgrelay_primary_changes_total", "counter", "Times the rw target changed (including to none).");
     out += fmt::format("pgrelay_primary_changes_total {}\n", get(primary_changes));
     head(out, "pgrelay_reroute_seconds", "histogram",
-         "From the ZooKeeper event announcing a new leader key to rw routing there.");
+         "From the store event announcing a new leader key (or the Patroni REST poll that saw it) to rw routing there.");
     reroute_seconds.render(out, "pgrelay_reroute_seconds", "");
 
-    if (zookeeper_source.load(std::memory_order_relaxed)) {
+    if (!dcs_source.empty()) {
+        const std::string l = fmt::format("source=\"{}\"", dcs_source);
+        head(out, "pgrelay_dcs_connected", "gauge",
+             "1 while pgrelay follows the cluster's store live (ZooKeeper session, etcd watch, Patroni REST answers).");
+        out += fmt::format("pgrelay_dcs_connected{{{}}} {}\n", l, source.connected.load(std::memory_order_relaxed));
+        head(out, "pgrelay_dcs_reconnects_total", "counter", "Connections to the store after the first.");
+        out += fmt::format("pgrelay_dcs_reconnects_total{{{}}} {}\n", l, get(source.reconnects));
+        head(out, "pgrelay_dcs_resyncs_total", "counter",
+             "Full re-reads of the cluster state after the first (reconnect, etcd compaction, a stale watch).");
+        out += fmt::format("pgrelay_dcs_resyncs_total{{{}}} {}\n", l, get(source.resyncs));
+        head(out, "pgrelay_dcs_endpoint_failures_total", "counter",
+             "Store endpoints that failed (connect, timeout, error), each moving pgrelay to the next one.");
+        out += fmt::format("pgrelay_dcs_endpoint_failures_total{{{}}} {}\n", l, get(source.endpoint_failures));
+    }
+    if (dcs_source == "zookeeper") {
         head(out, "pgrelay_zookeeper_connected", "gauge", "1 while pgrelay's ZooKeeper session is connected.");
-        out += fmt::format("pgrelay_zookeeper_connected {}\n", source.zk_state.load(std::memory_order_relaxed));
+        out += fmt::format("pgrelay_zookeeper_connected {}\n", source.connected.load(std::memory_order_relaxed));
         head(out, "pgrelay_zookeeper_reconnects_total", "counter", "ZooKeeper (re)connections after the first.");
-        out += fmt::format("pgrelay_zookeeper_reconnects_total {}\n", source.zk_reconnects.load(std::memory_order_relaxed));
+        out += fmt::format("pgrelay_zookeeper_reconnects_total {}\n", get(source.reconnects));
         head(out, "pgrelay_zookeeper_session_expiries_total", "counter", "ZooKeeper sessions that expired.");
-        out += fmt::format("pgrelay_zookeeper_session_expiries_total {}\n",
-                           source.zk_session_expiries.load(std::memory_order_relaxed));
+        out += fmt::format("pgrelay_zookeeper_session_expiries_total {}\n", get(source.session_expiries));
     }
 
     head(out, "pgrelay_primary_available", "gauge", "1 while rw can route to a primary.");

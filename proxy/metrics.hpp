@@ -76,7 +76,9 @@ public:
     std::atomic<uint64_t> primary_changes{0};
     Histogram reroute_seconds{{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5}};
     topology::SourceStats source;
-    std::atomic<bool> zookeeper_source{false};  // the ZooKeeper gauges only exist with that source
+    // "zookeeper", "etcd" or "patroni_api": which DCS gauges exist. Set
+    // before the admin thread starts, then only read.
+    std::string dcs_source;
 
     // The whole exposition; `t` (may be null) supplies the topology gauges,
     // `max_replica_lag` the eligibility.

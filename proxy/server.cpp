@@ -19,6 +19,8 @@
 #include "proxy/log.hpp"
 #include "proxy/router.hpp"
 #include "proxy/session.hpp"
+#include "topology/etcd_source.hpp"
+#include "topology/patroni_api_source.hpp"
 #include "topology/static_source.hpp"
 #include "topology/zk_source.hpp"
 
@@ -157,8 +159,16 @@ struct Server::Impl {
         if (!same_listen(cur.admin, next.admin)) restart.push_back("[admin] listen");
         if (cur.threads != next.threads) restart.push_back("threads");
         if (cur.topology_source != next.topology_source || cur.zookeeper.hosts != next.zookeeper.hosts ||
-            cur.zookeeper.base() != next.zookeeper.base() || cur.static_members.size() != next.static_members.size())
-            restart.push_back("[topology] source, ZooKeeper or member list");
+            cur.zookeeper.base() != next.zookeeper.base() || cur.etcd.endpoints != next.etcd.endpoints ||
+            cur.etcd.base() != next.etcd.base() || cur.etcd.username != next.etcd.username ||
+            cur.etcd.password != next.etcd.password || cur.etcd.ca != next.etcd.ca || cur.etcd.cert != next.etcd.cert ||
+            cur.etcd.key != next.etcd.key || cur.etcd.request_timeout != next.etcd.request_timeout ||
+            cur.etcd.check_interval != next.etcd.check_interval || cur.patroni_api.urls != next.patroni_api.urls ||
+            cur.patroni_api.interval != next.patroni_api.interval ||
+            cur.patroni_api.request_timeout != next.patroni_api.request_timeout || cur.patroni_api.ca != next.patroni_api.ca ||
+            cur.patroni_api.cert != next.patroni_api.cert || cur.patroni_api.key != next.patroni_api.key ||
+            cur.static_members.size() != next.static_members.size())
+            restart.push_back("[topology] source, its store settings or the member list");
         for (const auto& what : restart) log::warn("reload: {} changed; it takes effect only after a restart", what);
         // Keep what cannot change now, take the rest.
         next.rw = cur.rw;
@@ -253,27 +263,71 @@ int Server::run() {
     const Config& cfg = *s.config;
     auto& reg = metrics::Registry::instance();
 
-    if (cfg.topology_source == "zookeeper") {
-        topology::ZkSourceOptions zo;
-        zo.hosts = cfg.zookeeper.hosts;
-        zo.base = cfg.zookeeper.base();
-        zo.session_timeout = cfg.zookeeper.session_timeout;
-        zo.build.weights = cfg.weights;
-        zo.build.exclude = cfg.exclude;
-        zo.build.allow_standby_leader = cfg.allow_standby_leader;
-        zo.max_replica_lag = cfg.routing.max_replica_lag;
-        zo.probe.user = cfg.probe.user;
-        zo.probe.password = cfg.probe.password;
-        zo.probe.dbname = cfg.probe.dbname;
-        zo.probe.interval = cfg.probe.interval;
-        zo.probe.connect_timeout = cfg.probe.connect_timeout;
-        zo.probe.sslmode = to_string(cfg.backend_tls);
-        zo.probe.sslrootcert = cfg.backend_tls_ca;
-        zo.stats = &reg.source;
-        reg.zookeeper_source = true;
-        zo.on_reroute = [&reg](double secs) { reg.reroute_seconds.observe(secs); };
-        s.source = std::make_unique<topology::ZkSource>(s.control, s.hub, std::move(zo));
-        log::info("topology: following Patroni in ZooKeeper {} at {}", cfg.zookeeper.hosts, cfg.zookeeper.base());
+    if (cfg.topology_source != "static") {
+        // What every Patroni source shares: routing options, probes, the
+        // reroute histogram.
+        topology::FollowerOptions fo;
+        fo.build.weights = cfg.weights;
+        fo.build.exclude = cfg.exclude;
+        fo.build.allow_standby_leader = cfg.allow_standby_leader;
+        fo.max_replica_lag = cfg.routing.max_replica_lag;
+        fo.probe.user = cfg.probe.user;
+        fo.probe.password = cfg.probe.password;
+        fo.probe.dbname = cfg.probe.dbname;
+        fo.probe.interval = cfg.probe.interval;
+        fo.probe.connect_timeout = cfg.probe.connect_timeout;
+        fo.probe.sslmode = to_string(cfg.backend_tls);
+        fo.probe.sslrootcert = cfg.backend_tls_ca;
+        fo.on_reroute = [&reg](double secs) { reg.reroute_seconds.observe(secs); };
+        reg.dcs_source = cfg.topology_source;
+        auto urls = [](const std::vector<std::string>& list, bool default_tls, uint16_t default_port) {
+            std::vector<topology::http::Url> out;
+            for (const auto& u : list) out.push_back(*topology::http::parse_url(u, default_tls, default_port));
+            return out;  // validated by the config loader
+        };
+        if (cfg.topology_source == "zookeeper") {
+            topology::ZkSourceOptions zo;
+            zo.hosts = cfg.zookeeper.hosts;
+            zo.base = cfg.zookeeper.base();
+            zo.session_timeout = cfg.zookeeper.session_timeout;
+            zo.stats = &reg.source;
+            zo.follower = std::move(fo);
+            s.source = std::make_unique<topology::ZkSource>(s.control, s.hub, std::move(zo));
+            log::info("topology: following Patroni in ZooKeeper {} at {}", cfg.zookeeper.hosts, cfg.zookeeper.base());
+        } else if (cfg.topology_source == "etcd") {
+            topology::EtcdSourceOptions eo;
+            eo.endpoints = urls(cfg.etcd.endpoints, !cfg.etcd.ca.empty() || !cfg.etcd.cert.empty(), 2379);
+            eo.base = cfg.etcd.base();
+            eo.username = cfg.etcd.username;
+            eo.password = cfg.etcd.password;
+            eo.ca = cfg.etcd.ca;
+            eo.cert = cfg.etcd.cert;
+            eo.key = cfg.etcd.key;
+            eo.request_timeout = cfg.etcd.request_timeout;
+            eo.check_interval = cfg.etcd.check_interval;
+            eo.stats = &reg.source;
+            eo.follower = std::move(fo);
+            std::string list;
+            for (const auto& u : eo.endpoints) list += (list.empty() ? "" : ",") + u.to_string();
+            s.source = std::make_unique<topology::EtcdSource>(s.control, s.hub, std::move(eo));
+            log::info("topology: following Patroni in etcd {} at {}{}", list, cfg.etcd.base(),
+                      cfg.etcd.username.empty() ? "" : " as user " + cfg.etcd.username);
+        } else {
+            topology::PatroniApiSourceOptions po;
+            po.urls = urls(cfg.patroni_api.urls, false, 8008);
+            po.ca = cfg.patroni_api.ca;
+            po.cert = cfg.patroni_api.cert;
+            po.key = cfg.patroni_api.key;
+            po.interval = cfg.patroni_api.interval;
+            po.request_timeout = cfg.patroni_api.request_timeout;
+            po.stats = &reg.source;
+            po.follower = std::move(fo);
+            std::string list;
+            for (const auto& u : po.urls) list += (list.empty() ? "" : ",") + u.to_string();
+            s.source = std::make_unique<topology::PatroniApiSource>(s.control, s.hub, std::move(po));
+            log::info("topology: following Patroni through its REST API {} (GET /cluster every {} ms)", list,
+                      cfg.patroni_api.interval.count());
+        }
     } else {
         topology::StaticSourceOptions so;
         so.members = cfg.static_members;

@@ -621,7 +621,7 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
     // While there is no primary (rw) or no topology yet (both ports), hold the
     // connection instead of refusing it: a switchover's leaderless window is
     // seconds, and a client that waits them out never sees an error. With a
-    // source that can move the primary (ZooKeeper), a leader that refuses
+    // source that can move the primary (Patroni), a leader that refuses
     // connections is waited out the same way: it is restarting, or about to
     // lose the leader key.
     const auto held_since = steady_clock::now();
@@ -731,7 +731,7 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
             if (!failures.empty()) failures += "; ";
             failures += t.member + " (" + t.address() + "): " + ec.message();
         }
-        if (role == PortRole::ReadWrite && topo && topo->source == "zookeeper" && holdable && !tls_config_failure) {
+        if (role == PortRole::ReadWrite && topo && topo->elects_primary() && holdable && !tls_config_failure) {
             hold("primary " + d.candidates.front().member + " cannot take connections");
             // Re-route on the next topology change, or retry shortly anyway.
             asio::steady_timer retry(client_.get_executor(), std::chrono::milliseconds(100));

@@ -1,5 +1,6 @@
 // TLS contexts (tls.hpp).
 #include "proxy/tls.hpp"
+#include "topology/http_client.hpp"
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -7,6 +8,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/ssl/context.hpp>
 #include <cerrno>
 #include <cstring>
@@ -102,6 +104,25 @@ std::shared_ptr<const TlsContexts> make_tls_contexts(const Config& c) {
         out->server_subject = subject_of(out->server->native_handle());
     }
     if (c.backend_tls != Config::BackendTls::Disable) out->backend = make_backend(c);
+    // The stores' TLS files (etcd, Patroni REST) are loaded by the sources;
+    // loading them here too makes a bad file a configuration error.
+    auto check_store = [&](const char* section, bool https, const std::string& ca, const std::string& cert,
+                           const std::string& key) {
+        if (!https && ca.empty() && cert.empty()) return;
+        try {
+            topology::http::make_client_tls({ca, cert, key});
+        } catch (const std::exception& e) {
+            fail(c, section, e.what());
+        }
+    };
+    auto any_https = [](const std::vector<std::string>& urls) {
+        return std::any_of(urls.begin(), urls.end(), [](const std::string& u) { return u.rfind("https://", 0) == 0; });
+    };
+    if (c.topology_source == "etcd")
+        check_store("[topology.etcd]", any_https(c.etcd.endpoints), c.etcd.ca, c.etcd.cert, c.etcd.key);
+    if (c.topology_source == "patroni_api")
+        check_store("[topology.patroni_api]", any_https(c.patroni_api.urls), c.patroni_api.ca, c.patroni_api.cert,
+                    c.patroni_api.key);
     return out;
 }
 

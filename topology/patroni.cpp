@@ -46,11 +46,13 @@ Role parse_role(std::string_view r) noexcept {
     if (r == "master" || r == "primary") return Role::Primary;
     if (r == "replica") return Role::Replica;
     if (r == "standby_leader") return Role::StandbyLeader;
+    if (r == "sync_standby") return Role::Replica;  // REST /cluster's name for the synchronous replica
     return Role::Other;  // promoted, demoted, uninitialized, ...
 }
 
 State parse_state(std::string_view s) noexcept {
-    if (s == "running") return State::Running;
+    // "streaming": newer Patroni's state of a replica receiving WAL.
+    if (s == "running" || s == "streaming") return State::Running;
     if (s == "starting") return State::Starting;
     if (s == "stopped" || s == "stopping" || s == "crashed" || s == "start failed" || s == "stop failed")
         return State::Stopped;
@@ -134,6 +136,55 @@ std::optional<MemberInfo> parse_member(std::string_view name, std::string_view t
     return m;
 }
 
+std::optional<ClusterView> parse_cluster(std::string_view text, std::string& error) {
+    auto v = parse_json(text);
+    const json::value* ms = v && v->is_object() ? v->get_object().if_contains("members") : nullptr;
+    if (!ms || !ms->is_array()) {
+        error = "/cluster did not answer {\"members\": [...]}";
+        return std::nullopt;
+    }
+    ClusterView view;
+    if (const json::value* p = v->get_object().if_contains("pause"); p && p->is_bool()) view.paused = p->get_bool();
+    for (const auto& e : ms->get_array()) {
+        if (!e.is_object()) continue;
+        const json::object& o = e.get_object();
+        const json::value* name = o.if_contains("name");
+        const json::value* host = o.if_contains("host");
+        if (!name || !name->is_string() || name->get_string().empty()) continue;
+        MemberInfo m;
+        m.name = name->get_string();
+        // A member without host (no conn_url yet) cannot be routed to.
+        if (!host || !host->is_string() || host->get_string().empty()) continue;
+        m.host = host->get_string();
+        const auto port = as_u64(o.if_contains("port"));
+        m.port = port && *port > 0 && *port <= 65535 ? static_cast<uint16_t>(*port) : 5432;
+        if (const json::value* r = o.if_contains("role"); r && r->is_string()) m.role_text = r->get_string();
+        if (m.role_text == "leader") {
+            if (view.leader) {
+                error = "/cluster names two leaders";
+                return std::nullopt;
+            }
+            view.leader = m.name;
+            m.role = Role::Other;
+        } else {
+            m.role = parse_role(m.role_text);
+            if (m.role == Role::StandbyLeader) view.leader = m.name;
+        }
+        if (const json::value* s = o.if_contains("state"); s && s->is_string()) {
+            m.state_text = s->get_string();
+            m.state = parse_state(m.state_text);
+        }
+        m.timeline = as_u64(o.if_contains("timeline"));
+        m.reported_lag = as_u64(o.if_contains("lag"));  // "unknown" stays unknown
+        if (const json::value* t = o.if_contains("tags"); t && t->is_object())
+            for (const auto& [k, tv] : t->get_object())
+                if (tag_is_set(tv)) m.tags.emplace_back(k);
+        std::sort(m.tags.begin(), m.tags.end());
+        view.members.push_back(std::move(m));
+    }
+    return view;
+}
+
 std::optional<uint64_t> parse_status_optime(std::string_view text) {
     auto v = parse_json(text);
     if (!v || !v->is_object()) return std::nullopt;
@@ -159,7 +210,7 @@ std::optional<std::string> parse_sync_standby(std::string_view text) {
 std::shared_ptr<Topology> build_topology(const ClusterState& s, const BuildOptions& o, const std::string& probe_member,
                                          ProbeStatus probe) {
     auto t = std::make_shared<Topology>();
-    t->source = "zookeeper";
+    t->source = "patroni";  // the follower names its store
     if (s.leader) t->leader = *s.leader;
     for (const auto& [name, mi] : s.members) {
         Member m;
@@ -174,6 +225,7 @@ std::shared_ptr<Topology> build_topology(const ClusterState& s, const BuildOptio
         std::optional<uint64_t> pos = mi.xlog_location;
         if (auto r = s.replayed.find(name); r != s.replayed.end()) pos = pos ? std::min(*pos, r->second) : r->second;
         if (head && pos) m.lag_bytes = *head > *pos ? *head - *pos : 0;
+        else if (mi.reported_lag) m.lag_bytes = mi.reported_lag;
         if (auto w = o.weights.find(name); w != o.weights.end()) m.weight = w->second;
         m.excluded = std::find(o.exclude.begin(), o.exclude.end(), name) != o.exclude.end();
         t->members.push_back(std::move(m));

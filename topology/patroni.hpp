@@ -31,6 +31,9 @@ struct MemberInfo {
     std::optional<uint64_t> xlog_location;
     std::optional<uint64_t> timeline;
     std::vector<std::string> tags;  // tags whose value is true (or a non-false string)
+    // Lag as Patroni's REST API reports it (its leader optime minus this
+    // member's xlog_location), used when pgrelay cannot compute it itself.
+    std::optional<uint64_t> reported_lag;
 };
 
 // Parses members/<name>. On garbage returns nullopt with `error` set; the
@@ -47,6 +50,18 @@ std::optional<uint64_t> parse_status_optime(std::string_view json);
 std::optional<uint64_t> parse_legacy_optime(std::string_view text);
 // `sync`'s sync_standby, if any.
 std::optional<std::string> parse_sync_standby(std::string_view json);
+
+// Patroni's REST `GET /cluster` (patroni/utils.py cluster_as_json): who holds
+// the leader key and every member. Its "role" comes from the leader key, not
+// from the member's PostgreSQL: the leader is "leader" while it may still be
+// promoting, so it is kept as Role::Other here and only the probe makes it
+// writable. "sync_standby" and "replica" are replicas.
+struct ClusterView {
+    std::optional<std::string> leader;
+    std::vector<MemberInfo> members;
+    bool paused = false;
+};
+std::optional<ClusterView> parse_cluster(std::string_view json, std::string& error);
 
 Role parse_role(std::string_view role) noexcept;
 State parse_state(std::string_view state) noexcept;

@@ -1,6 +1,7 @@
-// The seam between topology sources and the proxy. A source (static list with
-// health checks, ZooKeeper watching Patroni) publishes whole Topology snapshots
-// into a SnapshotHub; proxy threads read the newest one without taking a lock.
+// The seam between topology sources and the proxy. A source (a static list
+// with health checks; Patroni followed through ZooKeeper, etcd or its REST
+// API) publishes whole Topology snapshots into a SnapshotHub; proxy threads
+// read the newest one without taking a lock.
 #pragma once
 
 #include <atomic>
@@ -57,12 +58,14 @@ private:
     std::vector<Listener> listeners_;
 };
 
-// What a source reports about itself, for metrics (the ZooKeeper source
-// fills it). Written on the control thread, read by the admin thread.
+// What a DCS source reports about itself, for metrics. Written on the control
+// thread, read by the admin thread.
 struct SourceStats {
-    std::atomic<int> zk_state{0};  // 1 while connected
-    std::atomic<uint64_t> zk_reconnects{0};
-    std::atomic<uint64_t> zk_session_expiries{0};
+    std::atomic<int> connected{0};               // 1 while the store answers (ZooKeeper session, etcd watch)
+    std::atomic<uint64_t> reconnects{0};         // connections after the first
+    std::atomic<uint64_t> session_expiries{0};   // ZooKeeper sessions that expired
+    std::atomic<uint64_t> resyncs{0};            // full re-reads after the first (reconnect, compaction, stale watch)
+    std::atomic<uint64_t> endpoint_failures{0};  // etcd / Patroni REST endpoints given up on, moving to the next
 };
 
 // A topology source. start() begins publishing (the first snapshot may come

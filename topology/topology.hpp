@@ -38,7 +38,7 @@ struct Member {
 
 struct Topology {
     uint64_t version = 0;                 // increases with every published snapshot
-    std::string source;                   // "static", "zookeeper", ...
+    std::string source;                   // "static", "zookeeper", "etcd", "patroni_api"
     std::vector<Member> members;
     std::optional<size_t> primary;        // index into members: the member allowed to take writes
     std::string leader;                   // who holds the write authority (Patroni's leader key, or the
@@ -49,6 +49,10 @@ struct Topology {
         return primary ? &members[*primary] : nullptr;
     }
     const Member* find(std::string_view name) const noexcept;
+    // Patroni elects the primary: when it cannot take connections, a new one
+    // is coming, so rw connections wait for it. A static list has no such
+    // authority.
+    bool elects_primary() const noexcept { return source != "static"; }
 };
 
 using TopologyPtr = std::shared_ptr<const Topology>;

@@ -10,9 +10,8 @@
 #include <cstring>
 #include <map>
 #include <set>
-#include <sstream>
-
 #include "proxy/log.hpp"
+#include "topology/patroni_follower.hpp"
 
 namespace pgrelay::topology {
 
@@ -48,30 +47,16 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     asio::steady_timer retry_timer;
     asio::steady_timer unreachable_timer;
 
-    patroni::ClusterState state;
-    std::optional<uint64_t> status_optime, legacy_optime;
-    int pending = 0;          // reads in flight
+    int pending = 0;            // reads in flight
     bool round_failed = false;  // a read of the current round failed (connection loss...)
-    bool loaded = false;      // first complete read done: publishing allowed
-    std::string last_summary, last_routing_summary;
-    std::string last_primary;  // name of the member rw routed to in the last snapshot
-    std::optional<steady_clock::time_point> leader_event_at;
-
-    // Patroni deletes and re-creates a member znode whenever the member's state
-    // leaves or enters "running", its tags change or its session changes. A
-    // member that is back within the grace period never left: its sessions stay.
-    static constexpr std::chrono::milliseconds kVanishGrace{1500};
-    std::map<std::string, uint64_t> vanished;  // member -> removal ticket
-    uint64_t vanish_ticket = 0;
-
-    std::string probe_member;
-    patroni::ProbeStatus probe_status = patroni::ProbeStatus::Unknown;
-    std::optional<uint64_t> probe_wal;
-    std::unique_ptr<LeaderProbe> probe;
-    std::unique_ptr<ReplayProbe> replay_probe;
+    std::shared_ptr<PatroniFollower> follower;
 
     Impl(asio::io_context& c, SnapshotHub& h, ZkSourceOptions o)
         : ctx(c), hub(h), opts(std::move(o)), retry_timer(c), unreachable_timer(c) {
+        opts.follower.source = "zookeeper";
+        opts.follower.leader_event = "leader znode event";
+        opts.follower.where = opts.hosts + opts.base;
+        follower = PatroniFollower::create(ctx, hub, opts.follower);
         leader_path = opts.base + "/leader";
         members_path = opts.base + "/members";
         status_path = opts.base + "/status";
@@ -149,7 +134,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         unreachable_timer.expires_after(std::chrono::seconds(5));
         unreachable_timer.async_wait([self = shared_from_this(), gen = generation](const boost::system::error_code& ec) {
             if (ec || self->stopped || gen != self->generation || self->connected) return;
-            if (self->loaded)
+            if (self->follower->loaded())
                 log::warn("zookeeper: still not connected to {}; routing on the last known topology", self->opts.hosts);
             else
                 log::warn("zookeeper: cannot reach {}; retrying (new rw connections are held until a primary is known)",
@@ -175,8 +160,11 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                 log::info("zookeeper: connected to {} (session 0x{:x}){}", opts.hosts, id ? id->client_id : 0,
                           ever_connected ? ", re-reading the cluster state" : "");
                 if (opts.stats) {
-                    opts.stats->zk_state.store(1, std::memory_order_relaxed);
-                    if (ever_connected) opts.stats->zk_reconnects.fetch_add(1, std::memory_order_relaxed);
+                    opts.stats->connected.store(1, std::memory_order_relaxed);
+                    if (ever_connected) {
+                        opts.stats->reconnects.fetch_add(1, std::memory_order_relaxed);
+                        opts.stats->resyncs.fetch_add(1, std::memory_order_relaxed);
+                    }
                 }
                 connected = true;
                 ever_connected = true;
@@ -186,13 +174,13 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                 if (connected)
                     log::warn("zookeeper: connection lost; keeping the last known topology while reconnecting");
                 connected = false;
-                if (opts.stats) opts.stats->zk_state.store(0, std::memory_order_relaxed);
+                if (opts.stats) opts.stats->connected.store(0, std::memory_order_relaxed);
                 arm_unreachable_warning();
             } else if (zstate == ZOO_EXPIRED_SESSION_STATE) {
                 log::warn("zookeeper: session expired; opening a new session and re-reading everything");
                 if (opts.stats) {
-                    opts.stats->zk_state.store(0, std::memory_order_relaxed);
-                    opts.stats->zk_session_expiries.fetch_add(1, std::memory_order_relaxed);
+                    opts.stats->connected.store(0, std::memory_order_relaxed);
+                    opts.stats->session_expiries.fetch_add(1, std::memory_order_relaxed);
                 }
                 close_handle();
                 open();
@@ -209,7 +197,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         }
         // Reroute latency is measured from the event that announces the new
         // leader key (created or changed), not from the old key's deletion.
-        if (path == leader_path && type != ZOO_DELETED_EVENT) leader_event_at = at;
+        if (path == leader_path && type != ZOO_DELETED_EVENT) follower->note_leader_event(at);
         if (path == members_path && (type == ZOO_CHILD_EVENT || type == ZOO_CREATED_EVENT)) {
             read_children();
         } else if (type == ZOO_CREATED_EVENT || type == ZOO_CHANGED_EVENT || type == ZOO_DELETED_EVENT) {
@@ -290,15 +278,13 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         --pending;
         if (rc == ZOK) {
             std::set<std::string> now(names.begin(), names.end());
-            std::vector<std::string> gone;
-            for (const auto& [name, m] : state.members)
-                if (!now.count(name)) gone.push_back(name);
-            for (const auto& name : gone) forget_later(name);
+            for (const auto& name : follower->member_names())
+                if (!now.count(name)) follower->member_gone(name);
             // Read every member (not only new ones): a member that vanished and
             // reappeared between two reads has new data and needs a new watch.
             for (const auto& n : names) read(members_path + "/" + n);
         } else if (rc == ZNONODE) {
-            state.members.clear();
+            for (const auto& name : follower->member_names()) follower->member_gone(name);
             watch_exists(members_path);
         } else {
             round_failed = true;
@@ -307,149 +293,18 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     }
 
     void apply(const std::string& path, const std::string* value) {
-        if (path == leader_path) {
-            std::optional<std::string> leader;
-            if (value) {
-                std::string v = *value;
-                while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
-                if (!v.empty()) leader = v;
-            }
-            if (leader != state.leader) {
-                log::info("zookeeper: leader key {}", leader ? "names " + *leader : std::string("is gone"));
-                state.leader = leader;
-            }
-        } else if (path == status_path) {
-            status_optime = value ? patroni::parse_status_optime(*value) : std::nullopt;
-        } else if (path == legacy_optime_path) {
-            legacy_optime = value ? patroni::parse_legacy_optime(*value) : std::nullopt;
-        } else if (path == sync_path) {
-            state.sync_standby = value ? patroni::parse_sync_standby(*value) : std::nullopt;
-        } else if (path.rfind(members_path + "/", 0) == 0) {
-            const std::string name = path.substr(members_path.size() + 1);
-            if (!value) {
-                forget_later(name);
-            } else {
-                vanished.erase(name);
-                std::string err;
-                if (auto m = patroni::parse_member(name, *value, err)) {
-                    state.members[name] = std::move(*m);
-                } else {
-                    log::warn("zookeeper: ignoring {}: {}", path, err);
-                    state.members.erase(name);
-                }
-            }
-        }
-        state.optime = status_optime ? status_optime : legacy_optime;
-    }
-
-    void forget_later(const std::string& name) {
-        if (!state.members.count(name) || vanished.count(name)) return;
-        const uint64_t ticket = ++vanish_ticket;
-        vanished[name] = ticket;
-        auto timer = std::make_shared<asio::steady_timer>(ctx, kVanishGrace);
-        timer->async_wait([self = shared_from_this(), timer, name, ticket](const boost::system::error_code& ec) {
-            if (ec || self->stopped) return;
-            auto it = self->vanished.find(name);
-            if (it == self->vanished.end() || it->second != ticket) return;  // came back meanwhile
-            self->vanished.erase(it);
-            self->state.members.erase(name);
-            log::info("zookeeper: member {} is gone", name);
-            self->maybe_publish();
-        });
-    }
-
-    void probe_report(const std::string& member, patroni::ProbeStatus status, std::optional<uint64_t> wal,
-                      const std::string& detail) {
-        if (stopped) return;
-        if (member != probe_member || status != probe_status) {
-            if (status == patroni::ProbeStatus::Unreachable)
-                log::warn("probe: leader {} unreachable: {}", member, detail);
-            else
-                log::info("probe: leader {} is {}", member, to_string(status));
-        }
-        probe_member = member;
-        probe_status = status;
-        probe_wal = wal;
-        maybe_publish();
-    }
-
-    void replay_report(const std::string& member, std::optional<uint64_t> replayed) {
-        if (stopped) return;
-        if (replayed) state.replayed[member] = *replayed;
-        else state.replayed.erase(member);
-        maybe_publish();
+        if (path.size() > opts.base.size() + 1 && path.compare(0, opts.base.size() + 1, opts.base + "/") == 0)
+            follower->apply_key(std::string_view(path).substr(opts.base.size() + 1), value);
     }
 
     void maybe_publish() {
-        if (!loaded) {
-            // Only a complete first read is a topology; a round cut short by
-            // a connection loss is read again on reconnect.
+        // Only a complete first read is a topology; a round cut short by a
+        // connection loss is read again on reconnect.
+        if (!follower->loaded()) {
             if (pending > 0 || round_failed) return;
-            loaded = true;
-            log::info("zookeeper: cluster state loaded from {}{}", opts.hosts, opts.base);
+            follower->set_loaded();
         }
-        // Point the probe at whoever the leader key names.
-        const patroni::MemberInfo* leader = nullptr;
-        if (state.leader)
-            if (auto it = state.members.find(*state.leader); it != state.members.end()) leader = &it->second;
-        if (leader) probe->set_target(leader->name, leader->host, leader->port);
-        else probe->clear_target();
-        std::vector<ReplayProbe::Target> replicas;
-        for (const auto& [name, m] : state.members)
-            if (m.role == Role::Replica && (!state.leader || name != *state.leader))
-                replicas.push_back({name, m.host, m.port});
-        replay_probe->set_targets(std::move(replicas));
-        state.leader_wal = leader && probe_member == leader->name ? probe_wal : std::nullopt;
-
-        auto t = patroni::build_topology(state, opts.build, probe_member, probe_status);
-        const std::string primary = t->primary ? t->members[*t->primary].name : "";
-        const std::string summary = summarize(*t, true);
-        if (summary == last_summary) return;
-        last_summary = summary;
-        // Lag moves with every write; the info log only shows what changes routing.
-        const std::string routing_summary = summarize(*t, false);
-        const bool log_it = routing_summary != last_routing_summary;
-        last_routing_summary = routing_summary;
-        if (primary != last_primary) {
-            if (!primary.empty()) {
-                const std::string how = probe_member == primary && probe_status == patroni::ProbeStatus::Writable
-                                            ? "the probe saw it writable"
-                                            : "its member znode says running primary";
-                if (leader_event_at) {
-                    const auto ms = std::chrono::duration<double, std::milli>(steady_clock::now() - *leader_event_at).count();
-                    log::info("topology: rw now routes to {} ({}), {:.1f} ms after the leader znode event", primary,
-                              how, ms);
-                    if (opts.on_reroute) opts.on_reroute(ms / 1000.0);
-                    leader_event_at.reset();
-                } else {
-                    log::info("topology: rw routes to {} ({})", primary, how);
-                }
-            } else {
-                log::warn("topology: no primary for rw: {}", t->primary_reason);
-            }
-            last_primary = primary;
-        }
-        if (log_it) log::info("topology: {}", routing_summary);
-        else log::debug("topology: {}", summary);
-        hub.publish(std::move(t));
-    }
-
-    std::string summarize(const Topology& t, bool with_lag) const {
-        std::ostringstream os;
-        os << "leader=" << (t.leader.empty() ? "-" : t.leader)
-           << " primary=" << (t.primary ? t.members[*t.primary].name : "-") << " members=[";
-        bool first = true;
-        for (const auto& m : t.members) {
-            os << (first ? "" : ", ") << m.name << " " << m.address() << " " << to_string(m.role) << "/"
-               << to_string(m.state);
-            if (with_lag && m.lag_bytes) os << " lag=" << *m.lag_bytes;
-            if (m.role == Role::Replica && (!m.lag_bytes || *m.lag_bytes > opts.max_replica_lag))
-                os << (m.lag_bytes ? " lagging" : " lag-unknown");
-            for (const auto& tag : m.tags) os << " +" << tag;
-            first = false;
-        }
-        os << "]";
-        return os.str();
+        follower->publish();
     }
 };
 
@@ -463,28 +318,13 @@ void ZkSource::start() {
     // pgrelay logs the state changes that matter itself.
     // Level 0 is below ZOO_LOG_LEVEL_ERROR: the client's own logging is off.
     zoo_set_debug_level(log::enabled(log::Level::Debug) ? ZOO_LOG_LEVEL_WARN : static_cast<ZooLogLevel>(0));
-    std::weak_ptr<Impl> weak = impl_;
-    impl_->probe = std::make_unique<LeaderProbe>(
-        impl_->opts.probe, [weak](const std::string& member, patroni::ProbeStatus status, std::optional<uint64_t> wal,
-                                  const std::string& detail) {
-            if (auto impl = weak.lock())
-                asio::post(impl->ctx,
-                           [impl, member, status, wal, detail] { impl->probe_report(member, status, wal, detail); });
-        });
-    impl_->replay_probe = std::make_unique<ReplayProbe>(
-        impl_->opts.probe, [weak](const std::string& member, std::optional<uint64_t> replayed) {
-            if (auto impl = weak.lock())
-                asio::post(impl->ctx, [impl, member, replayed] { impl->replay_report(member, replayed); });
-        });
+    impl_->follower->start();
     impl_->open();
 }
 
 void ZkSource::set_member_options(const std::map<std::string, uint32_t>& weights,
                                   const std::vector<std::string>& exclude, bool allow_standby_leader) {
-    impl_->opts.build.weights = weights;
-    impl_->opts.build.exclude = exclude;
-    impl_->opts.build.allow_standby_leader = allow_standby_leader;
-    if (impl_->loaded) impl_->maybe_publish();
+    impl_->follower->set_member_options(weights, exclude, allow_standby_leader);
 }
 
 void ZkSource::stop() {
@@ -493,8 +333,7 @@ void ZkSource::stop() {
     impl_->retry_timer.cancel();
     impl_->unreachable_timer.cancel();
     impl_->close_handle();
-    if (impl_->probe) impl_->probe->stop();
-    if (impl_->replay_probe) impl_->replay_probe->stop();
+    impl_->follower->stop();
 }
 
 }  // namespace pgrelay::topology

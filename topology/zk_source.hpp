@@ -10,8 +10,7 @@
 #include <memory>
 #include <string>
 
-#include "topology/leader_probe.hpp"
-#include "topology/patroni.hpp"
+#include "topology/patroni_follower.hpp"
 #include "topology/source.hpp"
 
 namespace pgrelay::topology {
@@ -20,13 +19,8 @@ struct ZkSourceOptions {
     std::string hosts;  // "h1:2181,h2:2181[/chroot]"
     std::string base;   // "/<namespace>/<scope>", e.g. "/service/pgrelay"
     std::chrono::milliseconds session_timeout{10000};
-    patroni::BuildOptions build;
-    uint64_t max_replica_lag = 16ull << 20;  // only to log when a replica crosses it
-    SourceStats* stats = nullptr;            // optional
-    // Called (control thread) with the time from the event announcing a new
-    // leader key to rw routing there.
-    std::function<void(double seconds)> on_reroute;
-    ProbeOptions probe;
+    SourceStats* stats = nullptr;  // optional
+    FollowerOptions follower;      // routing options, probes, reroute callback (source names are set here)
 };
 
 // Flow: construct on the control thread, start(); it connects (retrying with

@@ -3,7 +3,11 @@
 // ("test.toml:<line>: ..."); parse_duration accepts ms/s/m/plain seconds only.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <string>
 
 #include "proxy/config.hpp"
@@ -337,7 +341,7 @@ TEST_CASE("config error: bad values", "[config]") {
                                 "ro_balance must be");
     }
     SECTION("bad topology source") {
-        require_error_at_marker(kListen + "[topology]\nsource = \"etcd\" # <- here\n"
+        require_error_at_marker(kListen + "[topology]\nsource = \"consul\" # <- here\n"
                                           "[[topology.members]]\nname = \"pg1\"\nhost = \"h\"\nrole = \"primary\"\n",
                                 "topology source must be \"static\"");
     }
@@ -592,4 +596,69 @@ TEST_CASE("config: [tls], backend_tls, idle_client_timeout and TCP keepalive", "
                             "at least 1s");
     require_error_at_marker("[server]\ntcp_keepalive_count = 0 " + std::string(kHere) + "\n" + kListen + kTopology,
                             "out of range");
+}
+
+TEST_CASE("config: [topology.etcd]", "[config][etcd]") {
+    const std::string base = kListen + "[topology]\nsource = \"etcd\"\n[topology.etcd]\n";
+    auto c = parse_config(base + "endpoints = [\"http://10.0.0.1:2379\", \"10.0.0.2\"]\nscope = \"/main/\"\n", "t.toml");
+    CHECK(c.topology_source == "etcd");
+    CHECK(c.etcd.endpoints == std::vector<std::string>{"http://10.0.0.1:2379", "10.0.0.2"});
+    CHECK(c.etcd.base() == "/service/main");
+    CHECK(c.etcd.request_timeout == 2s);
+    CHECK(c.etcd.check_interval == 1s);
+    CHECK(c.etcd.username.empty());
+    CHECK(c.routing.lag_aware);
+
+    const std::string pw_path = "/tmp/pgrelay-test-etcd-password-" + std::to_string(::getpid());
+    std::ofstream(pw_path) << "s3cret\n";
+    struct Remove {
+        std::string p;
+        ~Remove() { std::remove(p.c_str()); }
+    } remove_pw{pw_path};
+    c = parse_config(base + "endpoints = [\"h:1\"]\nscope = \"m\"\nnamespace = \"pg\"\nusername = \"pgrelay\"\n"
+                            "password_file = \"" + pw_path + "\"\nrequest_timeout = \"500ms\"\ncheck_interval = \"3s\"\n",
+                     "t.toml");
+    CHECK(c.etcd.password == "s3cret");  // the file's first line, without its newline
+    CHECK(c.etcd.base() == "/pg/m");
+    CHECK(c.etcd.request_timeout == 500ms);
+    CHECK(c.etcd.check_interval == 3s);
+
+    require_error_at_marker(kListen + "[topology]\nsource = \"etcd\" # <- here\n", "needs a [topology.etcd] section");
+    const std::string header = kListen + "[topology]\nsource = \"etcd\"\n[topology.etcd] # <- here\n";
+    require_error_at_marker(header + "scope = \"m\"\n", "endpoints is required");
+    require_error_at_marker(header + "endpoints = [\"h:1\"]\n", "scope (Patroni's cluster name) is required");
+    require_error_at_marker(base + "endpoints = [\"h:1\", \"ftp://x\" # <- here\n]\nscope = \"m\"\n", "is not http://");
+    require_error_at_marker(base + "endpoints = [\"h:1\", \"http://h:1\" # <- here\n]\nscope = \"m\"\n", "twice");
+    require_error_at_marker(base + "endpoints = [\"h:1\"]\nscope = \"m\"\nusername = \"u\" # <- here\n", "needs a password");
+    require_error_at_marker(base + "endpoints = [\"h:1\"]\nscope = \"m\"\npassword = \"p\" # <- here\n", "needs a username");
+    require_error_at_marker(base + "endpoints = [\"h:1\"]\nscope = \"m\"\nusername = \"u\"\npassword = \"p\"\n"
+                                   "password_file = \"/x\" # <- here\n",
+                            "not both");
+    require_error_at_marker(base + "endpoints = [\"h:1\"]\nscope = \"m\"\nusername = \"u\"\n"
+                                   "password_file = \"/nonexistent/pw\" # <- here\n",
+                            "cannot read");
+    require_error_at_marker(base + "endpoints = [\"h:1\"]\nscope = \"m\"\nca = \"/nonexistent/ca.pem\" # <- here\n",
+                            "cannot read");
+    require_error_at_marker(base + "endpoints = [\"h:1\"]\nscope = \"m\"\ncert = \"/x\" # <- here\n", "go together");
+    require_error_at_marker(base + "endpoints = [\"h:1\"]\nscope = \"m\"\ncheck_interval = \"10ms\" # <- here\n",
+                            "at least 100ms");
+    require_error_at_marker(base + "endpoints = [\"h:1\"]\nscope = \"m\"\nhosts = \"x\" # <- here\n", "unknown key");
+    require_error_at_marker(kListen + "[topology]\nsource = \"zookeeper\"\n[topology.etcd] # <- here\nendpoints = [\"h:1\"]\n",
+                            "only for source \"etcd\"");
+}
+
+TEST_CASE("config: [topology.patroni_api]", "[config][patroni_api]") {
+    const std::string base = kListen + "[topology]\nsource = \"patroni_api\"\n[topology.patroni_api]\n";
+    auto c = parse_config(base + "urls = [\"http://10.0.0.1:8008\", \"10.0.0.2\"]\n", "t.toml");
+    CHECK(c.topology_source == "patroni_api");
+    CHECK(c.patroni_api.urls.size() == 2);
+    CHECK(c.patroni_api.interval == 250ms);
+    CHECK(c.patroni_api.request_timeout == 1s);
+    c = parse_config(base + "urls = [\"h\"]\ninterval = \"1s\"\nrequest_timeout = \"300ms\"\n", "t.toml");
+    CHECK(c.patroni_api.interval == 1s);
+    CHECK(c.patroni_api.request_timeout == 300ms);
+    require_error_at_marker(base + "urls = [] # <- here\n", "urls is required");
+    require_error_at_marker(base + "urls = [\"h\"]\ninterval = \"10ms\" # <- here\n", "at least 50ms");
+    require_error_at_marker(base + "urls = [\"h\"]\nscope = \"x\" # <- here\n", "unknown key");
+    require_error_at_marker(kListen + "[topology]\nsource = \"patroni_api\" # <- here\n", "needs a [topology.patroni_api]");
 }

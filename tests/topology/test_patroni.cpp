@@ -657,7 +657,7 @@ TEST_CASE("build_topology: healthy cluster", "[patroni][build]") {
     REQUIRE(s.sync_standby == std::optional<std::string>("pg1"));
     auto t = pt::build_topology(s, {}, "pg0", pt::ProbeStatus::Unknown);
     REQUIRE(t);
-    CHECK(t->source == "zookeeper");
+    CHECK(t->source == "patroni");
     CHECK(t->leader == "pg0");
     REQUIRE(t->members.size() == 3);
     REQUIRE(t->primary.has_value());
@@ -1086,4 +1086,67 @@ TEST_CASE("build_topology: replica lag uses the fresher leader position and the 
     // The probe's leader position is newer than Patroni's status optime.
     s.leader_wal = 5000;
     CHECK(pt::build_topology(s, {}, "", pt::ProbeStatus::Unknown)->find("pg1")->lag_bytes == 4600u);
+}
+
+// Patroni 3.0.2's GET /cluster, recorded (HTTP/1.0, body up to the close), with
+// a backup node and a lag Patroni could not compute added.
+TEST_CASE("parse_cluster: Patroni's REST /cluster", "[patroni][cluster]") {
+    const std::string body =
+        R"({"members": [{"name": "pg0", "role": "sync_standby", "state": "running", "api_url": "http://127.0.0.1:25959/patroni", "host": "127.0.0.1", "port": 26154, "timeline": 3, "lag": 0},)"
+        R"( {"name": "pg1", "role": "replica", "state": "streaming", "api_url": "http://127.0.0.1:18670/patroni", "host": "127.0.0.1", "port": 23203, "timeline": 3, "lag": 1048576},)"
+        R"( {"name": "pg2", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:24155/patroni", "host": "127.0.0.1", "port": 23211, "timeline": 3},)"
+        R"( {"name": "pg3", "role": "replica", "state": "running", "host": "127.0.0.1", "port": 23300, "lag": "unknown", "tags": {"noloadbalance": true, "nofailover": true}}]})";
+    std::string err;
+    auto v = patroni::parse_cluster(body, err);
+    INFO(err);
+    REQUIRE(v);
+    CHECK(v->leader == "pg2");
+    CHECK_FALSE(v->paused);
+    REQUIRE(v->members.size() == 4);
+    CHECK(v->members[0].role == Role::Replica);  // sync_standby
+    CHECK(v->members[0].reported_lag == 0u);
+    CHECK(v->members[1].state == State::Running);  // "streaming"
+    CHECK(v->members[1].reported_lag == 1048576u);
+    // The leader key holder may still be promoting: only the probe makes it writable.
+    CHECK(v->members[2].role == Role::Other);
+    CHECK(v->members[2].role_text == "leader");
+    CHECK(v->members[2].port == 23211);
+    CHECK_FALSE(v->members[3].reported_lag);
+    CHECK(v->members[3].tags == std::vector<std::string>{"nofailover", "noloadbalance"});
+
+    // The same view through build_topology: no primary until the probe says so,
+    // then rw goes to pg2; the reported lag keeps pg1 off lag-aware ro.
+    patroni::ClusterState s;
+    s.leader = v->leader;
+    for (const auto& m : v->members) s.members[m.name] = m;
+    auto before = patroni::build_topology(s, {}, "", patroni::ProbeStatus::Unknown);
+    CHECK_FALSE(before->primary);
+    auto after = patroni::build_topology(s, {}, "pg2", patroni::ProbeStatus::Writable);
+    REQUIRE(after->primary);
+    CHECK(after->members[*after->primary].name == "pg2");
+    CHECK(after->find("pg1")->lag_bytes == 1048576u);
+    CHECK_FALSE(after->find("pg3")->lag_bytes);
+}
+
+TEST_CASE("parse_cluster: paused, standby leader, members without host, garbage", "[patroni][cluster][garbage]") {
+    std::string err;
+    auto v = patroni::parse_cluster(
+        R"({"members":[{"name":"a","role":"standby_leader","state":"running","host":"h","port":1},{"name":"b","role":"replica"}],"pause":true})",
+        err);
+    REQUIRE(v);
+    CHECK(v->paused);
+    CHECK(v->leader == "a");
+    CHECK(v->members.size() == 1);  // b has no host to route to
+    CHECK(v->members[0].role == Role::StandbyLeader);
+    for (const char* bad : {"", "{}", "[]", R"({"members":{}})",
+                            R"({"members":[{"name":"a","role":"leader","host":"h"},{"name":"b","role":"leader","host":"h"}]})"}) {
+        INFO(bad);
+        err.clear();
+        CHECK_FALSE(patroni::parse_cluster(bad, err));
+        CHECK_FALSE(err.empty());
+    }
+    auto junk = patroni::parse_cluster(R"({"members":[1,"x",null,{"name":5},{"name":"c","host":"h","port":99999}]})", err);
+    REQUIRE(junk);
+    REQUIRE(junk->members.size() == 1);
+    CHECK(junk->members[0].port == 5432);
 }

@@ -1,0 +1,104 @@
+// PatroniFollower: what every Patroni source (ZooKeeper, etcd, Patroni's REST
+// API) shares once it has read its store: Patroni's keys turned into a
+// ClusterState, the member grace period, the leader and replay probes, and
+// publishing a snapshot with the reroute time. A source only reads its store
+// and feeds what it read here; everything runs on the control thread.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "topology/leader_probe.hpp"
+#include "topology/patroni.hpp"
+#include "topology/source.hpp"
+
+namespace pgrelay::topology {
+
+struct FollowerOptions {
+    std::string source;        // Topology::source and the log prefix: "zookeeper", "etcd", "patroni_api"
+    std::string leader_event;  // what the reroute time is measured from, for the log: "leader znode event"
+    std::string where;         // the store, for "cluster state loaded from ..."
+    patroni::BuildOptions build;
+    uint64_t max_replica_lag = 16ull << 20;  // only to log when a replica crosses it
+    // Called with the time from the leader event (note_leader_event) to rw
+    // routing to the new leader.
+    std::function<void(double seconds)> on_reroute;
+    ProbeOptions probe;
+};
+
+// Flow: create() on the control thread, start() (probe threads). Feed it
+// with apply_key() / set_* / member_gone() as the store is read; call
+// set_loaded() once the first complete read is in, then publish() after each
+// batch of changes (it publishes only when the snapshot differs). stop() joins
+// the probes; the sources call it from their own stop().
+class PatroniFollower : public std::enable_shared_from_this<PatroniFollower> {
+public:
+    using Clock = std::chrono::steady_clock;
+
+    static std::shared_ptr<PatroniFollower> create(boost::asio::io_context& ctx, SnapshotHub& hub,
+                                                   FollowerOptions opts);
+    ~PatroniFollower();
+    void start();
+    void stop();
+
+    // One of Patroni's keys by its path below /<namespace>/<scope>/:
+    // "leader", "members/<name>", "status", "optime/leader", "sync". `value`
+    // null means the key is absent (a member then leaves after the grace
+    // period). Other keys are ignored; returns whether the key is one of these.
+    bool apply_key(std::string_view key, const std::string* value);
+    // The same from an already parsed view (Patroni's REST /cluster).
+    void set_leader(std::optional<std::string> leader);
+    void set_member(patroni::MemberInfo m);
+    void member_gone(const std::string& name);
+    std::vector<std::string> member_names() const;
+
+    // The event that announced a new leader key (reroute timing starts here).
+    void note_leader_event(Clock::time_point at) { leader_event_at_ = at; }
+    const std::optional<std::string>& leader() const { return state_.leader; }
+
+    void set_loaded();
+    bool loaded() const { return loaded_; }
+    void publish();
+    void set_member_options(const std::map<std::string, uint32_t>& weights, const std::vector<std::string>& exclude,
+                            bool allow_standby_leader);
+
+    // Members vanish and come back around every state change Patroni makes
+    // (ZooKeeper: a new ephemeral znode; etcd: a new lease): one that is
+    // back within this long never left, and its sessions stay.
+    static constexpr std::chrono::milliseconds kVanishGrace{1500};
+
+private:
+    PatroniFollower(boost::asio::io_context& ctx, SnapshotHub& hub, FollowerOptions opts);
+    void probe_report(const std::string& member, patroni::ProbeStatus status, std::optional<uint64_t> wal,
+                      const std::string& detail);
+    void replay_report(const std::string& member, std::optional<uint64_t> replayed);
+    std::string summarize(const Topology& t, bool with_lag) const;
+
+    boost::asio::io_context& ctx_;
+    SnapshotHub& hub_;
+    FollowerOptions opts_;
+    bool stopped_ = false;
+    bool loaded_ = false;
+
+    patroni::ClusterState state_;
+    std::optional<uint64_t> status_optime_, legacy_optime_;
+    std::string last_summary_, last_routing_summary_;
+    std::string last_primary_;  // the member rw routed to in the last snapshot
+    std::optional<Clock::time_point> leader_event_at_;
+
+    std::map<std::string, uint64_t> vanished_;  // member -> removal ticket
+    uint64_t vanish_ticket_ = 0;
+
+    std::string probe_member_;
+    patroni::ProbeStatus probe_status_ = patroni::ProbeStatus::Unknown;
+    std::optional<uint64_t> probe_wal_;
+    std::unique_ptr<LeaderProbe> probe_;
+    std::unique_ptr<ReplayProbe> replay_probe_;
+};
+
+}  // namespace pgrelay::topology
