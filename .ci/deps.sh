@@ -11,6 +11,9 @@ PACKAGES=(
   libtomlplusplus-dev
   # real components for tests and the demo: PostgreSQL, ZooKeeper (Java), Patroni
   postgresql-15 postgresql-client-15 python3 zookeeper patroni python3-kazoo
+  # etcd v3, the second DCS (patroni_cluster.py up --dcs etcd); Patroni's etcd3
+  # DCS imports python3-etcd
+  etcd-server etcd-client python3-etcd
   # promtool, to check /metrics output and the alert rules
   prometheus
   # the openssl CLI, used by tests
@@ -35,9 +38,11 @@ echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
-# bench/run starts its own HAProxy and PgBouncer on free ports; the packages'
-# system services (PgBouncer's default port is 6432, the demo's rw port) must
-# not run. Without systemd (containers, CI) they were never started.
+# bench/run starts its own HAProxy and PgBouncer on free ports, and the cluster
+# fixture its own etcd; the packages' system services (PgBouncer's default port
+# is 6432, the demo's rw port; etcd-server's postinst starts an etcd on
+# 127.0.0.1:2379) must not run. Without systemd (containers, CI) they were never
+# started.
 if [[ -d /run/systemd/system ]]; then
-  $SUDO systemctl disable --now pgbouncer.service haproxy.service >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now pgbouncer.service haproxy.service etcd.service >/dev/null 2>&1 || true
 fi
