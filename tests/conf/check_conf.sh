@@ -48,6 +48,10 @@ known_metrics=(
     pgrelay_reroute_seconds_bucket
     pgrelay_reroute_seconds_sum
     pgrelay_reroute_seconds_count
+    pgrelay_dcs_connected
+    pgrelay_dcs_reconnects_total
+    pgrelay_dcs_resyncs_total
+    pgrelay_dcs_endpoint_failures_total
     pgrelay_zookeeper_connected
     pgrelay_zookeeper_reconnects_total
     pgrelay_zookeeper_session_expiries_total
@@ -71,7 +75,7 @@ fi
 ok "promtool check rules: $(echo "$out" | grep -o 'SUCCESS.*' || echo SUCCESS)"
 
 expected_alerts=(PgrelayDown PgrelayNoPrimary PgrelayReplicaLagging PgrelayNoReadReplica
-    PgrelayZooKeeperSessionLost PgrelayConnectionsHeld PgrelayFrequentPrimaryChanges PgrelayBackendErrors)
+    PgrelayDcsConnectionLost PgrelayConnectionsHeld PgrelayFrequentPrimaryChanges PgrelayBackendErrors)
 for a in "${expected_alerts[@]}"; do
     grep -Eq "^[[:space:]]*-[[:space:]]*alert:[[:space:]]*${a}[[:space:]]*$" "$alerts" || fail "alert $a not in $alerts"
 done

@@ -133,7 +133,12 @@ PatroniCluster& PatroniCluster::shared() {
 }
 
 PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patroni")) {
-    const std::string out = run("up --nodes 4 --tags pg3=noloadbalance,nofailover", 600);
+    const char* env = std::getenv("PGRELAY_TEST_DCS");
+    dcs_ = env && *env ? env : "zookeeper";
+    if (dcs_ != "zookeeper" && dcs_ != "etcd") throw std::runtime_error("PGRELAY_TEST_DCS must be zookeeper or etcd");
+    const std::string dcs_args =
+        dcs_ == "etcd" ? " --dcs etcd --etcd-auth --etcd-token-ttl " + std::to_string(kEtcdTokenTtl) : "";
+    const std::string out = run("up --nodes 4 --tags pg3=noloadbalance,nofailover" + dcs_args, 600);
     std::istringstream in(out);
     std::string line;
     while (std::getline(in, line)) {
@@ -141,6 +146,8 @@ PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patro
         std::string word;
         ls >> word;
         if (word == "zookeeper") ls >> zk_hosts_;
+        else if (word == "etcd") ls >> etcd_url_;
+        else if (word == "etcd_auth") ls >> etcd_user_ >> etcd_password_;
         else if (word == "scope") ls >> scope_;
         else if (word == "node") {
             PatroniNode n;
@@ -148,7 +155,25 @@ PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patro
             nodes_.push_back(n);
         }
     }
-    if (zk_hosts_.empty() || scope_.empty() || nodes_.size() != 4) throw std::runtime_error("unexpected patroni_cluster output:\n" + out);
+    const bool store_known = dcs_ == "etcd" ? !etcd_url_.empty() && !etcd_user_.empty() : !zk_hosts_.empty();
+    if (!store_known || scope_.empty() || nodes_.size() != 4)
+        throw std::runtime_error("unexpected patroni_cluster output:\n" + out);
+}
+
+std::string PatroniCluster::source_toml(const std::string& store_extra,
+                                        const std::vector<std::string>& endpoints_before) const {
+    std::ostringstream t;
+    if (on_etcd()) {
+        t << "source = \"etcd\"\n[topology.etcd]\nendpoints = [";
+        for (const auto& e : endpoints_before) t << "\"" << e << "\", ";
+        t << "\"" << etcd_url_ << "\"]\nnamespace = \"service\"\nscope = \"" << scope_ << "\"\nusername = \""
+          << etcd_user_ << "\"\npassword = \"" << etcd_password_ << "\"\n";
+    } else {
+        t << "source = \"zookeeper\"\n[topology.zookeeper]\nhosts = \"" << zk_hosts_
+          << "\"\nnamespace = \"service\"\nscope = \"" << scope_ << "\"\nsession_timeout = \"10s\"\n";
+    }
+    t << store_extra << "\n";
+    return t.str();
 }
 
 PatroniCluster::~PatroniCluster() { run_command("python3 " + patroni_script() + " down --dir " + dir_->path() + "/c"); }
@@ -212,11 +237,24 @@ Pgrelay::Pgrelay(const PatroniCluster& cluster, const std::string& routing, Pgre
     std::ostringstream cfg;
     cfg << "[routing]\nro_fallback_to_primary = " << (opts.ro_fallback_to_primary ? "true" : "false") << "\n"
         << routing << "\n"
-        << "[topology]\nsource = \"zookeeper\"\n"
-        << "[topology.zookeeper]\nhosts = \"" << cluster.zk_hosts() << "\"\nnamespace = \"service\"\nscope = \""
-        << cluster.scope() << "\"\nsession_timeout = \"10s\"\n"
+        << "[topology]\n"
+        << (opts.source_toml.empty() ? cluster.source_toml() : opts.source_toml)
         << "[topology.probe]\nuser = \"pgrelay\"\npassword = \"pgrelay\"\ndbname = \"postgres\"\ninterval = \"500ms\"\n";
     launch(cfg.str(), opts);
+}
+
+double Pgrelay::metric(const std::string& series) const {
+    const auto [status, body] = http_get("/metrics");
+    if (status != 200) return -1;
+    std::istringstream in(body);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.empty() || line[0] == '#' || line.rfind(series, 0) != 0) continue;
+        const size_t sp = line.rfind(' ');
+        if (sp == std::string::npos) continue;
+        return std::stod(line.substr(sp + 1));
+    }
+    return -1;
 }
 
 void Pgrelay::launch(const std::string& body, const PgrelayOptions& opts) {

@@ -58,8 +58,11 @@ private:
     std::vector<Node> nodes_;
 };
 
-// ZooKeeper + Patroni cluster (tests/fixtures/patroni_cluster.py): pg0..pg3,
-// pg3 tagged noloadbalance + nofailover (a backup node).
+// A DCS + Patroni cluster (tests/fixtures/patroni_cluster.py): pg0..pg3,
+// pg3 tagged noloadbalance + nofailover (a backup node). The DCS is
+// ZooKeeper, or etcd when PGRELAY_TEST_DCS=etcd: the same suite runs on both
+// (ctest runs it twice). The etcd cluster has authentication on (pgrelay
+// reads as a user with read access to /service/ only) and a short token TTL.
 struct PatroniNode {
     std::string name;
     uint16_t pg_port = 0;
@@ -72,19 +75,33 @@ class PatroniCluster {
 public:
     static PatroniCluster& shared();
     ~PatroniCluster();
+    const std::string& dcs() const { return dcs_; }  // "zookeeper" or "etcd"
+    bool on_etcd() const { return dcs_ == "etcd"; }
     const std::string& zk_hosts() const { return zk_hosts_; }
+    const std::string& etcd_url() const { return etcd_url_; }
+    const std::string& etcd_user() const { return etcd_user_; }
+    const std::string& etcd_password() const { return etcd_password_; }
+    static constexpr int kEtcdTokenTtl = 3;  // seconds (etcd --auth-token-ttl)
     const std::string& scope() const { return scope_; }
+    // The [topology] source line and the store's section for following this
+    // cluster; `store_extra` is added to [topology.zookeeper] / [topology.etcd],
+    // `endpoints_before` (etcd) go before the real endpoint.
+    std::string source_toml(const std::string& store_extra = "",
+                            const std::vector<std::string>& endpoints_before = {}) const;
+    // What pgrelay's reroute log line measures from on this DCS.
+    std::string leader_event() const { return on_etcd() ? "leader key event" : "leader znode event"; }
     // Runs a fixture command ("list", "switchover", "kill pg0", ...); throws on failure.
     std::string run(const std::string& args, int timeout_s = 180) const;
     std::vector<PatroniNode> list() const;  // current view (patroni REST API)
     std::string leader() const;
     const PatroniNode& node(const std::string& name) const;
+    const std::vector<PatroniNode>& nodes() const { return nodes_; }
     std::string direct(const std::string& name) const;  // superuser conninfo to a node
 
 private:
     PatroniCluster();
     std::unique_ptr<TempDir> dir_;
-    std::string zk_hosts_, scope_;
+    std::string dcs_, zk_hosts_, etcd_url_, etcd_user_, etcd_password_, scope_;
     std::vector<PatroniNode> nodes_;
 };
 
@@ -95,6 +112,9 @@ struct PgrelayOptions {
     std::string connect_timeout = "2s";
     std::string extra_server;  // extra lines for [server]
     std::string extra_topology;  // extra lines for [topology] (e.g. backend_tls), static cluster only
+    // Patroni cluster only: the [topology] source and store section, instead of
+    // PatroniCluster::source_toml() (e.g. source = "patroni_api").
+    std::string source_toml;
     std::string extra_sections;  // whole extra tables (e.g. "[tls]\n...") at the end of the file
     std::string member_host = "127.0.0.1";  // how the static topology names the nodes' host
     unsigned threads = 2;
@@ -103,8 +123,8 @@ struct PgrelayOptions {
 class Pgrelay {
 public:
     Pgrelay(const PgCluster& cluster, PgrelayOptions opts = {});
-    // Following a Patroni cluster through ZooKeeper; `routing` is extra TOML
-    // for the [routing] section.
+    // Following a Patroni cluster through its DCS (or opts.source_toml);
+    // `routing` is extra TOML for the [routing] section.
     Pgrelay(const PatroniCluster& cluster, const std::string& routing, PgrelayOptions opts = {});
     ~Pgrelay();
     uint16_t rw_port() const { return rw_; }
@@ -122,6 +142,9 @@ public:
     bool running();
     int open_fds() const;
     int pid() const { return pid_; }
+    // A sample's value from /metrics (first series whose name and labels
+    // start with `series`), or -1 when absent.
+    double metric(const std::string& series) const;
 
 private:
     void launch(const std::string& config_body, const PgrelayOptions& opts);

@@ -1,14 +1,18 @@
-// Integration tests against a real ZooKeeper + 4-node Patroni cluster (pg3 is a
-// backup node tagged noloadbalance + nofailover) and a real pgrelay following it
-// through ZooKeeper: routing, switchover and crash failover under a write loop
-// with zero acknowledged writes lost, held connections, lag-aware reads, and a
-// ZooKeeper outage. One cluster and one pgrelay are shared by all cases.
+// Integration tests against a real 4-node Patroni cluster (pg3 is a backup node
+// tagged noloadbalance + nofailover) and a real pgrelay following it through
+// its DCS: routing, switchover and crash failover under a write loop with zero
+// acknowledged writes lost, held connections, lag-aware reads, and a DCS
+// outage. One suite for every DCS: ctest runs this binary on ZooKeeper and, with
+// PGRELAY_TEST_DCS=etcd, on etcd (with authentication on). Cases tagged [etcd]
+// need etcd; [patroni_api] follows the cluster through Patroni's REST API
+// whatever its DCS. One cluster and one pgrelay are shared by all cases.
 #include <catch2/catch.hpp>
 
 #include <atomic>
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -260,7 +264,7 @@ TEST_CASE("a replica lagging beyond max_replica_lag gets no new ro connections b
     CHECK(query_value(held.conn, "SELECT 1") == "1");
 }
 
-TEST_CASE("stopping ZooKeeper for 10 s drops no session, and routing follows the cluster afterwards", "[patroni]") {
+TEST_CASE("stopping the DCS for 10 s drops no session, and routing follows the cluster afterwards", "[patroni]") {
     auto& cluster = PatroniCluster::shared();
     wait_healthy();
     const std::string leader = cluster.leader();
@@ -270,7 +274,9 @@ TEST_CASE("stopping ZooKeeper for 10 s drops no session, and routing follows the
     REQUIRE(rw.ok());
     REQUIRE(ro.ok());
 
-    cluster.run("stop-zk");
+    const double resyncs = relay().metric("pgrelay_dcs_resyncs_total");
+    REQUIRE(resyncs >= 0);
+    cluster.run("stop-dcs");
     const auto until = Clock::now() + 10s;
     while (Clock::now() < until) {
         CHECK(query_value(rw.conn, "SELECT 1") == "1");
@@ -280,10 +286,13 @@ TEST_CASE("stopping ZooKeeper for 10 s drops no session, and routing follows the
     // New connections route on the last known topology meanwhile.
     CHECK(port_via(relay().rw_port()) == pg_port_of(leader));
     CHECK(port_via(relay().ro_port()).rfind("error", 0) != 0);
-    cluster.run("start-zk");
+    // pgrelay saw the outage, and reads the whole state again once it is over.
+    CHECK(relay().metric("pgrelay_dcs_connected") == 0);
+    cluster.run("start-dcs");
     CHECK(query_value(rw.conn, "SELECT 1") == "1");
     CHECK(query_value(ro.conn, "SELECT 1") == "1");
-    CHECK(eventually([&] { return relay().log().find("zookeeper: connected to") != relay().log().rfind("zookeeper: connected to"); }, 60s));
+    CHECK(eventually([&] { return relay().metric("pgrelay_dcs_resyncs_total") > resyncs; }, 60s));
+    CHECK(eventually([&] { return relay().metric("pgrelay_dcs_connected") == 1; }, 30s));
 
     // Routing follows the cluster again: a switchover now is seen.
     wait_healthy();
@@ -416,7 +425,7 @@ TEST_CASE("switchover under a write loop: old sessions get 57P01, new ones are h
     // then released is asserted from pgrelay's log below.
     WARN(in_window << " connection attempts started inside the leaderless window");
     CHECK_THAT(relay().log(), Catch::Contains("held:") && Catch::Contains("released after"));
-    CHECK_THAT(relay().log(), Catch::Contains("ms after the leader znode event"));
+    CHECK_THAT(relay().log(), Catch::Contains("ms after the " + cluster.leader_event()));
 
     check_no_lost_writes(writer, new_leader, {pg_port_of(old_leader), pg_port_of(new_leader)});
 }
@@ -449,4 +458,169 @@ TEST_CASE("kill -9 of the leader's Patroni and PostgreSQL: rw follows the new le
     cluster.run("start " + old_leader);
     wait_healthy();
     CHECK(relay().running());
+}
+
+namespace {
+
+// pgrelay's own view (/topology): rw routes to `name`.
+bool routes_to(const Pgrelay& r, const std::string& name) {
+    const auto [status, body] = r.http_get("/topology");
+    return status == 200 && body.find("\"primary\":\"" + name + "\"") != std::string::npos;
+}
+
+// A switchover, then rw through `r` reaches the new leader.
+void check_follows_switchover(const Pgrelay& r) {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    const std::string old_leader = cluster.leader();
+    REQUIRE(eventually([&] { return port_via(r.rw_port()) == pg_port_of(old_leader); }, 30s));
+    const std::string out = cluster.run("switchover");
+    const std::string new_leader = cluster.leader();
+    INFO(out);
+    REQUIRE(new_leader != old_leader);
+    CHECK(eventually([&] { return port_via(r.rw_port()) == pg_port_of(new_leader); }, 30s));
+}
+
+}  // namespace
+
+TEST_CASE("etcd: a compaction while pgrelay watches, then a switchover: rw follows", "[patroni][etcd]") {
+    auto& cluster = PatroniCluster::shared();
+    REQUIRE(cluster.on_etcd());
+    wait_healthy();
+    REQUIRE(eventually([&] { return routes_to(relay(), cluster.leader()); }, 30s));
+    // Everything before the current revision is gone; pgrelay's watch
+    // started earlier and must keep delivering.
+    const std::string out = cluster.run("compact");
+    INFO(out);
+    REQUIRE(out.rfind("compacted ", 0) == 0);
+    check_follows_switchover(relay());
+    CHECK(relay().metric("pgrelay_dcs_connected{source=\"etcd\"}") == 1);
+}
+
+TEST_CASE("etcd: etcd restarted: no session dropped, the state is read again, a switchover is followed",
+          "[patroni][etcd]") {
+    auto& cluster = PatroniCluster::shared();
+    REQUIRE(cluster.on_etcd());
+    wait_healthy();
+    REQUIRE(eventually([&] { return routes_to(relay(), cluster.leader()); }, 30s));
+    PgConn rw = pg_connect(user_conninfo(relay().rw_port()));
+    PgConn ro = pg_connect(user_conninfo(relay().ro_port()));
+    REQUIRE(rw.ok());
+    REQUIRE(ro.ok());
+    const double resyncs = relay().metric("pgrelay_dcs_resyncs_total");
+    // etcd forgets every auth token when it restarts: pgrelay logs in again.
+    cluster.run("restart-dcs");
+    CHECK(eventually([&] { return relay().metric("pgrelay_dcs_resyncs_total") > resyncs; }, 30s));
+    CHECK(eventually([&] { return relay().metric("pgrelay_dcs_connected") == 1; }, 30s));
+    CHECK(query_value(rw.conn, "SELECT 1") == "1");
+    CHECK(query_value(ro.conn, "SELECT 1") == "1");
+    check_follows_switchover(relay());
+}
+
+TEST_CASE("etcd: an auth token that expires between checks is renewed, and the password is never logged",
+          "[patroni][etcd]") {
+    auto& cluster = PatroniCluster::shared();
+    REQUIRE(cluster.on_etcd());
+    // A check every 5 s against a 3 s token TTL: each check finds its token expired.
+    static_assert(PatroniCluster::kEtcdTokenTtl < 5);
+    Pgrelay r(cluster, "", PgrelayOptions{.source_toml = cluster.source_toml("check_interval = \"5s\"\n")});
+    wait_healthy();
+    REQUIRE(eventually([&] { return routes_to(r, cluster.leader()); }, 30s));
+    CHECK(eventually([&] { return r.log().find("invalid auth token'; authenticating again") != std::string::npos; },
+                     30s));
+    check_follows_switchover(r);
+    CHECK(r.metric("pgrelay_dcs_connected") == 1);
+    CHECK(r.log().find(cluster.etcd_password()) == std::string::npos);
+}
+
+TEST_CASE("etcd: with the first endpoint down, pgrelay follows the cluster through the next one", "[patroni][etcd]") {
+    auto& cluster = PatroniCluster::shared();
+    REQUIRE(cluster.on_etcd());
+    const std::string dead = "http://127.0.0.1:" + std::to_string(free_port());
+    Pgrelay r(cluster, "", PgrelayOptions{.source_toml = cluster.source_toml("", {dead})});
+    wait_healthy();
+    REQUIRE(eventually([&] { return routes_to(r, cluster.leader()); }, 30s));
+    CHECK_THAT(r.log(), Catch::Contains(dead + ": GET /version: connect: Connection refused"));
+    CHECK(r.metric("pgrelay_dcs_endpoint_failures_total") >= 1);
+    check_follows_switchover(r);
+}
+
+TEST_CASE("patroni_api: a switchover is followed within the poll interval plus the probe's time",
+          "[patroni][patroni_api]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    // Every member's REST API, after one that does not answer.
+    std::string urls = "\"http://127.0.0.1:" + std::to_string(free_port()) + "\"";
+    for (const auto& n : cluster.nodes()) urls += ", \"http://127.0.0.1:" + std::to_string(n.rest_port) + "\"";
+    constexpr double kInterval = 0.25;
+    Pgrelay api(cluster, "max_replica_lag = " + std::to_string(kMaxLag) + "\n",
+                PgrelayOptions{.source_toml = "source = \"patroni_api\"\n[topology.patroni_api]\nurls = [" + urls +
+                                              "]\ninterval = \"250ms\"\n"});
+    const std::string leader = cluster.leader();
+    REQUIRE(eventually([&] { return port_via(api.rw_port()) == pg_port_of(leader); }, 30s));
+    for (int i = 0; i < 8; ++i) {
+        const std::string p = port_via(api.ro_port());
+        INFO("ro connection " << i << " -> " << p);
+        CHECK(p != pg_port_of(leader));
+        CHECK(p != pg_port_of("pg3"));  // noloadbalance, as Patroni's REST API reports its tags
+        CHECK(p.rfind("error", 0) != 0);
+    }
+    CHECK(api.metric("pgrelay_dcs_endpoint_failures_total") >= 1);
+
+    // Both pgrelays live through the same switchover: the one watching the DCS
+    // is the reference, so the comparison does not depend on how long
+    // Patroni takes to promote.
+    std::atomic<bool> stop{false};
+    std::string new_leader;
+    std::mutex mu;
+    std::optional<Clock::time_point> watched_at, polled_at;
+    std::thread poller([&] {
+        const auto deadline = Clock::now() + 120s;
+        while (!stop && Clock::now() < deadline) {
+            std::unique_lock l(mu);
+            const std::string target = new_leader;
+            const bool need_watched = !watched_at, need_polled = !polled_at;
+            l.unlock();
+            if (!target.empty()) {
+                const auto now = Clock::now();
+                const bool w = need_watched && routes_to(relay(), target);
+                const bool p = need_polled && routes_to(api, target);
+                l.lock();
+                if (w) watched_at = now;
+                if (p) polled_at = now;
+                if (watched_at && polled_at) break;
+                l.unlock();
+            }
+            std::this_thread::sleep_for(5ms);
+        }
+    });
+    // Patroni's candidate is known before the switchover: the sync standby.
+    std::string candidate;
+    for (const auto& n : cluster.list())
+        if (n.role == "sync_standby") candidate = n.name;
+    REQUIRE(!candidate.empty());
+    {
+        std::lock_guard l(mu);
+        new_leader = candidate;
+    }
+    const std::string out = cluster.run("switchover --candidate " + candidate);
+    INFO(out);
+    CHECK(eventually(
+        [&] {
+            std::lock_guard l(mu);
+            return watched_at && polled_at;
+        },
+        30s));
+    stop = true;
+    poller.join();
+    REQUIRE(watched_at);
+    REQUIRE(polled_at);
+    const double behind = std::chrono::duration<double>(*polled_at - *watched_at).count();
+    WARN("patroni_api rerouted " << behind * 1000 << " ms after the " << cluster.dcs() << " source (poll interval "
+                                  << kInterval * 1000 << " ms)");
+    // One poll interval, plus the probe (retried every 5 ms), plus slack for a
+    // loaded machine: a bound on a defect, not a benchmark.
+    CHECK(behind < kInterval + 1.0);
+    CHECK(port_via(api.rw_port()) == pg_port_of(candidate));
+    CHECK_THAT(api.log(), Catch::Contains("ms after the poll that saw the new leader"));
 }
