@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the protocol codec fuzzer (tests/fuzz/fuzz_codec.cpp) with clang-14 in
+# Builds the protocol codec fuzzer (tests/fuzz/fuzz_codec.cpp), then the HTTP
+# reader's (fuzz_http.cpp, FUZZ_HTTP_SECONDS, default 30), with clang-14 in
 # build-fuzz and runs it for FUZZ_SECONDS (default 60) on a copy of the
 # committed corpus, so the tree is left untouched. Fails on any crash, failed
 # invariant, sanitizer report, leak or hang; the input that triggered it is
@@ -34,3 +35,20 @@ if ! "$FUZZER" -max_total_time="${FUZZ_SECONDS:-60}" -max_len=12288 -timeout=10 
 fi
 grep -E "^(#[0-9]+[[:space:]]+DONE|Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::new_units_added)" "$WORK/log"
 echo "fuzz: no finding; corpus grew to $(ls "$WORK/corpus" | wc -l) inputs"
+
+# The HTTP/JSON reader of the etcd and Patroni REST sources, seeded with the
+# recorded etcd answers (two leading bytes: no cuts, no EOF; the fuzzer varies them).
+HTTP_FUZZER=$PWD/$BUILD_DIR/tests/fuzz/fuzz_http
+mkdir -p "$WORK/http-corpus"
+for f in tests/topology/data/etcd/*.http; do
+  { printf '\000\000'; cat "$f"; } >"$WORK/http-corpus/$(basename "$f")"
+done
+echo "fuzz: running fuzz_http for ${FUZZ_HTTP_SECONDS:-30} s"
+if ! "$HTTP_FUZZER" -max_total_time="${FUZZ_HTTP_SECONDS:-30}" -max_len=16384 -timeout=10 -print_final_stats=1 \
+    -artifact_prefix="$ARTIFACTS/" "$WORK/http-corpus" >"$WORK/http-log" 2>&1; then
+  tail -n 80 "$WORK/http-log"
+  echo "fuzz: fuzz_http FAILED; the input is in $ARTIFACTS/, replay it with: $HTTP_FUZZER $ARTIFACTS/<file>"
+  exit 1
+fi
+grep -E "^(Done|stat::number_of_executed_units|stat::new_units_added)" "$WORK/http-log"
+echo "fuzz: fuzz_http: no finding"

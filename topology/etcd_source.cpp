@@ -21,6 +21,17 @@ using Clock = std::chrono::steady_clock;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
+// What an HTTP error answer says: the gateway's JSON message, or else the
+// start of the body (etcd answers some refusals in plain text).
+std::string reason(int status, std::string_view body) {
+    std::string out = "HTTP " + std::to_string(status);
+    if (auto e = etcd::parse_error(body)) return out + ": " + e->message;
+    std::string_view b = body.substr(0, 200);
+    while (!b.empty() && (b.back() == '\n' || b.back() == '\r' || b.back() == ' ')) b.remove_suffix(1);
+    if (!b.empty()) out += ": " + log::printable(b);
+    return out;
+}
+
 // Why a watch cycle ended.
 struct Outcome {
     enum Kind { Resync, Fail } kind = Fail;
@@ -84,11 +95,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
                                     opts.request_timeout);
         if (!r.error.empty()) co_return "authenticate: " + r.error;
         std::string err;
-        if (r.status != 200) {
-            auto e = etcd::parse_error(r.body);
-            co_return "authenticate as " + opts.username + ": HTTP " + std::to_string(r.status) +
-                (e ? ": " + e->message : std::string());
-        }
+        if (r.status != 200) co_return "authenticate as " + opts.username + ": " + reason(r.status, r.body);
         auto t = etcd::parse_authenticate_response(r.body, err);
         if (!t) co_return "authenticate: " + err;
         token = std::move(*t);
@@ -109,9 +116,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
                 if (!err.empty()) co_return Call{err, {}};
                 continue;
             }
-            co_return Call{std::string(rpc) + ": HTTP " + std::to_string(r.status) +
-                               (e ? ": " + e->message : std::string(" (no error message)")),
-                           {}};
+            co_return Call{std::string(rpc) + ": " + reason(r.status, r.body), {}};
         }
     }
 
@@ -208,7 +213,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
         {
             auto r = co_await u->request("GET", "/version", "", "", opts.request_timeout);
             if (!r.error.empty()) co_return "GET /version: " + r.error;
-            if (r.status != 200) co_return "GET /version: HTTP " + std::to_string(r.status);
+            if (r.status != 200) co_return "GET /version: " + reason(r.status, r.body);
             std::string err;
             auto p = etcd::api_prefix(r.body, err);
             if (!p) co_return err;
@@ -256,7 +261,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
         if (r.status != 200) {
             auto e = etcd::parse_error(r.body);
             if (e && e->grpc_code == etcd::kGrpcUnauthenticated) token.clear();
-            co_return Outcome{Outcome::Fail, "watch: HTTP " + std::to_string(r.status) + (e ? ": " + e->message : "")};
+            co_return Outcome{Outcome::Fail, "watch: " + reason(r.status, r.body)};
         }
 
         // Both halves end through `state`; whichever ends first closes the

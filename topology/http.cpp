@@ -146,6 +146,11 @@ bool ResponseParser::parse_headers() {
 
 void ResponseParser::step() {
     size_t pos = 0;  // consumed bytes of buf_
+    // A line (without its CRLF) longer than kMaxChunkLine, or one that can
+    // no longer end within it.
+    auto line_too_long = [&](size_t crlf, size_t from) {
+        return crlf == std::string::npos ? buf_.size() - from > kMaxChunkLine + 1 : crlf - from > kMaxChunkLine;
+    };
     auto take = [&](uint64_t max) {
         const size_t n = static_cast<size_t>(std::min<uint64_t>(max, buf_.size() - pos));
         body_.append(buf_, pos, n);
@@ -157,10 +162,15 @@ void ResponseParser::step() {
             case Stage::Headers: {
                 buf_.erase(0, pos);
                 pos = 0;
-                if (buf_.find("\r\n\r\n") == std::string::npos) {
-                    if (buf_.size() > max_header_) fail("HTTP response headers too large");
+                // The limit holds however the bytes arrive: a block that
+                // cannot end within it fails before its end is in.
+                const size_t end = buf_.find("\r\n\r\n");
+                if ((end == std::string::npos && buf_.size() >= max_header_) ||
+                    (end != std::string::npos && end + 4 > max_header_)) {
+                    fail("HTTP response headers too large");
                     return;
                 }
+                if (end == std::string::npos) return;
                 if (!parse_headers()) return;
                 continue;
             }
@@ -171,10 +181,11 @@ void ResponseParser::step() {
                 continue;
             case Stage::ChunkSize: {
                 const size_t e = buf_.find("\r\n", pos);
-                if (e == std::string::npos) {
-                    if (buf_.size() - pos > kMaxChunkLine) fail("HTTP chunk size line too long");
-                    break;
+                if (line_too_long(e, pos)) {
+                    fail("HTTP chunk size line too long");
+                    return;
                 }
+                if (e == std::string::npos) break;
                 std::string_view line(buf_.data() + pos, e - pos);
                 line = trim(line.substr(0, line.find(';')));  // chunk extensions are ignored
                 uint64_t n = 0;
@@ -204,10 +215,11 @@ void ResponseParser::step() {
                 continue;
             case Stage::Trailers: {
                 const size_t e = buf_.find("\r\n", pos);
-                if (e == std::string::npos) {
-                    if (buf_.size() - pos > kMaxChunkLine) fail("HTTP trailer line too long");
-                    break;
+                if (line_too_long(e, pos)) {
+                    fail("HTTP trailer line too long");
+                    return;
                 }
+                if (e == std::string::npos) break;
                 const bool last = e == pos;
                 pos = e + 2;
                 if (last) stage_ = Stage::Done;
@@ -249,9 +261,10 @@ std::optional<std::string> JsonObjectSplitter::next() {
         }
         started_ = true;
         scanned_ = 0;
-        depth_ = 0;
+        open_.clear();
         in_string_ = escape_ = false;
     }
+    bool mismatched = false;
     for (; scanned_ < buf_.size(); ++scanned_) {
         const char c = buf_[scanned_];
         if (in_string_) {
@@ -260,20 +273,27 @@ std::optional<std::string> JsonObjectSplitter::next() {
             else if (c == '"') in_string_ = false;
             continue;
         }
-        if (c == '"') in_string_ = true;
-        else if (c == '{' || c == '[') ++depth_;
-        else if (c == '}' || c == ']') {
-            if (--depth_ == 0) {
+        if (c == '"') {
+            in_string_ = true;
+        } else if (c == '{' || c == '[') {
+            open_.push_back(c);
+        } else if (c == '}' || c == ']') {
+            if (open_.empty() || open_.back() != (c == '}' ? '{' : '[')) {
+                mismatched = true;
+                break;
+            }
+            open_.pop_back();
+            if (open_.empty()) {
+                if (scanned_ + 1 > max_) break;  // too large, however it arrived
                 std::string obj = buf_.substr(0, scanned_ + 1);
                 buf_.erase(0, scanned_ + 1);
                 started_ = false;
                 return obj;
             }
-            if (depth_ < 0) break;
         }
     }
-    if (depth_ < 0 || buf_.size() > max_) {
-        error_ = depth_ < 0 ? "unbalanced JSON in the stream" : "a JSON object in the stream is too large";
+    if (mismatched || buf_.size() > max_ || scanned_ + 1 > max_) {
+        error_ = mismatched ? "unbalanced JSON in the stream" : "a JSON object in the stream is too large";
         buf_.clear();
     }
     return std::nullopt;
@@ -332,6 +352,8 @@ std::optional<std::string> base64_decode(std::string_view in) {
             v[k] = b64_value(c);
             if (v[k] < 0) return std::nullopt;
         }
+        // Bits past the last byte must be zero: one encoding per byte string.
+        if ((pad == 2 && (v[1] & 0xf)) || (pad == 1 && (v[2] & 0x3))) return std::nullopt;
         const uint32_t w = uint32_t(v[0]) << 18 | uint32_t(v[1]) << 12 | uint32_t(v[2]) << 6 | uint32_t(v[3]);
         out += char((w >> 16) & 0xff);
         if (pad < 2) out += char((w >> 8) & 0xff);

@@ -70,7 +70,7 @@ private:
     size_t max_;
     std::string buf_;
     size_t scanned_ = 0;  // bytes of buf_ already scanned for the current object
-    int depth_ = 0;
+    std::string open_;    // the brackets open at scanned_, innermost last
     bool in_string_ = false, escape_ = false, started_ = false;
     std::string error_;
 };
