@@ -85,6 +85,10 @@ bool PatroniFollower::apply_key(std::string_view key, const std::string* value) 
 void PatroniFollower::set_leader(std::optional<std::string> leader) {
     if (leader == state_.leader) return;
     log::info("{}: leader key {}", opts_.source, leader ? "names " + *leader : std::string("is gone"));
+    // A new leader learnt without an event of its own (ZooKeeper: deleted and
+    // created again before the re-read; a resync): time it from now, so the
+    // reroute is still measured.
+    if (leader && loaded_ && !leader_event_at_) leader_event_at_ = Clock::now();
     state_.leader = std::move(leader);
 }
 

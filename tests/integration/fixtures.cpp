@@ -137,7 +137,7 @@ PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patro
     dcs_ = env && *env ? env : "zookeeper";
     if (dcs_ != "zookeeper" && dcs_ != "etcd") throw std::runtime_error("PGRELAY_TEST_DCS must be zookeeper or etcd");
     const std::string dcs_args =
-        dcs_ == "etcd" ? " --dcs etcd --etcd-auth --etcd-token-ttl " + std::to_string(kEtcdTokenTtl) : "";
+        dcs_ == "etcd" ? " --dcs etcd --etcd-auth --etcd-tls --etcd-token-ttl " + std::to_string(kEtcdTokenTtl) : "";
     const std::string out = run("up --nodes 4 --tags pg3=noloadbalance,nofailover" + dcs_args, 600);
     std::istringstream in(out);
     std::string line;
@@ -148,6 +148,7 @@ PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patro
         if (word == "zookeeper") ls >> zk_hosts_;
         else if (word == "etcd") ls >> etcd_url_;
         else if (word == "etcd_auth") ls >> etcd_user_ >> etcd_password_;
+        else if (word == "etcd_tls") ls >> etcd_tls_.url >> etcd_tls_.ca >> etcd_tls_.cert >> etcd_tls_.key;
         else if (word == "scope") ls >> scope_;
         else if (word == "node") {
             PatroniNode n;
@@ -155,7 +156,8 @@ PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patro
             nodes_.push_back(n);
         }
     }
-    const bool store_known = dcs_ == "etcd" ? !etcd_url_.empty() && !etcd_user_.empty() : !zk_hosts_.empty();
+    const bool store_known =
+        dcs_ == "etcd" ? !etcd_url_.empty() && !etcd_user_.empty() && !etcd_tls_.key.empty() : !zk_hosts_.empty();
     if (!store_known || scope_.empty() || nodes_.size() != 4)
         throw std::runtime_error("unexpected patroni_cluster output:\n" + out);
 }

@@ -62,7 +62,8 @@ private:
 // pg3 tagged noloadbalance + nofailover (a backup node). The DCS is
 // ZooKeeper, or etcd when PGRELAY_TEST_DCS=etcd: the same suite runs on both
 // (ctest runs it twice). The etcd cluster has authentication on (pgrelay
-// reads as a user with read access to /service/ only) and a short token TTL.
+// reads as a user with read access to /service/ only), a short token TTL, and
+// a second, https listener that requires client certificates.
 struct PatroniNode {
     std::string name;
     uint16_t pg_port = 0;
@@ -81,11 +82,17 @@ public:
     const std::string& etcd_url() const { return etcd_url_; }
     const std::string& etcd_user() const { return etcd_user_; }
     const std::string& etcd_password() const { return etcd_password_; }
+    // etcd's https listener (client certificates required) and the files to reach it.
+    struct EtcdTls {
+        std::string url, ca, cert, key;
+    };
+    const EtcdTls& etcd_tls() const { return etcd_tls_; }
     static constexpr int kEtcdTokenTtl = 3;  // seconds (etcd --auth-token-ttl)
     const std::string& scope() const { return scope_; }
     // The [topology] source line and the store's section for following this
-    // cluster; `store_extra` is added to [topology.zookeeper] / [topology.etcd],
-    // `endpoints_before` (etcd) go before the real endpoint.
+    // cluster (etcd: its plain http listener); `store_extra` is added to
+    // [topology.zookeeper] / [topology.etcd], `endpoints_before` (etcd) go
+    // before the real endpoint.
     std::string source_toml(const std::string& store_extra = "",
                             const std::vector<std::string>& endpoints_before = {}) const;
     // What pgrelay's reroute log line measures from on this DCS.
@@ -102,6 +109,7 @@ private:
     PatroniCluster();
     std::unique_ptr<TempDir> dir_;
     std::string dcs_, zk_hosts_, etcd_url_, etcd_user_, etcd_password_, scope_;
+    EtcdTls etcd_tls_;
     std::vector<PatroniNode> nodes_;
 };
 

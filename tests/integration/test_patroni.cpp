@@ -624,3 +624,33 @@ TEST_CASE("patroni_api: a switchover is followed within the poll interval plus t
     CHECK(port_via(api.rw_port()) == pg_port_of(candidate));
     CHECK_THAT(api.log(), Catch::Contains("ms after the poll that saw the new leader"));
 }
+
+TEST_CASE("etcd over https with a client certificate: verified both ways, and a switchover is followed",
+          "[patroni][etcd][tls]") {
+    auto& cluster = PatroniCluster::shared();
+    REQUIRE(cluster.on_etcd());
+    const auto& tls = cluster.etcd_tls();
+    auto https = [&](const std::string& files) {
+        return "source = \"etcd\"\n[topology.etcd]\nendpoints = [\"" + tls.url + "\"]\nscope = \"" + cluster.scope() +
+               "\"\nusername = \"" + cluster.etcd_user() + "\"\npassword = \"" + cluster.etcd_password() + "\"\n" +
+               files;
+    };
+    Pgrelay r(cluster, "",
+              PgrelayOptions{.source_toml = https("ca = \"" + tls.ca + "\"\ncert = \"" + tls.cert + "\"\nkey = \"" +
+                                                  tls.key + "\"\n")});
+    wait_healthy();
+    REQUIRE(eventually([&] { return routes_to(r, cluster.leader()); }, 30s));
+    check_follows_switchover(r);
+
+    // No client certificate: etcd refuses the connection; pgrelay says why and
+    // never gets a topology (both ports hold).
+    Pgrelay no_cert(cluster, "", PgrelayOptions{.source_toml = https("ca = \"" + tls.ca + "\"\n")});
+    CHECK(eventually([&] { return no_cert.log().find("bad certificate") != std::string::npos; }, 20s));
+    // etcd's certificate checked against another CA: pgrelay refuses etcd.
+    TempDir other_dir("pgrelay-other-ca");
+    TestCa other(other_dir.path(), "other");
+    Pgrelay wrong_ca(cluster, "", PgrelayOptions{.source_toml = https("ca = \"" + other.cert() + "\"\n")});
+    CHECK(eventually([&] { return wrong_ca.log().find("certificate verify failed") != std::string::npos; }, 20s));
+    CHECK(no_cert.http_get("/topology").second.find("\"known\":false") != std::string::npos);
+    CHECK(wrong_ca.http_get("/topology").second.find("\"known\":false") != std::string::npos);
+}
