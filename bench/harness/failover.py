@@ -2,23 +2,33 @@
 
 An independent ZooKeeper client (kazoo) watches Patroni's leader znode and
 timestamps its deletion and creation (watch arrival, and the new znode's
-ctime as ZooKeeper recorded it). One write loop per target runs all the time,
-concurrently, so every target lives through the very same switchovers: each
-loop INSERTs a row (autocommit) and records the wall-clock time the commit came
-back and inet_server_port(), i.e. which member took it. On any error it drops
-the connection and reconnects after ~10 ms.
+ctime as ZooKeeper recorded it). On etcd (--dcs etcd) an independent etcd
+watch (EtcdLeaderWatch: stdlib HTTP against etcd's JSON gateway) does the same
+for the leader key; etcd keeps no creation time, so there the new key's
+"ctime" is None and its PUT's arrival at the watch stands in for it.
+
+One write loop per target runs all the time, concurrently, so every target
+lives through the very same switchovers: each loop INSERTs a row (autocommit)
+and records the wall-clock time the commit came back and inet_server_port(),
+i.e. which member took it. On any error it drops the connection and
+reconnects after ~10 ms.
 
 Per switchover and target:
   reroute = first commit on the new primary - new leader znode's ctime
+            (etcd: - arrival of the new leader key's PUT at the watch)
   outage  = first commit on the new primary - last commit on the old one
 and Patroni's own leaderless window = leader znode deleted -> created (both
 as seen by the watch).
 """
 
 import array
+import base64
 import bisect
+import json
+import socket
 import threading
 import time
+import urllib.parse
 
 from . import common, services
 from .common import BenchError, say
@@ -106,6 +116,296 @@ class LeaderWatch:
             pass
 
 
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def unb64(text):
+    return base64.b64decode(text or "").decode(errors="replace")
+
+
+class EtcdStreamEnded(Exception):
+    """The watch stream closed, broke or was cancelled: re-watch."""
+
+
+class EtcdLeaderWatch:
+    """An independent etcd v3 watch on Patroni's leader key, with the stdlib
+    only, through etcd's JSON gateway (POST /v3/kv/range, POST /v3/watch).
+
+    Gives the same event dicts as LeaderWatch: {"kind": "deleted", "seen"}
+    and {"kind": "created", "seen", "ctime", ...}; seen is the wall-clock
+    arrival at this watch. etcd has no creation time, so ctime is None and
+    the scenario times the reroute from the PUT's arrival instead. A new key
+    (not a rewrite of the old one, e.g. a lease change) is told by its
+    create_revision, as LeaderWatch tells a new znode by its czxid.
+
+    The watch runs in a thread over a raw socket (HTTP/1.1, chunked answer),
+    resumes from the last revision it saw whenever the stream drops (etcd
+    replays what happened meanwhile; those events are marked "replayed", as
+    their arrival is late), and stops within a second of stop()."""
+
+    CONNECT_TIMEOUT = 5.0
+    POLL = 0.5           # socket timeout: how often the thread checks stopping
+    RETRY_PAUSE = 0.2    # between re-watch attempts
+
+    def __init__(self, url, key):
+        u = urllib.parse.urlsplit(url)
+        if u.scheme != "http" or not u.hostname:
+            raise BenchError("etcd watch: want an http://HOST:PORT URL, not %r" % url)
+        self.host, self.port = u.hostname, u.port or 2379
+        self.key = key
+        self.lock = threading.Lock()
+        self.events = []           # dicts: kind, seen (wall), ctime (None), create_revision
+        self.create_rev = None     # create_revision of the key as last seen; None: absent
+        self.rev = 0               # the last store revision taken into account
+        self.watches = 0           # watch streams opened
+        self.drops = []            # (wall time, why) for every stream that ended
+        self.stopping = threading.Event()
+        self.sock = None
+        rev, kv = self._range()
+        self.rev = rev
+        if kv is not None:
+            self.create_rev = int(kv.get("create_revision", 0))
+        self.thread = threading.Thread(target=self._run, name="etcd-leader-watch", daemon=True)
+        self.thread.start()
+
+    # ---------------------------------------------------------- requests
+
+    def _post(self, path, body, timeout=10.0):
+        """One request on its own connection; returns the JSON answer."""
+        import http.client
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request("POST", path, body=json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise BenchError("etcd %s: HTTP %d %s" % (path, resp.status,
+                                                          data[:300].decode(errors="replace")))
+            return json.loads(data)
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            raise BenchError("etcd %s at %s:%d: %s: %s" % (path, self.host, self.port,
+                                                           type(e).__name__, e))
+        finally:
+            conn.close()
+
+    def _range(self):
+        """(store revision, the leader key's kv or None)."""
+        ans = self._post("/v3/kv/range", {"key": b64(self.key)})
+        kvs = ans.get("kvs") or []
+        return int(ans.get("header", {}).get("revision", 0)), (kvs[0] if kvs else None)
+
+    # ---------------------------------------------------------- the stream
+
+    def _run(self):
+        while not self.stopping.is_set():
+            try:
+                self._watch_once()
+                why = "stream ended"
+            except EtcdStreamEnded as e:
+                why = str(e)
+            except (OSError, ValueError) as e:
+                why = "%s: %s" % (type(e).__name__, e)
+            except BenchError as e:
+                why = str(e)
+            self._close()
+            if self.stopping.is_set():
+                break
+            with self.lock:
+                if len(self.drops) < 1000:
+                    self.drops.append((time.time(), why))
+            self.stopping.wait(self.RETRY_PAUSE)
+
+    def _watch_once(self):
+        with self.lock:
+            start = self.rev + 1
+        body = json.dumps({"create_request": {"key": b64(self.key),
+                                              "start_revision": str(start)}}).encode()
+        sock = socket.create_connection((self.host, self.port), timeout=self.CONNECT_TIMEOUT)
+        self.sock = sock
+        if self.stopping.is_set():
+            return
+        sock.settimeout(self.POLL)
+        # The whole body with a Content-Length: the gateway does not answer
+        # a request whose body is still open.
+        sock.sendall(b"POST /v3/watch HTTP/1.1\r\nHost: %s:%d\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                     % (self.host.encode(), self.port, len(body)) + body)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += self._recv(sock)
+            if len(buf) > 65536:
+                raise EtcdStreamEnded("no end of the HTTP headers in 64 KiB")
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode(errors="replace").split("\r\n")
+        status = lines[0].split()
+        if len(status) < 2 or status[1] != "200":
+            raise EtcdStreamEnded("watch answered %s" % lines[0])
+        headers = {k.strip().lower(): v.strip() for k, _, v in
+                   (ln.partition(":") for ln in lines[1:])}
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        decoder = json.JSONDecoder()
+        text = ""       # de-chunked body not parsed yet
+        pending = b""   # a UTF-8 sequence cut by a chunk boundary
+        created = None  # the store revision when the watch was created
+        while not self.stopping.is_set():
+            if chunked:
+                data, buf, done = self._dechunk(sock, buf)
+            else:
+                data, buf, done = buf or self._recv(sock), b"", False
+            pending += data
+            try:
+                text += pending.decode()
+                pending = b""
+            except UnicodeDecodeError:
+                pass    # wait for the rest of the sequence
+            while True:
+                text = text.lstrip()
+                if not text:
+                    break
+                try:
+                    obj, end = decoder.raw_decode(text)
+                except ValueError:
+                    break   # incomplete: wait for more
+                text = text[end:]
+                created = self._handle(obj, created)
+            if done:
+                raise EtcdStreamEnded("stream ended (last chunk)")
+
+    def _recv(self, sock):
+        """Some bytes; b"" never (EOF raises); wakes up every POLL to check stopping."""
+        while True:
+            if self.stopping.is_set():
+                raise EtcdStreamEnded("stopping")
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                raise EtcdStreamEnded("connection closed by etcd")
+            return data
+
+    def _dechunk(self, sock, buf):
+        """Next chunk's payload: (data, rest of buf, last chunk seen)."""
+        while b"\r\n" not in buf:
+            buf += self._recv(sock)
+        line, rest = buf.split(b"\r\n", 1)
+        try:
+            size = int(line.split(b";", 1)[0].strip() or b"x", 16)
+        except ValueError:
+            raise EtcdStreamEnded("bad chunk size line %r" % line[:80])
+        if size == 0:
+            return b"", b"", True
+        while len(rest) < size + 2:
+            rest += self._recv(sock)
+        return rest[:size], rest[size + 2:], False
+
+    def _handle(self, obj, created):
+        """One watch response; returns the revision at the watch's creation."""
+        now = time.time()
+        res = obj.get("result")
+        if res is None:
+            raise EtcdStreamEnded("watch error: %s" % json.dumps(obj)[:300])
+        header = res.get("header") or {}
+        if res.get("created"):
+            created = int(header.get("revision", 0))
+            with self.lock:
+                self.watches += 1
+        if res.get("canceled"):
+            compacted = int(res.get("compact_revision", 0))
+            if compacted:
+                # History before compacted is gone: re-read the key and go on
+                # from the present, like LeaderWatch after a lost event.
+                self._resync(now)
+            raise EtcdStreamEnded("watch cancelled%s: %s" % (
+                " (compacted at %d)" % compacted if compacted else "",
+                res.get("cancel_reason", "")))
+        with self.lock:
+            for ev in res.get("events") or []:
+                kv = ev.get("kv") or {}
+                mod = int(kv.get("mod_revision", 0))
+                if mod and mod <= self.rev:
+                    continue    # already seen before a reconnect
+                replayed = created is not None and mod <= created
+                # A PUT event has no "type" field (PUT is the enum's 0).
+                if ev.get("type", "PUT") == "DELETE":
+                    if self.create_rev is not None:
+                        e = {"kind": "deleted", "seen": now, "mod_revision": mod}
+                        if replayed:
+                            e["replayed"] = True
+                        self.events.append(e)
+                    self.create_rev = None
+                else:
+                    cr = int(kv.get("create_revision", 0))
+                    if cr != self.create_rev:
+                        if self.create_rev is not None:
+                            # Replaced without a DELETE between: not from a
+                            # revision-ordered watch, but keep the shape.
+                            self.events.append({"kind": "deleted", "seen": None})
+                        e = {"kind": "created", "seen": now, "ctime": None,
+                             "create_revision": cr, "mod_revision": mod,
+                             "leader": unb64(kv.get("value"))}
+                        if replayed:
+                            e["replayed"] = True
+                        self.events.append(e)
+                        self.create_rev = cr
+                self.rev = max(self.rev, mod)
+        return created
+
+    def _resync(self, now):
+        rev, kv = self._range()
+        cr = int(kv.get("create_revision", 0)) if kv is not None else None
+        with self.lock:
+            if cr != self.create_rev:
+                if self.create_rev is not None:
+                    self.events.append({"kind": "deleted", "seen": None})
+                if cr is not None:
+                    self.events.append({"kind": "created", "seen": now, "ctime": None,
+                                        "create_revision": cr, "replayed": True,
+                                        "leader": unb64(kv.get("value"))})
+                self.create_rev = cr
+            self.rev = max(self.rev, rev)
+
+    def _close(self):
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    # ---------------------------------------------------------- as LeaderWatch
+
+    def leader_name(self):
+        try:
+            _, kv = self._range()
+        except BenchError:
+            return None
+        return unb64(kv.get("value")) if kv is not None else None
+
+    def since(self, t):
+        with self.lock:
+            return [e for e in self.events if (e["seen"] or t) >= t]
+
+    def stop(self):
+        self.stopping.set()
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)   # wakes a blocked recv
+            except OSError:
+                pass
+        self.thread.join(self.POLL * 4 + self.CONNECT_TIMEOUT)
+        self._close()
+
+    def stats(self):
+        with self.lock:
+            return {"watches": self.watches, "drops": len(self.drops),
+                    "last_drops": [{"at": t, "why": w} for t, w in self.drops[-5:]]}
+
+
 class WriteLoop(threading.Thread):
     def __init__(self, name, dsn, deadline):
         super().__init__(name="write-%s" % name, daemon=True)
@@ -188,7 +488,8 @@ def write_dsns(bench):
 
 def reroute_metric(admin_port):
     """(sum, count) of pgrelay's own pgrelay_reroute_seconds histogram: from
-    the ZooKeeper event to rw routing to the new primary, as pgrelay sees it."""
+    the leader znode (or etcd key) event to rw routing to the new primary, as
+    pgrelay sees it."""
     if not admin_port:
         return None
     status, body = services.http_status(admin_port, "/metrics")
@@ -212,7 +513,15 @@ def failover(bench):
     port_of = {n: v["pg_port"] for n, v in cluster.nodes.items()}
     dsns = write_dsns(bench)
     runs, errors, switchovers = [], [], []
-    watch = LeaderWatch(cluster.zk_hosts, cluster.leader_path)
+    etcd = getattr(cluster, "dcs", "zookeeper") == "etcd"
+    if etcd:
+        watch = EtcdLeaderWatch(cluster.etcd_url, cluster.leader_path)
+        saw_no = ("the etcd watch saw no new leader key for %s",
+                  "the etcd watch saw no deletion of the leader key")
+    else:
+        watch = LeaderWatch(cluster.zk_hosts, cluster.leader_path)
+        saw_no = ("the ZooKeeper watch saw no new leader znode for %s",
+                  "the ZooKeeper watch saw no deletion of the leader znode")
     deadline = time.monotonic() + o.switchovers * 240 + 120
     loops = {name: WriteLoop(name, dsn, deadline) for name, dsn in dsns.items()}
     for lp in loops.values():
@@ -251,19 +560,26 @@ def failover(bench):
                 lasts = [l for l in lasts if l]
                 if lasts:
                     sw["cluster_write_gap_ms"] = ms(min(firsts) - max(lasts))
+            # When the new leader key came to be: the znode's ctime on
+            # ZooKeeper; etcd keeps none, so the PUT's arrival at the watch.
+            born = None
             if created:
+                born = created["seen"] if created.get("ctime") is None else created["ctime"]
+            if created and created.get("ctime") is not None:
                 sw["watch_delay_ms"] = ms(created["seen"] - created["ctime"])
             if created and deleted and deleted["seen"]:
                 # Both ends as the watch saw them (same delivery delay).
                 sw["leaderless_ms"] = ms(created["seen"] - deleted["seen"])
-                sw["leaderless_ctime_ms"] = ms(created["ctime"] - deleted["seen"])
+                if created.get("ctime") is not None:
+                    sw["leaderless_ctime_ms"] = ms(created["ctime"] - deleted["seen"])
+            if etcd and any(e.get("replayed") for e in (created, deleted) if e):
+                # Replayed after the watch stream dropped: arrival is late.
+                sw["watch_replayed"] = True
             switchovers.append(sw)
             if created is None:
-                errors.append("switchover %d: the ZooKeeper watch saw no new leader znode for %s"
-                              % (i, new))
+                errors.append("switchover %d: %s" % (i, saw_no[0] % new))
             elif deleted is None:
-                errors.append("switchover %d: the ZooKeeper watch saw no deletion of the leader "
-                              "znode" % i)
+                errors.append("switchover %d: %s" % (i, saw_no[1]))
             line = []
             for name, lp in loops.items():
                 first_new = lp.first_on(new_port, started)
@@ -274,7 +590,7 @@ def failover(bench):
                 else:
                     last_old = lp.last_on_before(old_port, first_new)
                     if created:
-                        r["reroute_ms"] = ms(first_new - created["ctime"])
+                        r["reroute_ms"] = ms(first_new - born)
                     if last_old is not None:
                         r["outage_ms"] = ms(first_new - last_old)
                         if sw["leaderless_ms"] is not None:
@@ -294,10 +610,18 @@ def failover(bench):
         watch.stop()
     totals = {name: {"writes": len(lp.times), "errors": lp.error_count}
               for name, lp in loops.items()}
-    return {"config": {"switchovers": o.switchovers, "targets": list(dsns),
-                       "excluded": {"pgbouncer": "its [databases] entry names one fixed host, "
-                                                 "so it keeps sending writes to the old primary"}},
-            "switchovers": switchovers, "runs": runs, "writes": totals, "errors": errors}
+    config = {"switchovers": o.switchovers, "targets": list(dsns),
+              "excluded": {"pgbouncer": "its [databases] entry names one fixed host, "
+                                        "so it keeps sending writes to the old primary"}}
+    out = {"config": config, "switchovers": switchovers, "runs": runs, "writes": totals,
+           "errors": errors}
+    if etcd:
+        config["dcs"] = "etcd"
+        config["leader_watch"] = ("independent etcd watch (JSON gateway) on %s; reroute from "
+                                  "the new leader key's PUT arrival (etcd has no ctime)"
+                                  % cluster.leader_path)
+        out["leader_watch"] = watch.stats()
+    return out
 
 
 def record_failover(runs, r, errors):

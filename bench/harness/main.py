@@ -17,6 +17,8 @@ from .common import BenchError, say
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH_DIR = os.path.join(ROOT, "bench")
 ALL_SCENARIOS = ["throughput", "connrate", "memory", "bulk", "failover"]
+DCS_KINDS = ["zookeeper", "etcd"]
+DCS_LABELS = {"zookeeper": "ZooKeeper", "etcd": "etcd"}
 NOFILE = 100000
 TIME_LIMITS = {"smoke": 540, "quick": 1200, "full": 7200}
 
@@ -39,7 +41,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="bench/run",
         description="pgrelay against direct, HAProxy and PgBouncer on a throwaway "
-                    "ZooKeeper + Patroni cluster on loopback (see bench/README.md).")
+                    "ZooKeeper (or etcd) + Patroni cluster on loopback (see bench/README.md).")
     p.add_argument("mode", choices=list(MODES) + ["report"],
                    help="report: re-render the table and charts of RESULTS.json (after "
                         "a change to the report, say) without measuring anything")
@@ -50,7 +52,11 @@ def parse_args(argv):
                    help="where .ci/build.sh builds (default: build, or $BUILD_DIR)")
     p.add_argument("--out", help="results directory (default: bench/results; smoke: a temp "
                                  "dir, removed at exit unless --keep)")
-    p.add_argument("--name", help="results file name (default: the mode)")
+    p.add_argument("--name", help="results file name (default: the mode; with --dcs etcd: "
+                                  "MODE-etcd)")
+    p.add_argument("--dcs", choices=DCS_KINDS, default="zookeeper",
+                   help="Patroni's DCS, which pgrelay and the failover scenario's leader "
+                        "watch follow (default zookeeper)")
     p.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
                    help="comma-separated subset of %s" % ",".join(ALL_SCENARIOS))
     for key, typ in (("rounds", int), ("duration", int), ("conn-duration", int),
@@ -111,11 +117,17 @@ def find_pgrelay(args):
     return path
 
 
-def check_tools():
+def check_tools(dcs="zookeeper"):
     needed = ["/usr/bin/pgbench", "/usr/bin/psql", "/usr/sbin/haproxy", "/usr/sbin/pgbouncer",
               "/usr/bin/patroni", "/usr/bin/patronictl", common.PYTHON]
+    # kazoo: the failover scenario's ZooKeeper watch; on etcd the watch is
+    # plain HTTP (stdlib), and the cluster fixture checks etcd's own needs.
+    modules = ("psycopg2", "kazoo", "matplotlib")
+    if dcs == "etcd":
+        needed += ["/usr/bin/etcd", "/usr/bin/etcdctl"]
+        modules = ("psycopg2", "matplotlib")
     missing = [p for p in needed if not os.path.exists(p)]
-    for mod in ("psycopg2", "kazoo", "matplotlib"):
+    for mod in modules:
         res = common.run([common.PYTHON, "-c", "import %s" % mod], timeout=60, check=False)
         if res.returncode != 0:
             missing.append("python3 module %s" % mod)
@@ -137,9 +149,10 @@ class Bench:
     # ------------------------------------------------------------ set-up
 
     def start_cluster(self):
-        self.cluster = services.Cluster(ROOT, self.workdir)
+        dcs = self.args.dcs
+        self.cluster = services.Cluster(ROOT, self.workdir, dcs)
         t0 = time.monotonic()
-        say("starting ZooKeeper + 3 Patroni nodes (PostgreSQL 15)")
+        say("starting %s + 3 Patroni nodes (PostgreSQL 15)" % DCS_LABELS[dcs])
         self.cluster.up(3)
         leader = self.cluster.leader()
         say("cluster up in %.0f s: leader %s, %s" % (
@@ -189,7 +202,7 @@ class Bench:
 
         rw, ro, admin = common.free_ports(3)
         proc = services.start_pgrelay(self.reg, self.pgrelay, wd, "pgrelay",
-                                      services.pgrelay_zk_config(rw, ro, admin, cl), rw,
+                                      services.pgrelay_config(rw, ro, admin, cl), rw,
                                       admin_port=admin)
         relay = services.Target("pgrelay", services.Endpoint(rw), services.Endpoint(ro), proc,
                                 notes={"admin": admin})
@@ -283,7 +296,7 @@ def main(argv=None):
     if args.mode == "report":
         return rerender(args)
     common.VERBOSE = args.verbose
-    name = args.name or args.mode
+    name = args.name or (args.mode if args.dcs == "zookeeper" else "%s-%s" % (args.mode, args.dcs))
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt()
@@ -305,19 +318,20 @@ def main(argv=None):
         outdir = os.path.join(workdir, "results")
     else:
         outdir = os.path.join(BENCH_DIR, "results")
-    results = {"name": name, "mode": args.mode,
+    results = {"name": name, "mode": args.mode, "dcs": args.dcs,
                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                "options": vars(args.opts), "scenarios": {}, "errors": []}
     bench = Bench(args, workdir)
     code = 0
     try:
         raise_nofile()
-        check_tools()
+        check_tools(args.dcs)
         bench.pgrelay = find_pgrelay(args)
         results["host"] = services.versions(bench.pgrelay)
         results["host"]["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        say("mode %s, scenarios %s, work dir %s, results in %s" % (
-            args.mode, ",".join(args.scenario_list), workdir, outdir))
+        say("mode %s%s, scenarios %s, work dir %s, results in %s" % (
+            args.mode, "" if args.dcs == "zookeeper" else " on %s" % DCS_LABELS[args.dcs],
+            ",".join(args.scenario_list), workdir, outdir))
         if "memory" in args.scenario_list:
             run_scenario(results, "memory", scenarios.memory, bench)
         cluster_scenarios = [s for s in args.scenario_list if s != "memory"]

@@ -10,6 +10,33 @@ TITLES = {"select_rw": "select-only, rw", "select_ro": "select-only, ro",
           "tpcb_rw": "tpcb-like, rw"}
 COLORS = {"direct": "#888888", "pgrelay": "#1f77b4", "haproxy": "#ff7f0e",
           "pgbouncer": "#2ca02c"}
+# The failover scenario's wording per DCS (results without "dcs" are ZooKeeper's).
+DCS_TEXTS = {
+    "zookeeper": {
+        "reroute_from": "leader znode ctime",
+        "leaderless": "Patroni's leader znode deleted -> created (ZooKeeper watch)",
+        "own_event": "leader znode event",
+        "chart_reroute": "reroute: leader znode created -> first commit on new primary",
+        "note": "",
+    },
+    "etcd": {
+        "reroute_from": "leader key PUT's arrival at the etcd watch",
+        "leaderless": "Patroni's leader key deleted -> created (etcd watch)",
+        "own_event": "leader key event",
+        "chart_reroute": "reroute: leader key PUT (etcd watch) -> first commit on new primary",
+        "note": " On etcd, which keeps no creation time, reroute starts when the new leader "
+                "key's PUT arrives at an independent etcd watch (not at the key's creation as "
+                "the DCS recorded it, as with ZooKeeper's znode ctime).",
+    },
+}
+
+
+def dcs_of(results):
+    return results.get("dcs") or "zookeeper"
+
+
+def dcs_texts(results):
+    return DCS_TEXTS.get(dcs_of(results), DCS_TEXTS["zookeeper"])
 
 
 def ok_runs(runs, **match):
@@ -133,7 +160,8 @@ def summarize(results):
             met_out = max(excess) <= 100.0
         n = len(fo["switchovers"])
         rows.append({"scenario": "6. failover", "metric": "%d switchovers: reroute ms, p50 / p99 "
-                     "(leader znode ctime -> first commit on the new primary)" % n,
+                     "(%s -> first commit on the new primary)"
+                     % (n, dcs_texts(results)["reroute_from"]),
                      "unit": "ms", "fmt": None,
                      "cells": {t: {"value": rer[t]} for t in TARGETS if t in rer},
                      "target": "pgrelay p99 <= 100 ms", "met": met_rr})
@@ -189,7 +217,9 @@ def markdown(results, rows):
         "Mode `%s`, %s, %s rounds interleaved (direct, pgrelay, haproxy, pgbouncer, repeat), "
         "medians; in parentheses the ratio to direct in the same round (median over rounds), "
         "for CPU the ratio to PgBouncer. %s." % (
-            results["mode"], results["started"], o["rounds"], describe_host(results["host"])),
+            results["mode"], results["started"], o["rounds"], describe_host(results["host"])
+            + ("; Patroni's DCS: etcd (pgrelay follows it through etcd)"
+               if dcs_of(results) == "etcd" else "")),
         "",
         "pgbench -c 16 -j 2, -T %ss (connection rate -T %ss, md5 logins), scale %s; memory: %s "
         "idle connections (%s rounds) to a fake backend; COPY %s MB; %s switchovers.%s%s" % (
@@ -213,13 +243,15 @@ def markdown(results, rows):
     fo = results["scenarios"].get("failover")
     if fo and fo["switchovers"]:
         targets = fo["config"]["targets"]
+        dt = dcs_texts(results)
         lines += ["", "Failover, per switchover, in ms. Per target: reroute / outage. leaderless: "
-                  "Patroni's leader znode deleted -> created (ZooKeeper watch); cluster write "
+                  "%s; cluster write "
                   "gap: the last commit any write loop got from the old primary -> the first any "
                   "got from the new one; pgrelay's own reroute: its pgrelay_reroute_seconds "
-                  "(leader znode event -> rw routes there). direct = libpq multi-host with "
+                  "(%s -> rw routes there). direct = libpq multi-host with "
                   "target_session_attrs=read-write; PgBouncer is not measured: its [databases] "
-                  "entry names one fixed host.", "",
+                  "entry names one fixed host.%s" % (dt["leaderless"], dt["own_event"], dt["note"]),
+                  "",
                   "| # | switchover | leaderless | cluster write gap | pgrelay's own reroute | "
                   + " | ".join(targets) + " |",
                   "|---|---|---:|---:|---:|" + "---:|" * len(targets)]
@@ -352,7 +384,7 @@ def charts(results, rows, outdir, name):
             a2.plot([i for i, _ in gap], [v for _, v in gap], "_-.", color="#9467bd", ms=14,
                     label="cluster write gap (no client can do better)")
         a1.axhline(100, color="k", ls="--", lw=1)
-        for ax, title in ((a1, "reroute: leader znode created -> first commit on new primary"),
+        for ax, title in ((a1, dcs_texts(results)["chart_reroute"]),
                           (a2, "write outage: last commit on old -> first on new")):
             ax.set_yscale("log")
             ax.set_xlabel("switchover")
@@ -361,8 +393,9 @@ def charts(results, rows, outdir, name):
             ax.set_xticks(idx)
             ax.legend(fontsize=7)
         fig.suptitle("%s: switchovers under a write loop (direct = libpq multi-host, "
-                     "target_session_attrs=read-write)"
-                     % name, fontsize=9)
+                     "target_session_attrs=read-write)%s"
+                     % (name, "; Patroni on etcd" if dcs_of(results) == "etcd" else ""),
+                     fontsize=9)
         fig.tight_layout()
         written.append(save(fig, outdir, "%s-failover.png" % name))
         plt.close(fig)

@@ -58,13 +58,15 @@ class Target:
 # ---------------------------------------------------------------- cluster
 
 class Cluster:
-    """ZooKeeper + Patroni through tests/fixtures/patroni_cluster.py."""
+    """ZooKeeper (or etcd) + Patroni through tests/fixtures/patroni_cluster.py."""
 
-    def __init__(self, root, workdir):
+    def __init__(self, root, workdir, dcs="zookeeper"):
         self.fixture = os.path.join(root, "tests", "fixtures", "patroni_cluster.py")
         self.dir = os.path.join(workdir, "cluster")
+        self.dcs = dcs    # "zookeeper" or "etcd"
         self.nodes = {}   # name -> {"pg_port", "rest_port"}
         self.zk_hosts = None
+        self.etcd_url = None   # "http://127.0.0.1:PORT" (--dcs etcd, no auth)
         self.scope = None
         self.namespace = "service"
         self.started = False
@@ -75,20 +77,30 @@ class Cluster:
 
     def up(self, nodes=3):
         self.started = True   # 'down' cleans up a half-built cluster too
-        res = self.cli("up", "--nodes", str(nodes), timeout=600)
+        extra = ["--dcs", "etcd"] if self.dcs == "etcd" else []
+        res = self.cli("up", "--nodes", str(nodes), *extra, timeout=600)
+        kind = None
         for line in res.stdout.splitlines():
             parts = line.split()
             if not parts:
                 continue
-            if parts[0] == "zookeeper":
+            if parts[0] == "dcs" and len(parts) > 1:
+                kind = parts[1]
+            elif parts[0] == "zookeeper":
                 self.zk_hosts = parts[1]
+            elif parts[0] == "etcd":
+                self.etcd_url = parts[1]
             elif parts[0] == "scope":
                 self.scope = parts[1]
             elif parts[0] == "namespace":
                 self.namespace = parts[1].strip("/")
             elif parts[0] == "node":
                 self.nodes[parts[1]] = {"pg_port": int(parts[2]), "rest_port": int(parts[3])}
-        if not (self.zk_hosts and self.scope and len(self.nodes) == nodes):
+        if self.dcs == "etcd":
+            have_dcs = kind == "etcd" and self.etcd_url
+        else:
+            have_dcs = self.zk_hosts
+        if not (have_dcs and self.scope and len(self.nodes) == nodes):
             raise BenchError("unexpected output from patroni_cluster.py up:\n%s" % res.stdout)
 
     def down(self):
@@ -147,6 +159,37 @@ user = "{pu}"
 password = "{pp}"
 """.format(h=HOST, rw=rw, ro=ro, admin=admin, zk=cluster.zk_hosts, ns=cluster.namespace,
            scope=cluster.scope, pu=PROBE_USER, pp=PROBE_PASSWORD)
+
+
+def pgrelay_etcd_config(rw, ro, admin, cluster):
+    return """\
+# Written by bench/run: pgrelay following the Patroni cluster through etcd.
+[server]
+threads = 0
+log_level = "warning"
+[listen]
+rw = "{h}:{rw}"
+ro = "{h}:{ro}"
+[admin]
+listen = "{h}:{admin}"
+[topology]
+source = "etcd"
+[topology.etcd]
+endpoints = ["{url}"]
+namespace = "{ns}"
+scope = "{scope}"
+[topology.probe]
+user = "{pu}"
+password = "{pp}"
+""".format(h=HOST, rw=rw, ro=ro, admin=admin, url=cluster.etcd_url, ns=cluster.namespace,
+           scope=cluster.scope, pu=PROBE_USER, pp=PROBE_PASSWORD)
+
+
+def pgrelay_config(rw, ro, admin, cluster):
+    """pgrelay following the cluster through its DCS."""
+    if cluster.dcs == "etcd":
+        return pgrelay_etcd_config(rw, ro, admin, cluster)
+    return pgrelay_zk_config(rw, ro, admin, cluster)
 
 
 def pgrelay_static_config(rw, backend_port):
