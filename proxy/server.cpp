@@ -285,6 +285,11 @@ int Server::run() {
             for (const auto& u : list) out.push_back(*topology::http::parse_url(u, default_tls, default_port));
             return out;  // validated by the config loader
         };
+        auto joined = [](const std::vector<topology::http::Url>& list) {
+            std::string out;
+            for (const auto& u : list) out += (out.empty() ? "" : ",") + u.to_string();
+            return out;
+        };
         if (cfg.topology_source == "zookeeper") {
             topology::ZkSourceOptions zo;
             zo.hosts = cfg.zookeeper.hosts;
@@ -307,8 +312,7 @@ int Server::run() {
             eo.check_interval = cfg.etcd.check_interval;
             eo.stats = &reg.source;
             eo.follower = std::move(fo);
-            std::string list;
-            for (const auto& u : eo.endpoints) list += (list.empty() ? "" : ",") + u.to_string();
+            const std::string list = joined(eo.endpoints);
             s.source = std::make_unique<topology::EtcdSource>(s.control, s.hub, std::move(eo));
             log::info("topology: following Patroni in etcd {} at {}{}", list, cfg.etcd.base(),
                       cfg.etcd.username.empty() ? "" : " as user " + cfg.etcd.username);
@@ -322,8 +326,7 @@ int Server::run() {
             po.request_timeout = cfg.patroni_api.request_timeout;
             po.stats = &reg.source;
             po.follower = std::move(fo);
-            std::string list;
-            for (const auto& u : po.urls) list += (list.empty() ? "" : ",") + u.to_string();
+            const std::string list = joined(po.urls);
             s.source = std::make_unique<topology::PatroniApiSource>(s.control, s.hub, std::move(po));
             log::info("topology: following Patroni through its REST API {} (GET /cluster every {} ms)", list,
                       cfg.patroni_api.interval.count());

@@ -413,14 +413,7 @@ EtcdSource::~EtcdSource() { stop(); }
 
 void EtcdSource::start() {
     impl_->follower->start();
-    asio::co_spawn(impl_->ctx, impl_->run(), [keep = impl_](std::exception_ptr e) {
-        if (!e) return;
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            log::error("etcd: the watcher stopped on an unexpected error: {}", ex.what());
-        }
-    });
+    spawn_source_loop(impl_->ctx, impl_->run(), impl_, "etcd: the watcher");
 }
 
 void EtcdSource::set_member_options(const std::map<std::string, uint32_t>& weights,

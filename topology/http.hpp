@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "protocol/base64.hpp"
+
 namespace pgrelay::topology::http {
 
 // Flow: feed() every byte read from the socket (the parser never needs them
@@ -75,9 +77,8 @@ private:
     std::string error_;
 };
 
-std::string base64_encode(std::string_view in);
-// nullopt on characters outside the alphabet or bad padding.
-std::optional<std::string> base64_decode(std::string_view in);
+using protocol::base64_decode;  // keys and values in etcd's JSON gateway
+using protocol::base64_encode;
 
 // "http://host:port", "https://host:port" or "host:port" ([v6]:port too);
 // the scheme defaults to `default_tls`. Fails on anything else.

@@ -122,14 +122,7 @@ PatroniApiSource::~PatroniApiSource() { stop(); }
 
 void PatroniApiSource::start() {
     impl_->follower->start();
-    asio::co_spawn(impl_->ctx, impl_->run(), [keep = impl_](std::exception_ptr e) {
-        if (!e) return;
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            log::error("patroni_api: the poller stopped on an unexpected error: {}", ex.what());
-        }
-    });
+    spawn_source_loop(impl_->ctx, impl_->run(), impl_, "patroni_api: the poller");
 }
 
 void PatroniApiSource::set_member_options(const std::map<std::string, uint32_t>& weights,

@@ -1,6 +1,7 @@
 // PatroniFollower (patroni_follower.hpp).
 #include "topology/patroni_follower.hpp"
 
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <sstream>
@@ -227,6 +228,18 @@ std::string PatroniFollower::summarize(const Topology& t, bool with_lag) const {
     }
     os << "]";
     return os.str();
+}
+
+void spawn_source_loop(asio::io_context& ctx, asio::awaitable<void> loop, std::shared_ptr<void> keep,
+                       std::string what) {
+    asio::co_spawn(ctx, std::move(loop), [keep = std::move(keep), what = std::move(what)](std::exception_ptr e) {
+        if (!e) return;
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            log::error("{} stopped on an unexpected error: {}", what, ex.what());
+        }
+    });
 }
 
 }  // namespace pgrelay::topology

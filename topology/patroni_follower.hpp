@@ -5,6 +5,7 @@
 // and feeds what it read here; everything runs on the control thread.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <functional>
@@ -100,5 +101,11 @@ private:
     std::unique_ptr<LeaderProbe> probe_;
     std::unique_ptr<ReplayProbe> replay_probe_;
 };
+
+// Runs a source's main coroutine on `ctx`, keeping `keep` (the source's
+// state) alive until it ends; an exception that escapes it is logged with
+// `what` ("etcd: the watcher") instead of ending the process.
+void spawn_source_loop(boost::asio::io_context& ctx, boost::asio::awaitable<void> loop, std::shared_ptr<void> keep,
+                       std::string what);
 
 }  // namespace pgrelay::topology

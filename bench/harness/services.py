@@ -137,59 +137,31 @@ class Cluster:
 
 # ---------------------------------------------------------------- pgrelay
 
-def pgrelay_zk_config(rw, ro, admin, cluster):
-    return """\
-# Written by bench/run: pgrelay following the Patroni cluster through ZooKeeper.
-[server]
-threads = 0
-log_level = "warning"
-[listen]
-rw = "{h}:{rw}"
-ro = "{h}:{ro}"
-[admin]
-listen = "{h}:{admin}"
-[topology]
-source = "zookeeper"
-[topology.zookeeper]
-hosts = "{zk}"
-namespace = "{ns}"
-scope = "{scope}"
-[topology.probe]
-user = "{pu}"
-password = "{pp}"
-""".format(h=HOST, rw=rw, ro=ro, admin=admin, zk=cluster.zk_hosts, ns=cluster.namespace,
-           scope=cluster.scope, pu=PROBE_USER, pp=PROBE_PASSWORD)
-
-
-def pgrelay_etcd_config(rw, ro, admin, cluster):
-    return """\
-# Written by bench/run: pgrelay following the Patroni cluster through etcd.
-[server]
-threads = 0
-log_level = "warning"
-[listen]
-rw = "{h}:{rw}"
-ro = "{h}:{ro}"
-[admin]
-listen = "{h}:{admin}"
-[topology]
-source = "etcd"
-[topology.etcd]
-endpoints = ["{url}"]
-namespace = "{ns}"
-scope = "{scope}"
-[topology.probe]
-user = "{pu}"
-password = "{pp}"
-""".format(h=HOST, rw=rw, ro=ro, admin=admin, url=cluster.etcd_url, ns=cluster.namespace,
-           scope=cluster.scope, pu=PROBE_USER, pp=PROBE_PASSWORD)
-
-
 def pgrelay_config(rw, ro, admin, cluster):
-    """pgrelay following the cluster through its DCS."""
+    """pgrelay following the cluster through its DCS (ZooKeeper or etcd)."""
     if cluster.dcs == "etcd":
-        return pgrelay_etcd_config(rw, ro, admin, cluster)
-    return pgrelay_zk_config(rw, ro, admin, cluster)
+        name, store = "etcd", 'source = "etcd"\n[topology.etcd]\nendpoints = ["%s"]' % cluster.etcd_url
+    else:
+        name, store = "ZooKeeper", 'source = "zookeeper"\n[topology.zookeeper]\nhosts = "%s"' % cluster.zk_hosts
+    return """\
+# Written by bench/run: pgrelay following the Patroni cluster through {name}.
+[server]
+threads = 0
+log_level = "warning"
+[listen]
+rw = "{h}:{rw}"
+ro = "{h}:{ro}"
+[admin]
+listen = "{h}:{admin}"
+[topology]
+{store}
+namespace = "{ns}"
+scope = "{scope}"
+[topology.probe]
+user = "{pu}"
+password = "{pp}"
+""".format(name=name, store=store, h=HOST, rw=rw, ro=ro, admin=admin, ns=cluster.namespace,
+           scope=cluster.scope, pu=PROBE_USER, pp=PROBE_PASSWORD)
 
 
 def pgrelay_static_config(rw, backend_port):
