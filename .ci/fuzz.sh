@@ -58,4 +58,5 @@ printf '\000n,,n=user,r=rOprNGfwEbeRWgbNEkqO\000c=biws,r=rOprNGfwEbeRWgbNEkqO%%h
 printf '\001r=rOprNGfwEbeRWgbNEkqO%%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096\000v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=' >"$WORK/auth-corpus/client"
 printf '\002"u" "md57541d4e65fae11bd07f18dc6fe2b02bc"\n; c\n"v" "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$3DlBySc+s/2KNH8X3yoh92ql+jqyBg4S9YC4wzI+Q1U=:mlXrwpSGXno0AZW8UnEHc7+u1VKgJixbuj89yD/bTtY="\n' >"$WORK/auth-corpus/userlist"
 printf '\003md57541d4e65fae11bd07f18dc6fe2b02bc\000md5aaaa' >"$WORK/auth-corpus/md5"
+printf '\004\062SCRAM-SHA-256\000\000\000\000\040n,,n=user,r=rOprNGfwEbeRWgbNEkqOc=biws,r=rOprNGfwEbeRWgbNEkqO%%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=' >"$WORK/auth-corpus/frontend"
 fuzz fuzz_auth "${FUZZ_AUTH_SECONDS:-30}" 4096 "$WORK/auth-corpus"

@@ -7,6 +7,9 @@
 //   1: pgrelay as SCRAM client with RFC 7677's password: server-first,
 //      server-final. Only RFC 7677's own messages may succeed.
 //   2: an auth_file; 3: a stored secret, then an md5 answer to check with it.
+//   4: FrontendAuth (RFC 7677's secret): the bodies of a client's
+//      SASLInitialResponse and SASLResponse, as they come off the wire; the
+//      first body's length is byte 1 (the bodies hold NULs).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "protocol/auth.hpp"
+#include "protocol/login.hpp"
 #include "protocol/base64.hpp"
 #include "protocol/scram.hpp"
 
@@ -48,7 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string_view a = all.substr(0, nul);
     const std::string_view b = nul == std::string_view::npos ? std::string_view() : all.substr(nul + 1);
     using Kind = scram::Step::Kind;
-    switch (data[0] % 4) {
+    switch (data[0] % 5) {
         case 0: {
             scram::ScramServer s(rfc_secret(), "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
             const auto first = s.client_first(a);
@@ -94,6 +98,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                     (void)auth::md5_verify(s->md5, salt, b);
                 }
             }
+            break;
+        }
+        case 4: {
+            if (size < 2) break;
+            const std::string_view rest(reinterpret_cast<const char*>(data) + 2, size - 2);
+            const std::string_view a = rest.substr(0, data[1]);
+            const std::string_view b = rest.substr(std::min<size_t>(data[1], rest.size()));
+            auth::Secret secret;
+            secret.kind = auth::Secret::Kind::Scram;
+            secret.scram = rfc_secret();
+            FrontendAuth f("user", secret, {"mock", "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0", {1, 2, 3, 4}});
+            f.start();
+            auto span = [](std::string_view v) {
+                return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size());
+            };
+            auto s1 = f.on_message('p', span(a));
+            if (s1.kind == LoginStep::Kind::Done) fail("done after SASLInitialResponse");
+            if (s1.kind == LoginStep::Kind::Fail && (s1.bytes.empty() || s1.bytes[0] != 'E')) fail("a failure without ErrorResponse");
+            if (s1.kind != LoginStep::Kind::Send) break;
+            auto s2 = f.on_message('p', span(b));
+            if (s2.kind == LoginStep::Kind::Done && (b != kClientFinal || a.substr(a.size() - kClientFirst.size()) != kClientFirst))
+                fail("FrontendAuth accepted a forged proof");
             break;
         }
     }
