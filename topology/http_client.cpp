@@ -108,6 +108,7 @@ Client::Client(asio::any_io_executor ex, Url url, std::shared_ptr<ssl::context> 
 Client::~Client() { close(); }
 
 void Client::close() {
+    ++closes_;
     if (conn_) conn_->shut();
     conn_.reset();
     parser_.reset();
@@ -161,7 +162,9 @@ asio::awaitable<Response> Client::exchange(std::string_view method, std::string_
         req.append("Content-Type: application/json\r\nContent-Length: ").append(std::to_string(body.size())).append("\r\n");
     req.append("\r\n").append(body);
 
+    const uint64_t closes = closes_;
     for (int attempt = 0;; ++attempt) {
+        if (closes_ != closes) co_return Response{"closed", 0, {}};  // close() while in flight: no retry
         parser_.reset();
         if (!conn_ || !conn_->open) {
             if (conn_) conn_->shut();

@@ -7,6 +7,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -59,6 +60,8 @@ public:
     // The next decoded body bytes; error set when the stream ended or failed
     // ("end of stream" when the server finished the response).
     boost::asio::awaitable<Response> read_stream();
+    // Ends the connection and whatever is in flight on it (which then fails
+    // with an error); the next request connects again.
     void close();
 
     struct Conn;  // the socket; public only for the deadline timers in the .cpp
@@ -73,6 +76,7 @@ private:
     std::shared_ptr<boost::asio::ssl::context> tls_;
     std::shared_ptr<Conn> conn_;
     std::unique_ptr<ResponseParser> parser_;  // of the streamed response
+    uint64_t closes_ = 0;                     // close() calls, so an exchange it interrupted is not retried
 };
 
 }  // namespace pgrelay::topology::http

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -19,6 +20,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include <openssl/evp.h>
 
@@ -637,5 +639,140 @@ RawSession md5_login(uint16_t port, const std::string& user, const std::string& 
     if (r.error.empty() && !has_frame(in, 'Z')) r.error = "no ReadyForQuery";
     return r;
 }
+
+// ---------------------------------------------------------------- TcpForwarder
+
+struct TcpForwarder::State {
+    uint16_t upstream = 0;
+    int listen_fd = -1;
+    int wake[2] = {-1, -1};  // a pipe: wakes the loop when the mode changes or on stop
+    std::atomic<int> mode{0};  // 0 pass, 1 blackhole, 2 cut
+    std::atomic<bool> stop{false};
+    std::atomic<int> open{0};
+    std::thread thread;
+    struct Pair {
+        int client, server;
+    };
+    std::vector<Pair> pairs;
+
+    static void reset(int fd) {
+        linger l{1, 0};  // close with RST, as a cut path would
+        ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+        ::close(fd);
+    }
+    int connect_upstream() const {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons(upstream);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+            ::close(fd);
+            return -1;
+        }
+        return fd;
+    }
+    void loop() {
+        char buf[65536];
+        while (!stop) {
+            if (mode == 2) {
+                for (auto& p : pairs) {
+                    reset(p.client);
+                    reset(p.server);
+                }
+                pairs.clear();
+            }
+            open = static_cast<int>(pairs.size());
+            std::vector<pollfd> fds;
+            fds.push_back({wake[0], POLLIN, 0});
+            fds.push_back({listen_fd, POLLIN, 0});
+            for (const auto& p : pairs) {
+                fds.push_back({p.client, POLLIN, 0});
+                fds.push_back({p.server, POLLIN, 0});
+            }
+            if (::poll(fds.data(), fds.size(), 200) <= 0) continue;
+            if (fds[0].revents) {
+                char drain[64];
+                (void)!::read(wake[0], drain, sizeof drain);
+            }
+            if (fds[1].revents & POLLIN) {
+                const int c = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+                if (c >= 0) {
+                    const int u = mode == 2 ? -1 : connect_upstream();
+                    if (u < 0) reset(c);
+                    else pairs.push_back({c, u});
+                }
+            }
+            std::vector<size_t> dead;
+            for (size_t i = 0; i < pairs.size(); ++i) {
+                for (int side = 0; side < 2; ++side) {
+                    const pollfd& f = fds[2 + 2 * i + side];
+                    if (!(f.revents & (POLLIN | POLLHUP | POLLERR))) continue;
+                    const int from = side == 0 ? pairs[i].client : pairs[i].server;
+                    const int to = side == 0 ? pairs[i].server : pairs[i].client;
+                    const ssize_t n = ::recv(from, buf, sizeof buf, 0);
+                    if (n <= 0) {
+                        dead.push_back(i);
+                        break;
+                    }
+                    if (mode == 1) continue;  // blackhole: the bytes vanish
+                    for (ssize_t off = 0; off < n;) {
+                        const ssize_t w = ::send(to, buf + off, size_t(n - off), MSG_NOSIGNAL);
+                        if (w <= 0) break;
+                        off += w;
+                    }
+                }
+            }
+            for (auto it = dead.rbegin(); it != dead.rend(); ++it) {
+                ::close(pairs[*it].client);
+                ::close(pairs[*it].server);
+                pairs.erase(pairs.begin() + static_cast<std::ptrdiff_t>(*it));
+            }
+        }
+        for (auto& p : pairs) {
+            ::close(p.client);
+            ::close(p.server);
+        }
+    }
+    void poke() { (void)!::write(wake[1], "x", 1); }
+};
+
+TcpForwarder::TcpForwarder(uint16_t upstream_port) : st_(std::make_unique<State>()) {
+    st_->upstream = upstream_port;
+    if (::pipe2(st_->wake, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe failed");
+    st_->listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::bind(st_->listen_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(st_->listen_fd, 64) != 0)
+        throw std::runtime_error("forwarder: cannot listen");
+    socklen_t len = sizeof a;
+    ::getsockname(st_->listen_fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    st_->thread = std::thread([s = st_.get()] { s->loop(); });
+}
+
+TcpForwarder::~TcpForwarder() {
+    st_->stop = true;
+    st_->poke();
+    st_->thread.join();
+    ::close(st_->listen_fd);
+    ::close(st_->wake[0]);
+    ::close(st_->wake[1]);
+}
+
+void TcpForwarder::cut() {
+    st_->mode = 2;
+    st_->poke();
+}
+void TcpForwarder::blackhole() {
+    st_->mode = 1;
+    st_->poke();
+}
+void TcpForwarder::heal() {
+    st_->mode = 0;
+    st_->poke();
+}
+int TcpForwarder::connections() const { return st_->open.load(); }
 
 }  // namespace pgrelay::test

@@ -182,6 +182,27 @@ private:
     std::string dir_, name_, cert_, key_;
 };
 
+// A TCP forwarder on loopback between a client (pgrelay) and a server (etcd,
+// PostgreSQL), for faults a process kill cannot make: cut() resets every
+// connection and refuses new ones until heal(); blackhole() keeps them open but
+// drops every byte both ways, so the peers see silence. Its own thread; at
+// most a few hundred connections.
+class TcpForwarder {
+public:
+    explicit TcpForwarder(uint16_t upstream_port);
+    ~TcpForwarder();
+    uint16_t port() const { return port_; }
+    void cut();
+    void blackhole();
+    void heal();
+    int connections() const;  // open client connections
+
+private:
+    struct State;
+    std::unique_ptr<State> st_;
+    uint16_t port_ = 0;
+};
+
 // libpq connection with the SQLSTATE of a failed connect kept apart.
 struct PgConn {
     PGconn* conn = nullptr;

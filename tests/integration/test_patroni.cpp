@@ -654,3 +654,36 @@ TEST_CASE("etcd over https with a client certificate: verified both ways, and a 
     CHECK(no_cert.http_get("/topology").second.find("\"known\":false") != std::string::npos);
     CHECK(wrong_ca.http_get("/topology").second.find("\"known\":false") != std::string::npos);
 }
+
+TEST_CASE("etcd: the endpoint pgrelay follows is cut, the next one goes silent: pgrelay moves on each time",
+          "[patroni][etcd][faults]") {
+    auto& cluster = PatroniCluster::shared();
+    REQUIRE(cluster.on_etcd());
+    const auto etcd_port = static_cast<uint16_t>(std::stoi(cluster.etcd_url().substr(cluster.etcd_url().rfind(':') + 1)));
+    TcpForwarder a(etcd_port), b(etcd_port);
+    const std::string via_a = "http://127.0.0.1:" + std::to_string(a.port());
+    const std::string via_b = "http://127.0.0.1:" + std::to_string(b.port());
+    // Endpoints: A, B, then etcd itself; short timeouts so the test is quick.
+    Pgrelay r(cluster, "",
+              PgrelayOptions{.source_toml = cluster.source_toml("request_timeout = \"1s\"\ncheck_interval = \"500ms\"\n",
+                                                                {via_a, via_b})});
+    wait_healthy();
+    REQUIRE(eventually([&] { return routes_to(r, cluster.leader()); }, 30s));
+    REQUIRE(eventually([&] { return a.connections() >= 2; }, 10s));  // the unary connection and the watch
+    PgConn session = pg_connect(user_conninfo(r.rw_port()));
+    REQUIRE(session.ok());
+
+    // A: every connection reset. pgrelay re-reads the state through B.
+    a.cut();
+    CHECK(eventually([&] { return b.connections() >= 2 && r.metric("pgrelay_dcs_connected") == 1; }, 20s));
+    CHECK_THAT(r.log(), Catch::Contains(via_a + ": "));
+    // B: open but silent (a wedged member, a blackholed path). The check's
+    // read times out, and pgrelay moves on to etcd itself.
+    b.blackhole();
+    CHECK(eventually([&] { return r.log().find(via_b + ": check: ") != std::string::npos; }, 20s));
+    CHECK(eventually([&] { return r.metric("pgrelay_dcs_connected") == 1 && b.connections() == 0; }, 20s));
+    CHECK(r.metric("pgrelay_dcs_endpoint_failures_total") >= 2);
+    // Sessions never noticed, and routing follows the cluster.
+    CHECK(query_value(session.conn, "SELECT 1") == "1");
+    check_follows_switchover(r);
+}
