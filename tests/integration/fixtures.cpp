@@ -695,6 +695,7 @@ struct TcpForwarder::State {
                 char drain[64];
                 (void)!::read(wake[0], drain, sizeof drain);
             }
+            const size_t polled = pairs.size();  // fds holds these pairs, not one accepted below
             if (fds[1].revents & POLLIN) {
                 const int c = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
                 if (c >= 0) {
@@ -704,7 +705,7 @@ struct TcpForwarder::State {
                 }
             }
             std::vector<size_t> dead;
-            for (size_t i = 0; i < pairs.size(); ++i) {
+            for (size_t i = 0; i < polled; ++i) {
                 for (int side = 0; side < 2; ++side) {
                     const pollfd& f = fds[2 + 2 * i + side];
                     if (!(f.revents & (POLLIN | POLLHUP | POLLERR))) continue;
