@@ -328,7 +328,10 @@ private:
     const char* end_sqlstate_ = nullptr;  // pgrelay's own error to report, if any
     std::string end_message_;
     protocol::FrameScanner down_scanner_{1};  // replaced in relay_backend_to_client
-    char last_down_type_ = 0;  // type of the last message header seen from the backend
+    // Type of the last message header forwarded to the client: an
+    // ErrorResponse read but never written (the session stopped first) does
+    // not count as the client having been told.
+    char last_down_type_ = 0;
     // idle_client_timeout: transaction status from the last ReadyForQuery,
     // and the last client read or ReadyForQuery.
     protocol::TxStatus tx_status_ = protocol::TxStatus::Idle;
@@ -828,6 +831,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
         }
         size_t pos = 0;
         protocol::Frame f;
+        char chunk_last_type = last_down_type_;
         for (;;) {
             auto st = down_scanner_.next({buf.data(), len}, pos, f);
             if (st == protocol::FrameScanner::Status::NeedMore) break;
@@ -837,7 +841,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
                 backend_closed_ = true;
                 co_return;
             }
-            last_down_type_ = f.type;
+            chunk_last_type = f.type;
             if (f.type == static_cast<char>(protocol::BackendType::ReadyForQuery) && f.complete) {
                 on_ready_for_query(protocol::decode_ready_for_query(f.body({buf.data(), len})));
             } else if (f.type == static_cast<char>(protocol::BackendType::ErrorResponse) && f.complete) {
@@ -866,6 +870,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
                 co_return;
             }
             client_at_boundary_ = down_scanner_.at_boundary();
+            last_down_type_ = chunk_last_type;
             bytes_down_ += pos;
             member_stats_->bytes_to_client.fetch_add(pos, std::memory_order_relaxed);
             if (terminate_pending_) co_return;
