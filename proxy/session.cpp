@@ -231,6 +231,7 @@ private:
     asio::awaitable<void> relay_client_to_backend();
     asio::awaitable<void> relay_backend_to_client();
     asio::awaitable<void> forward_cancel(protocol::CancelKey key);
+    asio::awaitable<void> linger_close();
     asio::awaitable<void> send_error(const char* sqlstate, const std::string& message, const std::string& hint = {});
     asio::awaitable<bool> connect_with_timeout(tcp::socket& sock, const Target& t, boost::system::error_code& ec);
 
@@ -939,6 +940,24 @@ asio::awaitable<bool> Session::establish() {
     co_return true;
 }
 
+// The client may be writing as the session ends (a query sent just as the
+// server went away). Closing at once would answer those bytes with a reset,
+// and the client's kernel then drops what it has not read yet -- the
+// ErrorResponse that says why (libpq reports a bare "server closed the
+// connection unexpectedly"). So: half-close, and read and discard until the
+// client closes too, for 1 s at most (a lingering close).
+asio::awaitable<void> Session::linger_close() {
+    boost::system::error_code ec;
+    client_.shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) co_return;
+    asio::steady_timer deadline(client_.get_executor(), std::chrono::seconds(1));
+    uint8_t sink[2048];
+    for (;;) {
+        auto r = co_await (client_.async_read_some(asio::buffer(sink), use_tuple) || deadline.async_wait(use_tuple));
+        if (r.index() != 0 || std::get<0>(std::get<0>(r))) co_return;  // deadline, EOF or error
+    }
+}
+
 asio::awaitable<void> Session::run() {
     tune_socket(client_, *cfg_);
     if (!co_await establish()) co_return;
@@ -988,6 +1007,7 @@ asio::awaitable<void> Session::run() {
     boost::system::error_code ec;
     backend_.shutdown(tcp::socket::shutdown_both, ec);
     backend_.close(ec);
+    if (!client_closed_) co_await linger_close();
     client_.shutdown(tcp::socket::shutdown_both, ec);
     client_.close(ec);
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - started_).count();
