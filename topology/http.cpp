@@ -265,7 +265,9 @@ std::optional<std::string> JsonObjectSplitter::next() {
         in_string_ = escape_ = false;
     }
     bool mismatched = false;
-    for (; scanned_ < buf_.size(); ++scanned_) {
+    // Never look past max_ bytes of one object: what lies beyond must not
+    // change the verdict (too large), however the bytes were cut.
+    for (; scanned_ < buf_.size() && scanned_ < max_; ++scanned_) {
         const char c = buf_[scanned_];
         if (in_string_) {
             if (escape_) escape_ = false;
@@ -284,7 +286,6 @@ std::optional<std::string> JsonObjectSplitter::next() {
             }
             open_.pop_back();
             if (open_.empty()) {
-                if (scanned_ + 1 > max_) break;  // too large, however it arrived
                 std::string obj = buf_.substr(0, scanned_ + 1);
                 buf_.erase(0, scanned_ + 1);
                 started_ = false;
@@ -292,7 +293,7 @@ std::optional<std::string> JsonObjectSplitter::next() {
             }
         }
     }
-    if (mismatched || buf_.size() > max_ || scanned_ + 1 > max_) {
+    if (mismatched || scanned_ >= max_) {
         error_ = mismatched ? "unbalanced JSON in the stream" : "a JSON object in the stream is too large";
         buf_.clear();
     }
