@@ -3,19 +3,12 @@
 // PostgreSQL ErrorResponse with a SQLSTATE (docs/INTERNALS.md has the table).
 #include "proxy/session.hpp"
 
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <sys/socket.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/connect.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -28,6 +21,8 @@
 #include "protocol/encode.hpp"
 #include "protocol/frames.hpp"
 #include "protocol/startup.hpp"
+#include "proxy/client.hpp"
+#include "proxy/net.hpp"
 #include "proxy/log.hpp"
 #include "proxy/metrics.hpp"
 
@@ -40,157 +35,31 @@ using std::chrono::steady_clock;
 
 namespace {
 
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
-constexpr size_t kRelayBuffer = 16 * 1024;
 constexpr uint32_t kMaxWatched = 8192;  // ErrorResponse/ParameterStatus held whole up to this size
 
-std::string endpoint_string(const tcp::socket& s) {
-    boost::system::error_code ec;
-    const auto ep = s.remote_endpoint(ec);
-    if (ec) return "?";
-    if (ep.address().is_v6()) return "[" + ep.address().to_string() + "]:" + std::to_string(ep.port());
-    return ep.address().to_string() + ":" + std::to_string(ep.port());
-}
-
-using IoResult = std::tuple<boost::system::error_code, size_t>;
-using TlsStream = asio::ssl::stream<tcp::socket&>;
-
-// TCP_NODELAY, and keepalive probes after `keepalive_idle` of silence, so a
-// peer that vanished (power loss, partition) is noticed within
-// idle + interval * count instead of the kernel's two hours.
-void tune_socket(tcp::socket& s, const Config& cfg) {
-    boost::system::error_code ec;
-    s.set_option(tcp::no_delay(true), ec);
-    s.set_option(asio::socket_base::keep_alive(true), ec);
-    const int fd = s.native_handle();
-    const int idle = static_cast<int>(cfg.keepalive_idle.count());
-    const int intvl = static_cast<int>(cfg.keepalive_interval.count());
-    const int cnt = static_cast<int>(cfg.keepalive_count);
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
-}
-
-// "TLSv1.3 TLS_AES_256_GCM_SHA384", for the log.
-std::string tls_description(TlsStream& s) {
-    SSL* ssl = s.native_handle();
-    return std::string(SSL_get_version(ssl)) + " " + SSL_get_cipher_name(ssl);
-}
-
-// Why a handshake failed: OpenSSL's reason, plus the certificate
-// verification result when that is what failed.
-std::string tls_failure(TlsStream& s, const boost::system::error_code& ec) {
-    std::string why = ec.message();
-    const long v = SSL_get_verify_result(s.native_handle());
-    if (v != X509_V_OK) why += ": " + std::string(X509_verify_cert_error_string(v));
-    return why;
-}
-
-// A relay buffer lent by the worker thread's pool. A relay loop holds one only
-// while it has bytes to move: waiting for an idle peer it hands it back, so an
-// idle session costs no buffer at all (10,000 idle clients are not 320 MB).
-class RelayBuffer {
-public:
-    RelayBuffer() = default;
-    RelayBuffer(const RelayBuffer&) = delete;
-    RelayBuffer& operator=(const RelayBuffer&) = delete;
-    ~RelayBuffer() { release(); }
-    uint8_t* data() const noexcept { return p_; }
-    explicit operator bool() const noexcept { return p_ != nullptr; }
-    void ensure() {
-        if (p_) return;
-        auto& free = pool().free;
-        if (free.empty()) {
-            p_ = new uint8_t[kRelayBuffer];
-        } else {
-            p_ = free.back();
-            free.pop_back();
-        }
-    }
-    void release() noexcept {
-        if (!p_) return;
-        auto& free = pool().free;
-        if (free.size() < kPoolMax) free.push_back(p_);
-        else delete[] p_;
-        p_ = nullptr;
-    }
-
-private:
-    static constexpr size_t kPoolMax = 32;  // per thread: 512 KiB kept for reuse at most
-    struct Pool {
-        std::vector<uint8_t*> free;
-        Pool() { free.reserve(kPoolMax); }
-        ~Pool() {
-            for (uint8_t* p : free) delete[] p;
-        }
-    };
-    static Pool& pool() {
-        thread_local Pool p;
-        return p;
-    }
-    uint8_t* p_ = nullptr;
-};
-
-// Reads as much as `sock` has into buf[len..]. A loop whose last read drained
-// the socket and that has nothing pending is idle: it hands its buffer back to
-// the pool and waits in a read of at most kIdleRead bytes into `idle`, a small
-// array of its own, which costs what a plain read costs (asio tries the read
-// first, then waits for epoll). The bytes move to a pooled buffer once they
-// arrive. TLS keeps its buffer: OpenSSL reads ahead of what it returns.
-constexpr size_t kIdleRead = 256;
-
-asio::awaitable<IoResult> read_pooled(tcp::socket& sock, TlsStream* tls, RelayBuffer& buf, size_t len,
-                                      bool& drained, uint8_t (&idle)[kIdleRead]) {
-    if (tls) {
-        buf.ensure();
-        co_return co_await tls->async_read_some(asio::buffer(buf.data() + len, kRelayBuffer - len), use_tuple);
-    }
-    if (len == 0 && drained) {
-        buf.release();
-        auto [ec, n] = co_await sock.async_read_some(asio::buffer(idle), use_tuple);
-        drained = n < kIdleRead;
-        if (!ec) {
-            buf.ensure();
-            std::memcpy(buf.data(), idle, n);
-        }
-        co_return IoResult{ec, n};
-    }
-    buf.ensure();
-    auto [ec, n] = co_await sock.async_read_some(asio::buffer(buf.data() + len, kRelayBuffer - len), use_tuple);
-    drained = n < kRelayBuffer - len;
-    co_return IoResult{ec, n};
-}
-
-// Bytes read before the relay began (client bytes pipelined behind the
-// StartupMessage, the backend's first answer) go to the front of the relay
-// buffer, to be scanned before the next read. Startup reads stop at a whole
-// packet and open_backend_session at one frame, so they always fit.
-size_t take_carried(std::string& carried, RelayBuffer& buf) {
-    if (carried.empty()) return 0;
-    buf.ensure();
-    const size_t len = std::min(carried.size(), kRelayBuffer);
-    std::memcpy(buf.data(), carried.data(), len);
-    carried.clear();
-    carried.shrink_to_fit();
-    return len;
-}
+using net::IoResult;
+using net::kIdleRead;
+using net::kRelayBuffer;
+using net::read_pooled;
+using net::RelayBuffer;
+using net::take_carried;
+using net::TlsStream;
+using net::use_tuple;
 
 class Session final : public SessionHandle {
 public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
-        : client_(std::move(client)), backend_(client_.get_executor()), relay_done_(client_.get_executor()),
-          idle_timer_(client_.get_executor()), terminate_deadline_(client_.get_executor()), shared_(shared),
-          cfg_(shared.config), tls_(shared.tls ? shared.tls : std::make_shared<const TlsContexts>()), peer_(endpoint_string(client_)), started_(steady_clock::now()) {
+        : client_(std::move(client), role, shared.config, shared.tls, *shared.cancels),
+          backend_(client_.socket().get_executor()), relay_done_(backend_.get_executor()),
+          idle_timer_(backend_.get_executor()), terminate_deadline_(backend_.get_executor()), shared_(shared),
+          cfg_(shared.config), peer_(client_.peer()), started_(steady_clock::now()) {
         this->role = role;
-        port_stats_ = &metrics::Registry::instance().port(role);
+        port_stats_ = &client_.stats();
         relay_done_.expires_at(steady_clock::time_point::max());
-        port_stats_->client_open.fetch_add(1, std::memory_order_relaxed);
-        port_stats_->client_total.fetch_add(1, std::memory_order_relaxed);
     }
 
     ~Session() {
         *alive_ = false;
-        port_stats_->client_open.fetch_sub(1, std::memory_order_relaxed);
         if (member_stats_) member_stats_->backend_open.fetch_sub(1, std::memory_order_relaxed);
         if (proxy_key_) shared_.cancels->remove(*proxy_key_);
         if (counted_) shared_.router->closed(target_.member);
@@ -225,15 +94,13 @@ public:
 private:
     const char* role_name() const { return to_string(role); }
     asio::awaitable<bool> establish();
-    asio::awaitable<bool> startup(std::string& startup_bytes, protocol::StartupPacket& packet);
     asio::awaitable<bool> connect_backend(const protocol::StartupPacket& packet, const std::string& startup_bytes);
     asio::awaitable<std::string> open_backend_session(const std::string& startup_bytes);
     asio::awaitable<void> relay_client_to_backend();
     asio::awaitable<void> relay_backend_to_client();
-    asio::awaitable<void> forward_cancel(protocol::CancelKey key);
-    asio::awaitable<void> linger_close();
-    asio::awaitable<void> send_error(const char* sqlstate, const std::string& message, const std::string& hint = {});
-    asio::awaitable<bool> connect_with_timeout(tcp::socket& sock, const Target& t, boost::system::error_code& ec);
+    asio::awaitable<void> send_error(const char* sqlstate, const std::string& message, const std::string& hint = {}) {
+        return client_.send_error(sqlstate, message, hint);
+    }
 
     asio::awaitable<void> watch_idle();
     asio::awaitable<void> relay_task(asio::awaitable<void> (Session::*body)());
@@ -245,22 +112,14 @@ private:
         if (stopping_) return;
         stopping_ = true;
         boost::system::error_code ec;
-        client_.cancel(ec);
+        client_.socket().cancel(ec);
         backend_.cancel(ec);
         idle_timer_.cancel();
     }
-    asio::awaitable<std::string> start_backend_tls(const Target& t, bool& config_failure);
 
     // Client and backend I/O, through TLS when it was negotiated. These
     // return the initiating operation's awaitable itself: no extra frame.
-    asio::awaitable<IoResult> client_read(asio::mutable_buffer b) {
-        if (client_tls_) return client_tls_->async_read_some(b, use_tuple);
-        return client_.async_read_some(b, use_tuple);
-    }
-    asio::awaitable<IoResult> client_write(asio::const_buffer b) {
-        if (client_tls_) return asio::async_write(*client_tls_, b, use_tuple);
-        return asio::async_write(client_, b, use_tuple);
-    }
+    asio::awaitable<IoResult> client_write(asio::const_buffer b) { return client_.write(b); }
     asio::awaitable<IoResult> backend_read(asio::mutable_buffer b) {
         if (backend_tls_) return backend_tls_->async_read_some(b, use_tuple);
         return backend_.async_read_some(b, use_tuple);
@@ -284,13 +143,11 @@ private:
         if (status == protocol::TxStatus::Idle) member_stats_->transactions.fetch_add(1, std::memory_order_relaxed);
     }
 
-    tcp::socket client_;
+    ClientConn client_;  // the client side: socket, TLS, startup
     tcp::socket backend_;
     // TLS layers over the sockets above, once negotiated (declared after
     // them: they hold references).
-    std::unique_ptr<TlsStream> client_tls_;
     std::unique_ptr<TlsStream> backend_tls_;
-    bool client_cert_ok_ = false;  // the client presented a certificate client_ca verified
     // The relay runs as this coroutine (client -> backend) plus spawned ones
     // (backend -> client, the idle watcher); the last to end cancels
     // relay_done_, which run() waits on before the session may go away.
@@ -305,7 +162,6 @@ private:
     bool terminate_pending_ = false;
     WorkerShared& shared_;
     std::shared_ptr<const Config> cfg_;
-    std::shared_ptr<const TlsContexts> tls_;  // as of the session's start: a reload does not touch it
     std::string peer_;
     steady_clock::time_point started_;
     Target target_;
@@ -340,246 +196,12 @@ private:
     steady_clock::time_point last_activity_{};
 };
 
-asio::awaitable<void> Session::send_error(const char* sqlstate, const std::string& message, const std::string& hint) {
-    metrics::Registry::instance().count_error("pgrelay", sqlstate);
-    std::string out;
-    protocol::encode_error_response(out, protocol::Severity::Fatal, sqlstate, message, hint);
-    // Bounded: a client that does not read must not pin the session.
-    asio::steady_timer t(client_.get_executor(), std::chrono::seconds(2));
-    co_await (client_write(asio::buffer(out)) || t.async_wait(use_tuple));
-}
-
-// Reads the startup phase. Returns true with a StartupMessage to forward; false
-// when the connection is done (cancel handled, error sent, timeout, EOF).
-asio::awaitable<bool> Session::startup(std::string& startup_bytes, protocol::StartupPacket& packet) {
-    const bool tls_offered = tls_->server && cfg_->tls.client != Config::ClientTls::Disable;
-    protocol::StartupOp op({.tls_available = tls_offered});
-    asio::steady_timer deadline(client_.get_executor(), cfg_->startup_timeout);
-    std::string buf;
-    uint8_t chunk[1024];
-    for (;;) {
-        auto action = op.next({reinterpret_cast<const uint8_t*>(buf.data()), buf.size()});
-        using K = protocol::StartupOp::Kind;
-        switch (action.kind) {
-            case K::ReadMore: {
-                auto r = co_await (client_read(asio::buffer(chunk)) || deadline.async_wait(use_tuple));
-                if (r.index() == 1) {
-                    log::warn("[{}] client={} startup not completed within {} ms, closing", role_name(), peer_,
-                              cfg_->startup_timeout.count());
-                    co_await send_error("08P01", std::string("pgrelay ") + role_name() +
-                                                     ": startup packet not received in time");
-                    co_return false;
-                }
-                auto [ec, n] = std::get<0>(r);
-                if (ec) {
-                    if (buf.empty() && ec == asio::error::eof)
-                        log::debug("[{}] client={} closed before sending a startup packet", role_name(), peer_);
-                    else
-                        log::info("[{}] client={} connection ended during startup: {}", role_name(), peer_, ec.message());
-                    co_return false;
-                }
-                buf.append(reinterpret_cast<const char*>(chunk), n);
-                continue;
-            }
-            case K::Reply: {
-                const char reply = action.reply;
-                auto [ec, n] = co_await client_write(asio::buffer(&reply, 1));
-                if (ec) co_return false;
-                buf.erase(0, action.consumed);
-                continue;
-            }
-            case K::StartTls: {
-                const char reply = action.reply;
-                auto [ec, n] = co_await client_write(asio::buffer(&reply, 1));
-                if (ec) co_return false;
-                buf.erase(0, action.consumed);  // nothing is left: StartupOp refuses bytes after the SSLRequest
-                client_tls_ = std::make_unique<TlsStream>(client_, *tls_->server);
-                auto r = co_await (client_tls_->async_handshake(asio::ssl::stream_base::server, use_tuple) ||
-                                   deadline.async_wait(use_tuple));
-                if (r.index() == 1) {
-                    log::warn("[{}] client={} TLS handshake not completed within startup_timeout ({} ms), closing",
-                              role_name(), peer_, cfg_->startup_timeout.count());
-                    port_stats_->tls_failed.fetch_add(1, std::memory_order_relaxed);
-                    co_return false;
-                }
-                if (auto [hec] = std::get<0>(r); hec) {
-                    // No TLS session, so no ErrorResponse: OpenSSL already sent its alert.
-                    log::warn("[{}] client={} TLS handshake failed: {}", role_name(), peer_,
-                              tls_failure(*client_tls_, hec));
-                    port_stats_->tls_failed.fetch_add(1, std::memory_order_relaxed);
-                    co_return false;
-                }
-                port_stats_->tls_ok.fetch_add(1, std::memory_order_relaxed);
-                SSL* ssl = client_tls_->native_handle();
-                client_cert_ok_ = SSL_get0_peer_certificate(ssl) && SSL_get_verify_result(ssl) == X509_V_OK;
-                log::debug("[{}] client={} TLS established: {}{}", role_name(), peer_, tls_description(*client_tls_),
-                           client_cert_ok_ ? " (client certificate verified)" : "");
-                continue;
-            }
-            case K::Close:
-                log::warn("[{}] client={} protocol violation during startup: {} (SQLSTATE {})", role_name(), peer_,
-                          action.message, action.sqlstate);
-                co_await send_error(action.sqlstate, std::string("pgrelay ") + role_name() + ": " + action.message);
-                co_return false;
-            case K::Cancel:
-                co_await forward_cancel(action.packet->cancel_key);
-                co_return false;
-            case K::Forward:
-                if (!client_tls_) port_stats_->plaintext.fetch_add(1, std::memory_order_relaxed);
-                // Refused before any backend hears of it, with PostgreSQL's
-                // SQLSTATE for a pg_hba rejection.
-                if (cfg_->tls.client == Config::ClientTls::Require && !client_tls_) {
-                    log::warn("[{}] client={} user={} refused: plaintext connection, client_tls = \"require\"",
-                              role_name(), peer_, log::printable(action.packet->parameter("user")));
-                    co_await send_error("28000", std::string("pgrelay ") + role_name() +
-                                                     ": TLS is required (client_tls = \"require\"); connect with sslmode=require or stricter",
-                                        "Set sslmode=require (libpq, psycopg), ssl=true (JDBC) or ssl: true (node-postgres).");
-                    co_return false;
-                }
-                if (!cfg_->tls.client_ca.empty() && !client_cert_ok_) {
-                    log::warn("[{}] client={} user={} refused: no client certificate", role_name(), peer_,
-                              log::printable(action.packet->parameter("user")));
-                    co_await send_error("28000", std::string("pgrelay ") + role_name() +
-                                                     ": connection requires a valid client certificate",
-                                        "Connect with sslcert and sslkey signed by the CA in pgrelay's [tls] client_ca.");
-                    co_return false;
-                }
-                packet = *action.packet;
-                startup_bytes.assign(buf, 0, action.consumed);
-                // A client may pipeline messages behind the startup packet: they
-                // start the client->backend relay so its framing sees them.
-                pipelined_.assign(buf, action.consumed);
-                co_return true;
-        }
-    }
-}
-
-asio::awaitable<bool> Session::connect_with_timeout(tcp::socket& sock, const Target& t, boost::system::error_code& ec) {
-    asio::steady_timer timer(sock.get_executor(), cfg_->connect_timeout);
-    boost::system::error_code aec;
-    const auto addr = asio::ip::make_address(t.host, aec);
-    if (aec) {
-        tcp::resolver resolver(sock.get_executor());
-        auto r = co_await (resolver.async_resolve(t.host, std::to_string(t.port), use_tuple) || timer.async_wait(use_tuple));
-        if (r.index() == 1) {
-            ec = asio::error::timed_out;
-            co_return false;
-        }
-        auto [rec, results] = std::get<0>(r);
-        if (rec) {
-            ec = rec;
-            co_return false;
-        }
-        auto c = co_await (asio::async_connect(sock, results, use_tuple) || timer.async_wait(use_tuple));
-        if (c.index() == 1) {
-            ec = asio::error::timed_out;
-            co_return false;
-        }
-        ec = std::get<0>(std::get<0>(c));
-        co_return !ec;
-    }
-    auto c = co_await (sock.async_connect(tcp::endpoint(addr, t.port), use_tuple) || timer.async_wait(use_tuple));
-    if (c.index() == 1) {
-        ec = asio::error::timed_out;
-        co_return false;
-    }
-    ec = std::get<0>(std::get<0>(c));
-    co_return !ec;
-}
-
-asio::awaitable<void> Session::forward_cancel(protocol::CancelKey key) {
-    auto target = shared_.cancels->find(key);
-    if (!target) {
-        // PostgreSQL ignores unknown keys silently too: nothing to tell an attacker.
-        metrics::Registry::instance().cancel_unknown_key.fetch_add(1, std::memory_order_relaxed);
-        log::info("[{}] client={} cancel request with unknown key ignored", role_name(), peer_);
-        co_return;
-    }
-    tcp::socket sock(client_.get_executor());
-    boost::system::error_code ec;
-    const Target t{target->member, target->host, target->port};
-    if (!co_await connect_with_timeout(sock, t, ec)) {
-        metrics::Registry::instance().cancel_failed.fetch_add(1, std::memory_order_relaxed);
-        log::warn("[{}] client={} cancel: cannot reach backend {} ({}): {}", role_name(), peer_, t.member, t.address(),
-                  ec.message());
-        co_return;
-    }
-    std::string out;
-    protocol::encode_cancel_request(out, target->backend_key);
-    co_await asio::async_write(sock, asio::buffer(out), use_tuple);
-    // The backend closes the connection once it has read the request; waiting
-    // for that keeps the cancel ordered before the client's next query.
-    asio::steady_timer t2(sock.get_executor(), cfg_->connect_timeout);
-    uint8_t dummy[16];
-    co_await (sock.async_read_some(asio::buffer(dummy), use_tuple) || t2.async_wait(use_tuple));
-    metrics::Registry::instance().cancel_forwarded.fetch_add(1, std::memory_order_relaxed);
-    log::info("[{}] client={} cancel forwarded to {} ({})", role_name(), peer_, t.member, t.address());
-}
-
 // Sends the StartupMessage to the freshly connected backend and reads its
 // first message. Returns "" when the session may go on (what was read is kept
 // for the relay), else why this backend cannot take the connection now: an
 // I/O error, or PostgreSQL's own 57P03 (starting up, shutting down, in
 // recovery), which the caller may wait out or route around before the client
 // has seen a byte.
-// backend_tls (libpq's sslmode): SSLRequest on the fresh connection; on 'S' a
-// handshake that verifies what the mode asks for. Returns "" when the session
-// may go on (over TLS, or in plaintext where the mode allows it), else why
-// not; `config_failure` says the failure is one of configuration or
-// certificates (no point in waiting for it to pass).
-asio::awaitable<std::string> Session::start_backend_tls(const Target& t, bool& config_failure) {
-    using M = Config::BackendTls;
-    const M mode = cfg_->backend_tls;
-    uint8_t request[8];
-    protocol::write_u32(request, 8);
-    protocol::write_u32(request + 4, protocol::kSSLRequestCode);
-    asio::steady_timer deadline(backend_.get_executor(), cfg_->connect_timeout);
-    auto [wec, wn] = co_await asio::async_write(backend_, asio::buffer(request), use_tuple);
-    if (wec) co_return "connection lost during the SSLRequest: " + wec.message();
-    // Exactly one byte: anything after it would be plaintext a man in the
-    // middle slipped in ahead of the handshake (CVE-2021-23222).
-    char answer = 0;
-    auto r = co_await (backend_.async_read_some(asio::buffer(&answer, 1), use_tuple) || deadline.async_wait(use_tuple));
-    if (r.index() == 1) co_return "no answer to the SSLRequest within connect_timeout";
-    if (auto [rec, n] = std::get<0>(r); rec) co_return "connection lost during the SSLRequest: " + rec.message();
-    if (answer == 'N') {
-        if (mode == M::Prefer) co_return "";
-        config_failure = true;
-        co_return std::string("the server does not support TLS (backend_tls = \"") + to_string(mode) + "\")";
-    }
-    if (answer != 'S') {
-        config_failure = true;
-        co_return std::string("unexpected answer to the SSLRequest (byte ") + std::to_string(static_cast<uint8_t>(answer)) + ")";
-    }
-    backend_tls_ = std::make_unique<TlsStream>(backend_, *tls_->backend);
-    SSL* ssl = backend_tls_->native_handle();
-    boost::system::error_code aec;
-    asio::ip::make_address(t.host, aec);
-    const bool is_ip = !aec;
-    // As libpq: SNI with host names, never with addresses.
-    if (cfg_->backend_tls_sni && !is_ip) SSL_set_tlsext_host_name(ssl, t.host.c_str());
-    // require checks nothing, unless a CA is configured: then, as libpq with a
-    // root certificate, it verifies the chain like verify-ca.
-    const bool verify_chain = mode == M::VerifyCa || mode == M::VerifyFull || !cfg_->backend_tls_ca.empty();
-    SSL_set_verify(ssl, verify_chain ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
-    if (mode == M::VerifyFull) {
-        X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
-        if (is_ip) X509_VERIFY_PARAM_set1_ip_asc(param, t.host.c_str());
-        else X509_VERIFY_PARAM_set1_host(param, t.host.c_str(), 0);
-    }
-    auto h = co_await (backend_tls_->async_handshake(asio::ssl::stream_base::client, use_tuple) ||
-                       deadline.async_wait(use_tuple));
-    if (h.index() == 1) co_return "TLS handshake not completed within connect_timeout";
-    if (auto [hec] = std::get<0>(h); hec) {
-        config_failure = true;
-        co_return std::string("TLS handshake failed (backend_tls = \"") + to_string(mode) +
-            "\"): " + tls_failure(*backend_tls_, hec);
-    }
-    log::debug("[{}] client={} backend {} TLS established: {}", role_name(), peer_, t.member,
-               tls_description(*backend_tls_));
-    co_return "";
-}
-
 asio::awaitable<std::string> Session::open_backend_session(const std::string& startup_bytes) {
     auto [wec, wn] = co_await backend_write(asio::buffer(startup_bytes));
     if (wec) co_return "connection lost during startup: " + wec.message();
@@ -662,7 +284,7 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
         if (d.candidates.empty()) {
             if (holdable && (role == PortRole::ReadWrite || !topo)) {
                 hold(d.message);
-                asio::steady_timer deadline(client_.get_executor(), hold_until);
+                asio::steady_timer deadline(client_.socket().get_executor(), hold_until);
                 if (!watch_client) {
                     co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple));
                     continue;
@@ -670,10 +292,10 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
                 // Also watch the client: one that gives up must not stay held
                 // (nor be connected to a backend later).
                 auto r = co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple) ||
-                                   client_.async_wait(tcp::socket::wait_read, use_tuple));
+                                   client_.socket().async_wait(tcp::socket::wait_read, use_tuple));
                 if (r.index() == 2) {
                     char probe;
-                    const ssize_t n = ::recv(client_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+                    const ssize_t n = ::recv(client_.socket().native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
                     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
                         log::info("[{}] client={} gave up while held ({} ms)", role_name(), peer_, held_ms());
                         co_return false;
@@ -694,15 +316,20 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
         bool tls_config_failure = false;  // some candidate failed backend_tls: waiting will not help
         for (const Target& t : d.candidates) {
             boost::system::error_code ec;
-            tcp::socket sock(client_.get_executor());
-            if (co_await connect_with_timeout(sock, t, ec)) {
+            tcp::socket sock(client_.socket().get_executor());
+            if (co_await net::connect_with_timeout(sock, t, cfg_->connect_timeout, ec)) {
                 backend_tls_.reset();
                 backend_ = std::move(sock);
-                tune_socket(backend_, *cfg_);
+                net::tune_socket(backend_, *cfg_);
                 backend_prefix_.clear();
                 bool config_failure = false;
                 std::string refusal;
-                if (tls_->backend) refusal = co_await start_backend_tls(t, config_failure);
+                if (const auto& ctx = client_.tls_contexts()->backend) {
+                    refusal = co_await net::start_backend_tls(backend_, backend_tls_, *ctx, *cfg_, t, config_failure);
+                    if (refusal.empty() && backend_tls_)
+                        log::debug("[{}] client={} backend {} TLS established: {}", role_name(), peer_, t.member,
+                                   net::tls_description(*backend_tls_));
+                }
                 if (refusal.empty()) refusal = co_await open_backend_session(startup_bytes);
                 if (!refusal.empty()) {
                     unreachable = unreachable || refusal.rfind("the server answered 57P03", 0) != 0;
@@ -738,7 +365,7 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
         if (role == PortRole::ReadWrite && topo && topo->elects_primary() && holdable && !tls_config_failure) {
             hold("primary " + d.candidates.front().member + " cannot take connections");
             // Re-route on the next topology change, or retry shortly anyway.
-            asio::steady_timer retry(client_.get_executor(), std::chrono::milliseconds(100));
+            asio::steady_timer retry(client_.socket().get_executor(), std::chrono::milliseconds(100));
             co_await (shared_.topology_changed->async_wait(use_tuple) || retry.async_wait(use_tuple));
             continue;
         }
@@ -759,7 +386,7 @@ asio::awaitable<void> Session::relay_client_to_backend() {
     for (bool carried = len > 0;; carried = false) {
         if (stopping_) co_return;
         if (!carried) {
-            auto [rec, n] = co_await read_pooled(client_, client_tls_.get(), buf, len, drained, idle);
+            auto [rec, n] = co_await read_pooled(client_.socket(), client_.tls(), buf, len, drained, idle);
             if (rec) {
                 if (rec != asio::error::operation_aborted) client_closed_ = true;
                 co_return;
@@ -921,17 +548,7 @@ asio::awaitable<void> Session::watch_idle() {
 asio::awaitable<bool> Session::establish() {
     std::string startup_bytes;
     protocol::StartupPacket packet;
-    if (!co_await startup(startup_bytes, packet)) co_return false;
-    // Checked once the startup packet is read, so the client (whatever its
-    // SSL/GSS negotiation) gets a proper ErrorResponse, as from PostgreSQL.
-    if (const uint32_t max = cfg_->max_client_connections;
-        max > 0 && port_stats_->client_open.load(std::memory_order_relaxed) > static_cast<int64_t>(max)) {
-        log::warn("[{}] client={} refused: max_client_connections ({}) reached", role_name(), peer_, max);
-        co_await send_error("53300", std::string("pgrelay ") + role_name() + ": too many connections (max_client_connections = " +
-                                         std::to_string(max) + ")",
-                            "Retry later, or raise max_client_connections.");
-        co_return false;
-    }
+    if (!co_await client_.startup(startup_bytes, packet, pipelined_)) co_return false;
     if (!co_await connect_backend(packet, startup_bytes)) co_return false;
     const std::string user = log::printable(packet.parameter("user"));
     log::info("[{}] client={} user={} db={} -> backend {} ({}) connected", role_name(), peer_, user,
@@ -940,26 +557,7 @@ asio::awaitable<bool> Session::establish() {
     co_return true;
 }
 
-// The client may be writing as the session ends (a query sent just as the
-// server went away). Closing at once would answer those bytes with a reset,
-// and the client's kernel then drops what it has not read yet -- the
-// ErrorResponse that says why (libpq reports a bare "server closed the
-// connection unexpectedly"). So: half-close, and read and discard until the
-// client closes too, for 1 s at most (a lingering close).
-asio::awaitable<void> Session::linger_close() {
-    boost::system::error_code ec;
-    client_.shutdown(tcp::socket::shutdown_send, ec);
-    if (ec) co_return;
-    asio::steady_timer deadline(client_.get_executor(), std::chrono::seconds(1));
-    uint8_t sink[2048];
-    for (;;) {
-        auto r = co_await (client_.async_read_some(asio::buffer(sink), use_tuple) || deadline.async_wait(use_tuple));
-        if (r.index() != 0 || std::get<0>(std::get<0>(r))) co_return;  // deadline, EOF or error
-    }
-}
-
 asio::awaitable<void> Session::run() {
-    tune_socket(client_, *cfg_);
     if (!co_await establish()) co_return;
 
     self_ = shared_.sessions.insert(shared_.sessions.end(), this);
@@ -975,7 +573,7 @@ asio::awaitable<void> Session::run() {
         // One coroutine per direction, not `a || b`: the operators' parallel
         // group, cancellation signals and per-branch threads cost about 4 KiB
         // per session, which 10,000 idle clients notice.
-        const auto ex = client_.get_executor();
+        const auto ex = client_.socket().get_executor();
         relays_running_ = 1;
         asio::co_spawn(ex, relay_task(&Session::relay_backend_to_client), asio::detached);
         if (track_idle_) {
@@ -1007,9 +605,8 @@ asio::awaitable<void> Session::run() {
     boost::system::error_code ec;
     backend_.shutdown(tcp::socket::shutdown_both, ec);
     backend_.close(ec);
-    if (!client_closed_) co_await linger_close();
-    client_.shutdown(tcp::socket::shutdown_both, ec);
-    client_.close(ec);
+    if (!client_closed_) co_await client_.linger_close();
+    client_.close();
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - started_).count();
     const char* why = end_sqlstate_ ? end_message_.c_str() : client_closed_ ? "client closed" : "backend closed";
     log::info("[{}] client={} backend {} closed: {} ({} bytes up, {} bytes down, {} ms)", role_name(), peer_,
