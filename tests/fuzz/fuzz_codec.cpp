@@ -3,6 +3,9 @@
 // regular phase through FrameScanner and a relay buffer, in both directions,
 // with every decoder run on every whole frame. Beyond "does not crash", each run
 // checks invariants against small reference models and aborts when one fails.
+// The transaction pooling helpers (protocol/pooling.hpp) get the same input:
+// their decoders on every frame body, parse_set and parse_startup_options on
+// the stream's text, ResponseTracker on the stream read as a message sequence.
 //
 // Input layout (tests/fuzz/gen_corpus.py writes seeds in it):
 //   [0] flags: bit 0 = client->backend scanner uses a large max_frame,
@@ -34,6 +37,7 @@
 #include "protocol/encode.hpp"
 #include "protocol/frames.hpp"
 #include "protocol/messages.hpp"
+#include "protocol/pooling.hpp"
 #include "protocol/startup.hpp"
 
 using namespace pgrelay::protocol;
@@ -269,6 +273,138 @@ void check_decoders(Bytes frame_body) {
     }
 }
 
+// The pooling decoders: whatever they accept re-encodes to the very body, and
+// their views point into it.
+void check_pool_decoders(Bytes body) {
+    auto whole = [&](char type, const std::string& enc) {
+        CHECK(enc.size() == body.size() + 5 && enc[0] == type);
+        CHECK(read_u32(reinterpret_cast<const uint8_t*>(enc.data()) + 1) == body.size() + 4);
+        CHECK(std::string_view(enc).substr(5) == chars(body));
+    };
+    if (const auto p = pool::decode_parse(body)) {
+        CHECK(inside(p->name, body) && inside(p->query, body));
+        CHECK(p->param_types.size() >= 2 && p->param_types.size() % 4 == 2);
+        CHECK(p->name.find('\0') == std::string_view::npos && p->query.find('\0') == std::string_view::npos);
+        std::string enc;
+        pool::encode_parse(enc, p->name, p->query, p->param_types);
+        whole('P', enc);
+    }
+    if (const auto b = pool::decode_bind(body)) {
+        CHECK(inside(b->portal, body) && inside(b->statement, body));
+        CHECK(b->rest.size() >= 6);
+        std::string enc;
+        pool::encode_bind(enc, b->portal, b->statement, b->rest);
+        whole('B', enc);
+    }
+    if (const auto t = pool::decode_target(body)) {
+        CHECK(t->kind == 'S' || t->kind == 'P');
+        CHECK(inside(t->name, body));
+        std::string d, c;
+        pool::encode_describe(d, t->kind, t->name);
+        pool::encode_close(c, t->kind, t->name);
+        whole('D', d);
+        whole('C', c);
+    }
+    const auto tag = pool::decode_command_complete(body);
+    const size_t first_nul = chars(body).find('\0');
+    CHECK(tag.has_value() == (first_nul != std::string_view::npos && first_nul + 1 == body.size()));
+    if (tag) CHECK(inside(*tag, body) && tag->size() + 1 == body.size());
+}
+
+// ---- Transaction pooling: SET recognition, startup options, ResponseTracker
+
+bool iequal(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i) {
+        auto l = [](char c) { return (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c; };
+        if (l(a[i]) != l(b[i])) return false;
+    }
+    return true;
+}
+
+// What parse_set accepts is consistent, and the statements pgrelay would
+// write from it read back to the same parameter and value.
+void check_set(std::string_view sql) {
+    const auto cmd = pool::parse_set(sql);
+    if (!cmd) return;
+    CHECK(cmd->reset || !cmd->reset_all);
+    CHECK(cmd->reset_all == cmd->name.empty());
+    CHECK(cmd->reset == cmd->value.empty());
+    if (!cmd->value.empty()) {
+        // Raw text of the statement, trimmed.
+        CHECK(sql.find(cmd->value) != std::string_view::npos);
+        CHECK(cmd->value.front() != ' ' && cmd->value.back() != ' ' && cmd->value.back() != ';');
+    }
+    if (cmd->reset_all) return;
+    const auto again = pool::parse_set(cmd->reset ? pool::reset_statement(cmd->name)
+                                                  : pool::set_statement(cmd->name, cmd->value, true));
+    CHECK(again.has_value());
+    CHECK(iequal(again->name, cmd->name) && again->value == cmd->value && again->reset == cmd->reset);
+    // The value as a literal (what a ParameterStatus would give) reads back quoted.
+    const auto lit = pool::parse_set(pool::set_statement(cmd->name, cmd->value, false));
+    CHECK(lit.has_value());
+    CHECK(iequal(lit->name, cmd->name) && lit->value == pool::quote_literal(cmd->value) && !lit->reset);
+}
+
+// Settings come out normalised, and escaping them back gives the same settings.
+void check_startup_options(std::string_view options) {
+    const auto settings = pool::parse_startup_options(options);
+    std::string back;
+    for (const auto& [name, value] : settings) {
+        CHECK(!name.empty());
+        for (char c : name) CHECK(c != '-' && !(c >= 'A' && c <= 'Z') && c != '=');
+        back += "-c ";
+        for (char c : name + "=" + value) {
+            if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '\\') back.push_back('\\');
+            back.push_back(c);
+        }
+        back.push_back(' ');
+    }
+    CHECK(pool::parse_startup_options(back) == settings);
+}
+
+// The stream read as a message sequence, two bytes each: the first picks sent
+// or received (and the origin), the second is the type. The tracker's counts
+// stay consistent with what it reports.
+void check_tracker(Bytes s) {
+    using RT = pool::ResponseTracker;
+    RT t;
+    size_t entries = 0;  // what the tracker should hold, from its own answers
+    for (size_t i = 0; i + 1 < s.size(); i += 2) {
+        const uint8_t op = s[i];
+        const char type = static_cast<char>(s[i + 1]);
+        if (op < 0x80) {
+            const auto origin = static_cast<RT::Origin>(op % 3);
+            const size_t before = t.outstanding();
+            t.sent(type, origin, (op & 4) ? 'S' : 'P');
+            CHECK(t.outstanding() == before || t.outstanding() == before + 1);
+            if (t.outstanding() == before + 1) {
+                CHECK(std::strchr("PBCDESQF", type) != nullptr && type != '\0');
+                ++entries;
+            }
+        } else if (op == 0xff) {
+            t.reset();
+            CHECK(t.idle() && !t.last_status());
+            entries = 0;
+        } else {
+            const size_t before = t.outstanding();
+            const auto status = (op & 1) ? std::optional<TxStatus>(TxStatus::InTransaction) : std::nullopt;
+            const auto r = t.received(type, status);
+            CHECK(t.outstanding() <= before);
+            if (r.entry_done) CHECK(t.outstanding() < before);
+            if (!r.entry_done && type != 'E' && type != 'G') CHECK(t.outstanding() == before);
+            if (r.unexpected) CHECK(t.outstanding() == before && !r.entry_done);
+            if (r.verdict == RT::Verdict::RewriteAsParseComplete) CHECK(type == '3' && r.entry_done);
+            if (r.ready) CHECK(type == 'Z' && r.entry_done && r.ready == status && t.last_status() == status);
+            if (r.inserted_error) CHECK(type == 'E');
+            if (type == 'N' || type == 'A' || type == 'S') CHECK(!r.entry_done && !r.unexpected);
+            entries = t.outstanding();
+        }
+        CHECK(t.outstanding() == entries);
+        CHECK(t.idle() == (t.outstanding() == 0));
+    }
+}
+
 // ---- Regular phase: FrameScanner in a relay loop ---------------------------
 
 struct ScanConfig {
@@ -406,6 +542,7 @@ void relay(Bytes stream, const ScanConfig& c, Chunker chunker) {
             CHECK(body.size() == f.length - 4);
             CHECK(chars(body) == chars(stream.subspan(r.offset + 5, f.length - 4)));
             check_decoders(body);
+            check_pool_decoders(body);
             if (c.rewrite_keys && f.type == 'K') {
                 if (const auto key = decode_backend_key_data(body)) {
                     rewrite_backend_key_data(body, other_key(*key));
@@ -619,5 +756,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string_view s = chars(stream);
     check_error_roundtrip((flags & 4) ? Severity::Fatal : Severity::Error, s.substr(0, 5),
                           s.substr(std::min<size_t>(5, s.size()), 100), s.substr(std::min<size_t>(105, s.size()), 50));
+
+    // The pooling helpers on the same text: a Query's SQL (a C string, so up
+    // to the first NUL, as well as the raw bytes), a startup "options" value,
+    // and the bytes as a request/answer sequence.
+    check_set(s.substr(0, s.find('\0')));
+    check_set(s);
+    check_startup_options(s);
+    check_tracker(stream);
     return 0;
 }
