@@ -6,8 +6,10 @@
 
 #include <cctype>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
+#include <span>
 #include <sstream>
 #include <thread>
 #include <toml++/toml.h>
@@ -20,6 +22,15 @@ std::string ConfigError::describe() const {
 }
 
 const char* to_string(PortRole r) noexcept { return r == PortRole::ReadWrite ? "rw" : "ro"; }
+
+const char* to_string(PoolMode m) noexcept {
+    switch (m) {
+        case PoolMode::Passthrough: return "passthrough";
+        case PoolMode::Session: return "session";
+        case PoolMode::Transaction: return "transaction";
+    }
+    return "?";
+}
 
 const char* to_string(Config::BackendTls m) noexcept {
     switch (m) {
@@ -83,6 +94,9 @@ public:
 
     // Rejects keys not in `allowed`: a misspelt option must not be ignored.
     void only_keys(const toml::table& t, const std::string& where, std::initializer_list<std::string_view> allowed) {
+        only_keys(t, where, std::span<const std::string_view>(allowed.begin(), allowed.size()));
+    }
+    void only_keys(const toml::table& t, const std::string& where, std::span<const std::string_view> allowed) {
         for (const auto& [k, v] : t) {
             bool ok = false;
             for (auto a : allowed) ok = ok || k.str() == a;
@@ -108,25 +122,31 @@ public:
         fail(n, "'" + std::string(key) + "' must be true or false");
     }
 
-    std::string get_string(const toml::table& t, std::string_view key, const std::string& def) {
+    // "[pool.rw] " for messages that should name their table; "" otherwise.
+    static std::string in(const std::string& where) { return where.empty() ? where : where + " "; }
+
+    std::string get_string(const toml::table& t, std::string_view key, const std::string& def,
+                           const std::string& where = {}) {
         const toml::node* n = t.get(key);
         if (!n) return def;
-        if (!n->is_string()) fail(n, "'" + std::string(key) + "' must be a string");
+        if (!n->is_string()) fail(n, in(where) + "'" + std::string(key) + "' must be a string");
         return *n->value<std::string>();
     }
 
-    int64_t get_int(const toml::table& t, std::string_view key, int64_t def, int64_t lo, int64_t hi) {
+    int64_t get_int(const toml::table& t, std::string_view key, int64_t def, int64_t lo, int64_t hi,
+                    const std::string& where = {}) {
         const toml::node* n = t.get(key);
         if (!n) return def;
-        if (!n->is_integer()) fail(n, "'" + std::string(key) + "' must be an integer");
+        if (!n->is_integer()) fail(n, in(where) + "'" + std::string(key) + "' must be an integer");
         const int64_t v = *n->value<int64_t>();
         if (v < lo || v > hi)
-            fail(n, "'" + std::string(key) + "' = " + std::to_string(v) + " is out of range [" + std::to_string(lo) +
+            fail(n, in(where) + "'" + std::string(key) + "' = " + std::to_string(v) + " is out of range [" + std::to_string(lo) +
                         ", " + std::to_string(hi) + "]");
         return v;
     }
 
-    std::chrono::milliseconds get_duration(const toml::table& t, std::string_view key, std::chrono::milliseconds def) {
+    std::chrono::milliseconds get_duration(const toml::table& t, std::string_view key, std::chrono::milliseconds def,
+                                           const std::string& where = {}) {
         const toml::node* n = t.get(key);
         if (!n) return def;
         std::chrono::milliseconds out;
@@ -135,7 +155,7 @@ public:
         } else if (n->is_string() && parse_duration(*n->value<std::string>(), out)) {
             return out;
         }
-        fail(n, "'" + std::string(key) +
+        fail(n, in(where) + "'" + std::string(key) +
                     "' must be a duration from 0 to 24 hours such as \"500ms\", \"5s\" or \"2m\" (a number means seconds)");
     }
 
@@ -179,14 +199,14 @@ public:
         return static_cast<uint16_t>(v);
     }
 
-    std::vector<std::string> get_string_list(const toml::table& t, std::string_view key) {
+    std::vector<std::string> get_string_list(const toml::table& t, std::string_view key, const std::string& where = {}) {
         std::vector<std::string> out;
         const toml::node* n = t.get(key);
         if (!n) return out;
         const toml::array* a = n->as_array();
-        if (!a) fail(n, "'" + std::string(key) + "' must be an array of strings");
+        if (!a) fail(n, in(where) + "'" + std::string(key) + "' must be an array of strings");
         for (const auto& e : *a) {
-            if (!e.is_string()) fail(&e, "'" + std::string(key) + "' must contain only strings");
+            if (!e.is_string()) fail(&e, in(where) + "'" + std::string(key) + "' must contain only strings");
             out.push_back(*e.value<std::string>());
         }
         return out;
@@ -195,7 +215,7 @@ public:
     Config load(const toml::table& root) {
         Config c;
         c.path = path_;
-        only_keys(root, "the top level", {"server", "listen", "routing", "topology", "admin", "tls"});
+        only_keys(root, "the top level", {"server", "listen", "routing", "topology", "admin", "tls", "pool"});
 
         if (const toml::table* s = table(root, "server")) {
             only_keys(*s, "[server]",
@@ -244,6 +264,7 @@ public:
             fail(root["listen"]["ro"].node(), "[listen] rw and ro must not use the same address and port");
 
         if (const toml::table* tls = table(root, "tls")) load_tls(*tls, c);
+        if (const toml::table* pool = table(root, "pool")) load_pool(*pool, c);
 
         if (const toml::table* r = table(root, "routing")) {
             only_keys(*r, "[routing]", {"ro_fallback_to_primary", "ro_balance", "max_replica_lag", "weights", "exclude",
@@ -415,6 +436,97 @@ public:
             fail(a->get("interval"), "[topology.patroni_api] interval must be at least 50ms");
         if (c.patroni_api.request_timeout < std::chrono::milliseconds(100))
             fail(a->get("request_timeout"), "[topology.patroni_api] request_timeout must be at least 100ms");
+    }
+
+    // Every key of [pool]; [pool.rw] and [pool.ro] take the same ones.
+    static constexpr std::string_view kPoolKeys[] = {
+        "pool_mode",       "pool_size",           "min_pool_size",      "max_db_connections",
+        "server_lifetime", "server_idle_timeout", "query_wait_timeout", "server_reset_query",
+        "auth_file",       "auth_query",          "auth_user",          "admin_users"};
+    static constexpr int64_t kMaxPoolConnections = 100000;
+
+    // Reads the keys `t` sets over `p` (which holds the defaults so far).
+    void read_pool(const toml::table& t, const std::string& where, PoolConfig& p) {
+        if (const toml::node* n = t.get("pool_mode")) {
+            const std::string mode = get_string(t, "pool_mode", "", where);
+            if (mode == "passthrough") p.mode = PoolMode::Passthrough;
+            else if (mode == "session") p.mode = PoolMode::Session;
+            else if (mode == "transaction") p.mode = PoolMode::Transaction;
+            else
+                fail(n, where + " pool_mode must be \"passthrough\", \"session\" or \"transaction\", got \"" + mode + "\"");
+        }
+        p.pool_size = static_cast<uint32_t>(get_int(t, "pool_size", p.pool_size, 1, kMaxPoolConnections, where));
+        p.min_pool_size = static_cast<uint32_t>(get_int(t, "min_pool_size", p.min_pool_size, 0, kMaxPoolConnections, where));
+        p.max_db_connections =
+            static_cast<uint32_t>(get_int(t, "max_db_connections", p.max_db_connections, 0, kMaxPoolConnections, where));
+        p.server_lifetime = get_duration(t, "server_lifetime", p.server_lifetime, where);
+        p.server_idle_timeout = get_duration(t, "server_idle_timeout", p.server_idle_timeout, where);
+        p.query_wait_timeout = get_duration(t, "query_wait_timeout", p.query_wait_timeout, where);
+        p.server_reset_query = get_string(t, "server_reset_query", p.server_reset_query, where);
+        p.auth_query = get_string(t, "auth_query", p.auth_query, where);
+        p.auth_user = get_string(t, "auth_user", p.auth_user, where);
+        p.auth_file = get_string(t, "auth_file", p.auth_file, where);
+        // Kept as given, like every other file in the config: a relative path
+        // is relative to pgrelay's working directory.
+        if (!p.auth_file.empty() && t.get("auth_file")) {
+            std::error_code ec;
+            if (!std::ifstream(p.auth_file) || std::filesystem::is_directory(p.auth_file, ec))
+                fail(t.get("auth_file"), where + " auth_file: cannot read '" + p.auth_file + "'");
+        }
+        if (t.get("admin_users")) {
+            p.admin_users = get_string_list(t, "admin_users", where);
+            for (size_t i = 0; i < p.admin_users.size(); ++i)
+                if (p.admin_users[i].empty())
+                    fail(t.get_as<toml::array>("admin_users")->get(i), where + " admin_users must not contain an empty name");
+        }
+    }
+
+    // The settings one port ends up with must make sense together. Errors point
+    // at the key in the most specific table that sets it, and name that table.
+    void check_pool(const toml::table& base, const toml::table* port_table, const std::string& port_where,
+                    PortRole role, const PoolConfig& p) {
+        auto set_in_port = [&](std::string_view key) { return port_table && port_table->get(key); };
+        auto node = [&](std::string_view key) -> const toml::node* {
+            if (set_in_port(key)) return port_table->get(key);
+            if (base.get(key)) return base.get(key);
+            return port_table ? port_table : &base;
+        };
+        auto where = [&](std::string_view key) { return set_in_port(key) ? port_where : std::string("[pool]"); };
+        const std::string port = std::string(" (") + to_string(role) + " port)";
+
+        if (p.min_pool_size > p.pool_size) {
+            const char* key = set_in_port("min_pool_size") || !set_in_port("pool_size") ? "min_pool_size" : "pool_size";
+            fail(node(key), where(key) + " min_pool_size = " + std::to_string(p.min_pool_size) + " exceeds pool_size = " +
+                                std::to_string(p.pool_size) + port);
+        }
+        if (p.pooled() && p.auth_file.empty() && p.auth_user.empty())
+            fail(node("pool_mode"), where("pool_mode") + " pool_mode = \"" + to_string(p.mode) + "\"" + port +
+                                        ": pgrelay authenticates clients in this mode and needs auth_file or auth_user + "
+                                        "auth_query");
+        if (!p.auth_user.empty() && p.auth_query.empty())
+            fail(node("auth_query"), where("auth_query") + " auth_query must not be empty when auth_user is set" + port);
+    }
+
+    void load_pool(const toml::table& t, Config& c) {
+        std::vector<std::string_view> keys(std::begin(kPoolKeys), std::end(kPoolKeys));
+        keys.push_back("rw");
+        keys.push_back("ro");
+        only_keys(t, "[pool]", keys);
+        PoolConfig base;
+        read_pool(t, "[pool]", base);
+        const toml::table* rw = table(t, "rw");
+        const toml::table* ro = table(t, "ro");
+        c.pool_rw = c.pool_ro = base;
+        if (rw) {
+            only_keys(*rw, "[pool.rw]", kPoolKeys);
+            read_pool(*rw, "[pool.rw]", c.pool_rw);
+        }
+        if (ro) {
+            only_keys(*ro, "[pool.ro]", kPoolKeys);
+            read_pool(*ro, "[pool.ro]", c.pool_ro);
+        }
+        check_pool(t, rw, "[pool.rw]", PortRole::ReadWrite, c.pool_rw);
+        check_pool(t, ro, "[pool.ro]", PortRole::ReadOnly, c.pool_ro);
     }
 
     void load_tls(const toml::table& t, Config& c) {

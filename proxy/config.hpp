@@ -27,6 +27,26 @@ struct ConfigError : std::runtime_error {
 enum class PortRole { ReadWrite, ReadOnly };
 const char* to_string(PortRole r) noexcept;  // "rw" / "ro"
 
+enum class PoolMode { Passthrough, Session, Transaction };
+const char* to_string(PoolMode m) noexcept;  // "passthrough" / "session" / "transaction"
+
+// [pool] (defaults for both ports) and [pool.rw] / [pool.ro] (overrides for one port).
+struct PoolConfig {
+    PoolMode mode = PoolMode::Passthrough;       // key: pool_mode
+    uint32_t pool_size = 20;                     // server connections per (member, database, user)
+    uint32_t min_pool_size = 0;                  // kept open per pool once it exists
+    uint32_t max_db_connections = 0;             // per (member, database), across users; 0 = unlimited
+    std::chrono::milliseconds server_lifetime{3600000};      // close a server connection this old once idle; 0 = never
+    std::chrono::milliseconds server_idle_timeout{600000};   // close a server idle this long; 0 = never
+    std::chrono::milliseconds query_wait_timeout{120000};    // a client waiting for a server gets an error after this; 0 = wait forever
+    std::string server_reset_query = "DISCARD ALL";          // session mode, when a client leaves; "" = none
+    std::string auth_file;                                   // PgBouncer userlist.txt format
+    std::string auth_query = "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1 AND (rolvaliduntil IS NULL OR rolvaliduntil > now())";
+    std::string auth_user;                                   // runs auth_query; its own secret must be in auth_file
+    std::vector<std::string> admin_users;                    // may use the admin console (virtual database "pgrelay")
+    bool pooled() const noexcept { return mode != PoolMode::Passthrough; }
+};
+
 struct ListenConfig {
     PortRole role = PortRole::ReadWrite;
     bool enabled = false;
@@ -76,6 +96,10 @@ struct Config {
     BackendTls backend_tls = BackendTls::Disable;
     std::string backend_tls_ca;   // PEM CA file to verify backends with
     bool backend_tls_sni = true;  // send the member's host name as SNI (not for IP addresses), as libpq
+
+    // Connection pooling per port ([pool], [pool.rw], [pool.ro]).
+    PoolConfig pool_rw, pool_ro;
+    const PoolConfig& pool(PortRole r) const noexcept { return r == PortRole::ReadWrite ? pool_rw : pool_ro; }
 
     topology::RoutingOptions routing;
     // How long a new connection waits for a primary (rw) or for a first

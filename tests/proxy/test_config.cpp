@@ -7,7 +7,10 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <regex>
+#include <sstream>
 #include <string>
 
 #include "proxy/config.hpp"
@@ -661,4 +664,366 @@ TEST_CASE("config: [topology.patroni_api]", "[config][patroni_api]") {
     require_error_at_marker(base + "urls = [\"h\"]\ninterval = \"10ms\" # <- here\n", "at least 50ms");
     require_error_at_marker(base + "urls = [\"h\"]\nscope = \"x\" # <- here\n", "unknown key");
     require_error_at_marker(kListen + "[topology]\nsource = \"patroni_api\" # <- here\n", "needs a [topology.patroni_api]");
+}
+
+namespace {
+
+using pgrelay::PoolConfig;
+using pgrelay::PoolMode;
+using pgrelay::PortRole;
+
+// A file or directory removed when the test ends, however it ends.
+struct TempPath {
+    std::string path;
+    ~TempPath() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+};
+
+// A PgBouncer-style userlist.txt in /tmp, unique to this test process.
+TempPath make_userlist(const std::string& tag) {
+    TempPath f{"/tmp/pgrelay-test-userlist-" + tag + "-" + std::to_string(::getpid()) + ".txt"};
+    std::ofstream(f.path) << "\"pgrelay_auth\" \"SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy\"\n"
+                             "\"alice\" \"md5d41d8cd98f00b204e9800998ecf8427e\"\n";
+    return f;
+}
+
+}  // namespace
+
+TEST_CASE("config: pool defaults are passthrough with the documented values", "[config][pool]") {
+    const pgrelay::Config c = parse_config(kListen + kTopology, "test.toml");
+    for (const PoolConfig* p : {&c.pool_rw, &c.pool_ro}) {
+        CHECK(p->mode == PoolMode::Passthrough);
+        CHECK_FALSE(p->pooled());
+        CHECK(p->pool_size == 20);
+        CHECK(p->min_pool_size == 0);
+        CHECK(p->max_db_connections == 0);
+        CHECK(p->server_lifetime == 3600s);
+        CHECK(p->server_idle_timeout == 600s);
+        CHECK(p->query_wait_timeout == 120s);
+        CHECK(p->server_reset_query == "DISCARD ALL");
+        CHECK(p->auth_query ==
+              "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1 AND (rolvaliduntil IS NULL OR "
+              "rolvaliduntil > now())");
+        CHECK(p->auth_file.empty());
+        CHECK(p->auth_user.empty());
+        CHECK(p->admin_users.empty());
+    }
+    CHECK(&c.pool(PortRole::ReadWrite) == &c.pool_rw);
+    CHECK(&c.pool(PortRole::ReadOnly) == &c.pool_ro);
+    CHECK(std::string(to_string(PoolMode::Passthrough)) == "passthrough");
+    CHECK(std::string(to_string(PoolMode::Session)) == "session");
+    CHECK(std::string(to_string(PoolMode::Transaction)) == "transaction");
+
+    // Existing configs keep parsing, unpooled, with every other value as before.
+    const pgrelay::Config full = parse_config(kFullConfig, "test.toml");
+    CHECK(full.pool_rw.mode == PoolMode::Passthrough);
+    CHECK(full.pool_ro.mode == PoolMode::Passthrough);
+    CHECK(full.static_members.size() == 3);
+    // An empty [pool] changes nothing either.
+    const pgrelay::Config empty = parse_config(kListen + "[pool]\n" + kTopology, "test.toml");
+    CHECK_FALSE(empty.pool_rw.pooled());
+    CHECK(empty.pool_ro.pool_size == 20);
+}
+
+TEST_CASE("config: [pool] applies to both ports", "[config][pool]") {
+    const TempPath users = make_userlist("both");
+    const pgrelay::Config c = parse_config(kListen +
+                                               "[pool]\n"
+                                               "pool_mode = \"transaction\"\n"
+                                               "pool_size = 50\n"
+                                               "min_pool_size = 5\n"
+                                               "max_db_connections = 30\n"
+                                               "server_lifetime = \"30m\"\n"
+                                               "server_idle_timeout = 0\n"
+                                               "query_wait_timeout = \"0s\"\n"
+                                               "server_reset_query = \"\"\n"
+                                               "auth_file = \"" + users.path + "\"\n"
+                                               "auth_user = \"pgrelay_auth\"\n"
+                                               "auth_query = \"SELECT usename, passwd FROM pgrelay.get_auth($1)\"\n"
+                                               "admin_users = [\"alice\", \"ops\"]\n" +
+                                               kTopology,
+                                           "test.toml");
+    for (const PoolConfig* p : {&c.pool_rw, &c.pool_ro}) {
+        CHECK(p->mode == PoolMode::Transaction);
+        CHECK(p->pooled());
+        CHECK(p->pool_size == 50);
+        CHECK(p->min_pool_size == 5);
+        CHECK(p->max_db_connections == 30);  // below pool_size is allowed
+        CHECK(p->server_lifetime == 1800s);
+        CHECK(p->server_idle_timeout == 0ms);  // 0 = never
+        CHECK(p->query_wait_timeout == 0ms);   // 0 = wait forever
+        CHECK(p->server_reset_query.empty());
+        CHECK(p->auth_file == users.path);
+        CHECK(p->auth_user == "pgrelay_auth");
+        CHECK(p->auth_query == "SELECT usename, passwd FROM pgrelay.get_auth($1)");
+        CHECK(p->admin_users == std::vector<std::string>{"alice", "ops"});
+    }
+}
+
+TEST_CASE("config: [pool.rw] and [pool.ro] override [pool] for one port only", "[config][pool]") {
+    const pgrelay::Config c = parse_config(kListen +
+                                               "[pool]\n"
+                                               "pool_mode = \"session\"\n"
+                                               "pool_size = 40\n"
+                                               "auth_user = \"pgrelay_auth\"\n"
+                                               "admin_users = [\"alice\"]\n"
+                                               "[pool.rw]\n"
+                                               "pool_mode = \"transaction\"\n"
+                                               "server_reset_query = \"RESET ALL\"\n"
+                                               "[pool.ro]\n"
+                                               "pool_size = 10\n"
+                                               "admin_users = []\n" +
+                                               kTopology,
+                                           "test.toml");
+    CHECK(c.pool_rw.mode == PoolMode::Transaction);
+    CHECK(c.pool_rw.server_reset_query == "RESET ALL");
+    CHECK(c.pool_rw.pool_size == 40);  // from [pool]
+    CHECK(c.pool_rw.auth_user == "pgrelay_auth");
+    CHECK(c.pool_rw.admin_users == std::vector<std::string>{"alice"});
+
+    CHECK(c.pool_ro.mode == PoolMode::Session);  // [pool.rw] does not leak into ro
+    CHECK(c.pool_ro.server_reset_query == "DISCARD ALL");
+    CHECK(c.pool_ro.pool_size == 10);
+    CHECK(c.pool_ro.auth_user == "pgrelay_auth");
+    CHECK(c.pool_ro.admin_users.empty());  // an explicit [] overrides
+
+    // A port table without [pool]: the other port keeps every default.
+    const pgrelay::Config only_ro = parse_config(
+        kListen + "[pool.ro]\npool_mode = \"session\"\nauth_user = \"a\"\nmin_pool_size = 2\n" + kTopology, "test.toml");
+    CHECK(only_ro.pool_ro.mode == PoolMode::Session);
+    CHECK(only_ro.pool_ro.min_pool_size == 2);
+    CHECK(only_ro.pool_rw.mode == PoolMode::Passthrough);
+    CHECK(only_ro.pool_rw.min_pool_size == 0);
+    CHECK(only_ro.pool_rw.auth_user.empty());
+}
+
+TEST_CASE("config error: [pool] values", "[config][pool]") {
+    const std::string auth = "auth_user = \"pgrelay_auth\"\n";
+    SECTION("unknown pool_mode, listing the three") {
+        require_error_at_marker(kListen + "[pool]\npool_mode = \"statement\" # <- here\n" + kTopology,
+                                "[pool] pool_mode must be \"passthrough\", \"session\" or \"transaction\", got \"statement\"");
+        require_error_at_marker(kListen + "[pool.ro]\npool_mode = \"Session\" # <- here\n" + kTopology,
+                                "[pool.ro] pool_mode must be \"passthrough\", \"session\" or \"transaction\"");
+    }
+    SECTION("pool_mode not a string") {
+        require_error_at_marker(kListen + "[pool]\npool_mode = 1 # <- here\n" + kTopology,
+                                "[pool] 'pool_mode' must be a string");
+    }
+    SECTION("pool_size below 1") {
+        require_error_at_marker(kListen + "[pool]\npool_size = 0 # <- here\n" + kTopology,
+                                "[pool] 'pool_size' = 0 is out of range [1, ");
+        require_error_at_marker(kListen + "[pool.rw]\npool_size = -3 # <- here\n" + kTopology,
+                                "[pool.rw] 'pool_size' = -3 is out of range [1, ");
+    }
+    SECTION("pool_size not an integer") {
+        require_error_at_marker(kListen + "[pool.ro]\npool_size = \"20\" # <- here\n" + kTopology,
+                                "[pool.ro] 'pool_size' must be an integer");
+    }
+    SECTION("min_pool_size above pool_size in one table") {
+        require_error_at_marker(kListen + "[pool]\npool_size = 5\nmin_pool_size = 6 # <- here\n" + kTopology,
+                                "[pool] min_pool_size = 6 exceeds pool_size = 5 (rw port)");
+    }
+    SECTION("min_pool_size from [pool] above the pool_size [pool.ro] sets") {
+        require_error_at_marker(kListen + "[pool]\nmin_pool_size = 10\n[pool.ro]\npool_size = 4 # <- here\n" + kTopology,
+                                "[pool.ro] min_pool_size = 10 exceeds pool_size = 4 (ro port)");
+    }
+    SECTION("min_pool_size in [pool.rw] above the default pool_size") {
+        require_error_at_marker(kListen + "[pool.rw]\nmin_pool_size = 21 # <- here\n" + kTopology,
+                                "[pool.rw] min_pool_size = 21 exceeds pool_size = 20 (rw port)");
+    }
+    SECTION("negative max_db_connections") {
+        require_error_at_marker(kListen + "[pool]\nmax_db_connections = -1 # <- here\n" + kTopology,
+                                "[pool] 'max_db_connections' = -1 is out of range [0, ");
+    }
+    SECTION("negative or malformed durations") {
+        require_error_at_marker(kListen + "[pool]\nserver_lifetime = -1 # <- here\n" + kTopology,
+                                "[pool] 'server_lifetime' must be a duration");
+        require_error_at_marker(kListen + "[pool.ro]\nserver_idle_timeout = \"-5s\" # <- here\n" + kTopology,
+                                "[pool.ro] 'server_idle_timeout' must be a duration");
+        require_error_at_marker(kListen + "[pool.rw]\nquery_wait_timeout = \"soon\" # <- here\n" + kTopology,
+                                "[pool.rw] 'query_wait_timeout' must be a duration");
+    }
+    SECTION("session mode without auth_file or auth_user") {
+        require_error_at_marker(kListen + "[pool]\npool_mode = \"session\" # <- here\n" + kTopology,
+                                "[pool] pool_mode = \"session\" (rw port): pgrelay authenticates clients in this mode "
+                                "and needs auth_file or auth_user + auth_query");
+    }
+    SECTION("transaction mode in [pool.ro] without auth") {
+        require_error_at_marker(kListen + "[pool.ro]\npool_mode = \"transaction\" # <- here\n" + kTopology,
+                                "[pool.ro] pool_mode = \"transaction\" (ro port): pgrelay authenticates clients");
+    }
+    SECTION("auth set for one port only: the other port still needs it") {
+        require_error_at_marker(kListen + "[pool]\npool_mode = \"session\" # <- here\n[pool.rw]\n" + auth + kTopology,
+                                "[pool] pool_mode = \"session\" (ro port): pgrelay authenticates clients");
+    }
+    SECTION("auth_user with an empty auth_query") {
+        require_error_at_marker(kListen + "[pool]\n" + auth + "[pool.rw]\nauth_query = \"\" # <- here\n" + kTopology,
+                                "[pool.rw] auth_query must not be empty when auth_user is set (rw port)");
+    }
+    SECTION("auth_file that cannot be read") {
+        require_error_at_marker(kListen + "[pool]\nauth_file = \"/nonexistent/userlist.txt\" # <- here\n" + kTopology,
+                                "[pool] auth_file: cannot read '/nonexistent/userlist.txt'");
+        require_error_at_marker(kListen + "[pool.ro]\nauth_file = \"/tmp\" # <- here\n" + kTopology,
+                                "[pool.ro] auth_file: cannot read '/tmp'");
+    }
+    SECTION("admin_users must be an array of non-empty strings") {
+        require_error_at_marker(kListen + "[pool]\nadmin_users = \"alice\" # <- here\n" + kTopology,
+                                "[pool] 'admin_users' must be an array of strings");
+        require_error_at_marker(kListen + "[pool.rw]\nadmin_users = [\"alice\", 7] # <- here\n" + kTopology,
+                                "[pool.rw] 'admin_users' must contain only strings");
+        require_error_at_marker(kListen + "[pool.ro]\nadmin_users = [\"\"] # <- here\n" + kTopology,
+                                "[pool.ro] admin_users must not contain an empty name");
+    }
+    SECTION("string keys of the wrong type") {
+        require_error_at_marker(kListen + "[pool]\nserver_reset_query = false # <- here\n" + kTopology,
+                                "[pool] 'server_reset_query' must be a string");
+        require_error_at_marker(kListen + "[pool.ro]\nauth_user = 1 # <- here\n" + kTopology,
+                                "[pool.ro] 'auth_user' must be a string");
+    }
+}
+
+TEST_CASE("config: [pool] values at their limits are accepted", "[config][pool]") {
+    const pgrelay::Config c = parse_config(kListen +
+                                               "[pool]\npool_size = 1\nmin_pool_size = 1\nmax_db_connections = 1\n"
+                                               "server_lifetime = 0\nserver_idle_timeout = \"0ms\"\n"
+                                               "query_wait_timeout = 0\n"
+                                               "[pool.ro]\npool_size = 3\nmin_pool_size = 3\n" +
+                                               kTopology,
+                                           "test.toml");
+    CHECK(c.pool_rw.pool_size == 1);
+    CHECK(c.pool_rw.min_pool_size == 1);
+    CHECK(c.pool_rw.max_db_connections == 1);
+    CHECK(c.pool_rw.server_lifetime == 0ms);
+    CHECK(c.pool_rw.server_idle_timeout == 0ms);
+    CHECK(c.pool_rw.query_wait_timeout == 0ms);
+    CHECK(c.pool_ro.pool_size == 3);
+    CHECK(c.pool_ro.min_pool_size == 3);
+    CHECK(c.pool_ro.max_db_connections == 1);
+    // auth_user without pooling is accepted (and kept) in passthrough mode.
+    const pgrelay::Config p = parse_config(kListen + "[pool]\nauth_user = \"x\"\n" + kTopology, "test.toml");
+    CHECK_FALSE(p.pool_rw.pooled());
+    CHECK(p.pool_rw.auth_user == "x");
+}
+
+TEST_CASE("config error: unknown keys in [pool], [pool.rw] and [pool.ro]", "[config][pool]") {
+    SECTION("[pool.ro]") {
+        require_error_at_marker(kListen + "[pool.ro]\npool_size = 5\npool_sise = 5 # <- here\n" + kTopology,
+                                "unknown key 'pool_sise' in [pool.ro] (expected one of: pool_mode, pool_size");
+    }
+    SECTION("[pool.rw] does not nest further") {
+        require_error_at_marker(kListen + "[pool.rw]\nro = 1 # <- here\n" + kTopology, "unknown key 'ro' in [pool.rw]");
+    }
+    SECTION("[pool]") {
+        require_error_at_marker(kListen + "[pool]\nmode = \"session\" # <- here\n" + kTopology,
+                                "unknown key 'mode' in [pool]");
+    }
+    SECTION("a port override that is not a table") {
+        require_error_at_marker(kListen + "[pool]\nrw = \"session\" # <- here\n" + kTopology, "'rw' must be a table");
+    }
+}
+
+TEST_CASE("config: a real auth_file enables session and transaction mode", "[config][pool]") {
+    const TempPath users = make_userlist("real");
+    const pgrelay::Config c = parse_config(kListen + "[pool]\npool_mode = \"session\"\nauth_file = \"" + users.path +
+                                               "\"\n[pool.ro]\npool_mode = \"transaction\"\n" + kTopology,
+                                           "test.toml");
+    CHECK(c.pool_rw.mode == PoolMode::Session);
+    CHECK(c.pool_ro.mode == PoolMode::Transaction);
+    CHECK(c.pool_rw.auth_file == users.path);
+    CHECK(c.pool_ro.auth_file == users.path);
+    CHECK(c.pool_ro.auth_user.empty());
+
+    // The same through load_config, and auth_file overridden to "" for ro
+    // with auth_user instead.
+    const TempPath dir{"/tmp/pgrelay-test-pool-conf-" + std::to_string(::getpid())};
+    std::filesystem::create_directories(dir.path);
+    const std::string conf = dir.path + "/pgrelay.toml";
+    std::ofstream(conf) << kListen << "[pool]\npool_mode = \"session\"\nauth_file = \"" << users.path
+                        << "\"\n[pool.ro]\nauth_file = \"\"\nauth_user = \"pgrelay_auth\"\n"
+                        << kTopology;
+    const pgrelay::Config l = pgrelay::load_config(conf);
+    CHECK(l.pool_rw.auth_file == users.path);
+    CHECK(l.pool_ro.auth_file.empty());
+    CHECK(l.pool_ro.auth_user == "pgrelay_auth");
+    CHECK(l.pool_ro.pooled());
+
+    // Once the file is gone, the same config is refused.
+    std::filesystem::remove(users.path);
+    CHECK_THROWS_WITH(pgrelay::load_config(conf), Contains("[pool] auth_file: cannot read '" + users.path + "'"));
+}
+
+TEST_CASE("config: a relative auth_file is kept as given, relative to the working directory", "[config][pool]") {
+    // Like [tls] cert and etcd's password_file, a relative path is not
+    // rewritten and is opened from pgrelay's working directory.
+    const TempPath users = make_userlist("relative");
+    const std::string rel = std::filesystem::relative(users.path, std::filesystem::current_path()).string();
+    REQUIRE_FALSE(rel.empty());
+    REQUIRE(rel.front() != '/');
+    const pgrelay::Config c =
+        parse_config(kListen + "[pool.rw]\npool_mode = \"session\"\nauth_file = \"" + rel + "\"\n" + kTopology, "test.toml");
+    CHECK(c.pool_rw.auth_file == rel);
+    CHECK(c.pool_ro.auth_file.empty());
+
+    // A name that only exists next to the config file is not found there.
+    const TempPath dir{"/tmp/pgrelay-test-pool-rel-" + std::to_string(::getpid())};
+    std::filesystem::create_directories(dir.path);
+    const std::string name = "userlist-only-in-conf-dir-" + std::to_string(::getpid()) + ".txt";
+    std::ofstream(dir.path + "/" + name) << "\"alice\" \"secret\"\n";
+    REQUIRE_FALSE(std::filesystem::exists(name));
+    std::ofstream(dir.path + "/pgrelay.toml") << kListen << "[pool]\nauth_file = \"" << name << "\"\n" << kTopology;
+    try {
+        pgrelay::load_config(dir.path + "/pgrelay.toml");
+        FAIL("load_config resolved auth_file against the config's directory");
+    } catch (const ConfigError& e) {
+        CHECK(e.line == 4);
+        CHECK_THAT(std::string(e.what()), Contains("[pool] auth_file: cannot read '" + name + "'"));
+    }
+}
+
+TEST_CASE("config: conf/pgrelay.toml parses and documents the [pool] defaults", "[config][pool]") {
+    const std::string path = std::string(PGRELAY_SOURCE_DIR) + "/conf/pgrelay.toml";
+    const pgrelay::Config shipped = pgrelay::load_config(path);
+    CHECK(shipped.pool_rw.mode == PoolMode::Passthrough);
+    CHECK(shipped.pool_ro.mode == PoolMode::Passthrough);
+
+    // Uncomment every "# key = value" line of [pool] (not the example
+    // auth_file/auth_user, nor the [pool.rw]/[pool.ro] examples after it): the
+    // values the file documents must be the ones the code defaults to.
+    std::ifstream in(path);
+    REQUIRE(in);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string text = ss.str();
+    const size_t begin = text.find("\n[pool]\n");
+    const size_t end = text.find("\n# Overrides for one port", begin);
+    REQUIRE(begin != std::string::npos);
+    REQUIRE(end != std::string::npos);
+    std::istringstream section(text.substr(begin, end - begin));
+    const std::regex commented_key(R"(^# ([a-z_]+) = (.*)$)");
+    std::string line, pool = "[pool]\n";
+    int keys = 0;
+    while (std::getline(section, line)) {
+        std::smatch m;
+        if (!std::regex_match(line, m, commented_key) || m[1] == "auth_file" || m[1] == "auth_user") continue;
+        pool += line.substr(2) + "\n";
+        ++keys;
+    }
+    INFO(pool);
+    CHECK(keys == 10);
+    const pgrelay::Config c = parse_config(kListen + pool + kTopology, "test.toml");
+    const PoolConfig def;
+    for (const PoolConfig* p : {&c.pool_rw, &c.pool_ro}) {
+        CHECK(p->mode == def.mode);
+        CHECK(p->pool_size == def.pool_size);
+        CHECK(p->min_pool_size == def.min_pool_size);
+        CHECK(p->max_db_connections == def.max_db_connections);
+        CHECK(p->server_lifetime == def.server_lifetime);
+        CHECK(p->server_idle_timeout == def.server_idle_timeout);
+        CHECK(p->query_wait_timeout == def.query_wait_timeout);
+        CHECK(p->server_reset_query == def.server_reset_query);
+        CHECK(p->auth_query == def.auth_query);
+        CHECK(p->admin_users == def.admin_users);
+    }
 }
