@@ -20,7 +20,9 @@ uint32_t random_u32() {
 
 CancelRegistry::CancelRegistry() : next_pid_(random_u32() & 0x3fffffff) {}
 
-protocol::CancelKey CancelRegistry::add(CancelTarget target) {
+protocol::CancelKey CancelRegistry::add(CancelTarget target) { return add_entry(std::move(target)); }
+
+protocol::CancelKey CancelRegistry::add_entry(std::optional<CancelTarget> target) {
     const int32_t secret = static_cast<int32_t>(random_u32());
     for (;;) {
         // Positive pids look like real ones to clients that print them.
@@ -37,6 +39,13 @@ std::optional<CancelTarget> CancelRegistry::find(protocol::CancelKey key) const 
     auto it = s.by_pid.find(key.pid);
     if (it == s.by_pid.end() || it->second.secret != key.secret) return std::nullopt;
     return it->second.target;
+}
+
+void CancelRegistry::retarget(protocol::CancelKey key, std::optional<CancelTarget> target) {
+    Shard& s = shard(key.pid);
+    std::lock_guard lock(s.mu);
+    auto it = s.by_pid.find(key.pid);
+    if (it != s.by_pid.end() && it->second.secret == key.secret) it->second.target = std::move(target);
 }
 
 void CancelRegistry::remove(protocol::CancelKey key) {

@@ -29,15 +29,21 @@ class CancelRegistry {
 public:
     CancelRegistry();
     protocol::CancelKey add(CancelTarget target);
+    // A pooled client's key: its target is the server it holds now, set with
+    // retarget() when it gets one and cleared when it gives it back. A cancel
+    // for a key without a target is dropped (the client runs nothing).
+    protocol::CancelKey add_pooled() { return add_entry(std::nullopt); }
+    void retarget(protocol::CancelKey key, std::optional<CancelTarget> target);
     std::optional<CancelTarget> find(protocol::CancelKey key) const;
     void remove(protocol::CancelKey key);
     size_t size() const;
 
 private:
     static constexpr size_t kShards = 16;
+    protocol::CancelKey add_entry(std::optional<CancelTarget> target);
     struct Entry {
         int32_t secret;
-        CancelTarget target;
+        std::optional<CancelTarget> target;
     };
     struct Shard {
         mutable std::mutex mu;

@@ -59,6 +59,17 @@ void Registry::count_error(std::string_view origin, std::string_view sqlstate) {
     c->fetch_add(1, std::memory_order_relaxed);
 }
 
+void Registry::count_login(PortRole port, std::string_view outcome) {
+    std::atomic<uint64_t>* c;
+    {
+        std::lock_guard lock(mu_);
+        auto& slot = logins_[{port, std::string(outcome)}];
+        if (!slot) slot = std::make_unique<std::atomic<uint64_t>>(0);
+        c = slot.get();
+    }
+    c->fetch_add(1, std::memory_order_relaxed);
+}
+
 namespace {
 
 // Label values: backslash, quote and newline escaped as the format requires.
@@ -150,7 +161,19 @@ std::string Registry::render(const topology::Topology* t, const topology::Routin
         for (const auto& [key, n] : errors_)
             out += fmt::format("pgrelay_errors_total{{origin=\"{}\",sqlstate=\"{}\"}} {}\n", esc(key.first),
                                esc(key.second), get(*n));
+        head(out, "pgrelay_pool_logins_total", "counter",
+             "Client logins pgrelay authenticated itself (pooled ports), by outcome: ok, failed (wrong password or "
+             "unknown user), malformed, abandoned, error (secret lookup failed).");
+        for (const auto& [key, n] : logins_)
+            out += fmt::format("pgrelay_pool_logins_total{{port=\"{}\",outcome=\"{}\"}} {}\n", to_string(key.first),
+                               esc(key.second), get(*n));
     }
+    head(out, "pgrelay_pool_clients_waiting", "gauge", "Pooled clients waiting for a server connection now.");
+    out += fmt::format("pgrelay_pool_clients_waiting{{port=\"rw\"}} {}\n", rw_waiting_.load(std::memory_order_relaxed));
+    out += fmt::format("pgrelay_pool_clients_waiting{{port=\"ro\"}} {}\n", ro_waiting_.load(std::memory_order_relaxed));
+    head(out, "pgrelay_pool_wait_seconds", "histogram", "How long pooled clients waited for a server connection.");
+    rw_wait_.render(out, "pgrelay_pool_wait_seconds", "port=\"rw\"");
+    ro_wait_.render(out, "pgrelay_pool_wait_seconds", "port=\"ro\"");
 
     head(out, "pgrelay_cancel_requests_total", "counter", "CancelRequests received, by outcome.");
     out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"forwarded\"}} {}\n", get(cancel_forwarded));

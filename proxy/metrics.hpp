@@ -68,6 +68,15 @@ public:
         return rw_.held_now.load(std::memory_order_relaxed) + ro_.held_now.load(std::memory_order_relaxed);
     }
     void count_error(std::string_view origin, std::string_view sqlstate);
+    // Pooled ports: client logins by outcome ("ok", "failed", "malformed",
+    // "abandoned", "error"), clients waiting for a server, and how long they waited.
+    void count_login(PortRole port, std::string_view outcome);
+    void pool_waiting(PortRole port, int delta) noexcept {
+        (port == PortRole::ReadWrite ? rw_waiting_ : ro_waiting_).fetch_add(delta, std::memory_order_relaxed);
+    }
+    void observe_pool_wait(PortRole port, double seconds) noexcept {
+        (port == PortRole::ReadWrite ? rw_wait_ : ro_wait_).observe(seconds);
+    }
 
     std::atomic<uint64_t> cancel_forwarded{0};
     std::atomic<uint64_t> cancel_unknown_key{0};
@@ -86,6 +95,10 @@ public:
 
 private:
     PortStats rw_, ro_;
+    std::atomic<int64_t> rw_waiting_{0}, ro_waiting_{0};
+    Histogram rw_wait_{{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30}};
+    Histogram ro_wait_{{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30}};
+    std::map<std::pair<PortRole, std::string>, std::unique_ptr<std::atomic<uint64_t>>> logins_;
     mutable std::mutex mu_;  // guards the maps' shape, never the counters
     std::map<std::pair<PortRole, std::string>, std::unique_ptr<MemberStats>> members_;
     std::map<std::pair<std::string, std::string>, std::unique_ptr<std::atomic<uint64_t>>> errors_;

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "proxy/admin.hpp"
+#include "proxy/auth_store.hpp"
+#include "proxy/pool.hpp"
 #include "proxy/cancel_registry.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/log.hpp"
@@ -72,9 +74,17 @@ struct Worker {
         : shared{std::move(cfg), std::move(tls), topology::SnapshotHub::Reader(hub), &router, &cancels, {}, nullptr} {
         shared.topology_changed = std::make_unique<asio::steady_timer>(ctx, asio::steady_timer::time_point::max());
     }
+    // The pooled ports' pools and secrets, on the first worker only.
+    std::unique_ptr<PoolManager> pools;
+    std::unique_ptr<AuthStore> auth;
+
     ~Worker() {
         if (thread.joinable()) thread.join();
         acceptors.clear();
+        shared.pools = nullptr;
+        shared.auth = nullptr;
+        auth.reset();
+        pools.reset();
         // The timer belongs to ctx's services: it must go while they exist.
         shared.topology_changed.reset();
     }
@@ -101,7 +111,10 @@ struct Worker {
                           failures == 1 ? "" : "s");
                 failures = 0;
             }
-            asio::co_spawn(ctx, run_session(std::move(sock), role, shared), asio::detached);
+            if (shared.pools && shared.config->pool(role).pooled())
+                asio::co_spawn(ctx, run_pooled_session(std::move(sock), role, shared), asio::detached);
+            else
+                asio::co_spawn(ctx, run_session(std::move(sock), role, shared), asio::detached);
         }
     }
 };
@@ -158,6 +171,7 @@ struct Server::Impl {
         if (!same_listen(cur.rw, next.rw) || !same_listen(cur.ro, next.ro)) restart.push_back("[listen]");
         if (!same_listen(cur.admin, next.admin)) restart.push_back("[admin] listen");
         if (cur.threads != next.threads) restart.push_back("threads");
+        if (cur.pool_rw.mode != next.pool_rw.mode || cur.pool_ro.mode != next.pool_ro.mode) restart.push_back("pool_mode");
         if (cur.topology_source != next.topology_source || cur.zookeeper.hosts != next.zookeeper.hosts ||
             cur.zookeeper.base() != next.zookeeper.base() || cur.etcd.endpoints != next.etcd.endpoints ||
             cur.etcd.base() != next.etcd.base() || cur.etcd.username != next.etcd.username ||
@@ -175,6 +189,8 @@ struct Server::Impl {
         next.ro = cur.ro;
         next.admin = cur.admin;
         next.threads = cur.threads;
+        next.pool_rw.mode = cur.pool_rw.mode;
+        next.pool_ro.mode = cur.pool_ro.mode;
         log::set_level(next.log_level);
         log::set_json(next.log_json);
         router.set_options(next.routing);
@@ -186,6 +202,8 @@ struct Server::Impl {
         post_to_workers([cfg, t](Worker& w) {
             w.shared.config = cfg;
             w.shared.tls = t;
+            if (w.pools) w.pools->reconfigure(cfg, t);
+            if (w.auth) w.auth->reconfigure(cfg, t);
         });
         log_tls("reload");
         log::info("reload: configuration {} applied (routing, weights, exclusions, timeouts, TLS, log level)", cfg->path);
@@ -352,8 +370,19 @@ int Server::run() {
     const unsigned n = cfg.effective_threads();
     for (unsigned i = 0; i < n; ++i) {
         auto w = std::make_unique<Worker>(s.config, s.tls, s.hub, s.router, s.cancels);
+        // Pooled ports run on the first worker: its pools serve all their
+        // clients without locks (PgBouncer runs on one thread too).
+        const bool pooled_here = i == 0 && (cfg.pool_rw.pooled() || cfg.pool_ro.pooled());
+        if (pooled_here) {
+            w->pools = std::make_unique<PoolManager>(w->ctx.get_executor(), s.config, s.tls);
+            w->auth = std::make_unique<AuthStore>(w->ctx.get_executor(), s.config, s.tls);
+            w->shared.pools = w->pools.get();
+            w->shared.auth = w->auth.get();
+            w->pools->start();
+        }
         for (const ListenConfig* l : {&cfg.rw, &cfg.ro}) {
             if (!l->enabled) continue;
+            if (i > 0 && cfg.pool(l->role).pooled()) continue;
             try {
                 w->acceptors.emplace_back(open_acceptor(w->ctx, *l), l->role);
             } catch (const std::exception& e) {

@@ -638,6 +638,7 @@ void apply_topology_change(WorkerShared& shared, const topology::Topology& after
     // terminate() does not remove from the list (the session erases itself on
     // destruction, later), so iterating here is safe.
     for (SessionHandle* s : shared.sessions) {
+        if (s->pooled && s->member.empty()) continue;  // between transactions: its next one routes anew
         std::string why = lost_role_reason(*s, after);
         if (!why.empty()) s->terminate("57P01", std::move(why));
     }

@@ -25,6 +25,9 @@ public:
     PortRole role = PortRole::ReadWrite;
     std::string member;     // backend member the session relays to
     bool fallback = false;  // an ro session that fell back to the primary
+    // A pooled client: `member` is the server it holds now, empty between
+    // transactions (then no topology change concerns it).
+    bool pooled = false;
     // Ends the session with a FATAL ErrorResponse (sent only at a message
     // boundary of the client stream) and closes both sides.
     virtual void terminate(const char* sqlstate, std::string message) = 0;
@@ -34,6 +37,9 @@ protected:
 };
 
 // What every session on one worker thread shares. Owned by the worker.
+class PoolManager;
+class AuthStore;
+
 struct WorkerShared {
     std::shared_ptr<const Config> config;
     std::shared_ptr<const TlsContexts> tls;  // swapped together with config on reload
@@ -42,6 +48,10 @@ struct WorkerShared {
     CancelRegistry* cancels;
     std::list<SessionHandle*> sessions;           // relaying sessions on this thread
     std::unique_ptr<boost::asio::steady_timer> topology_changed;  // never expires; cancel() wakes waiters
+    // The pooled ports' clients all run on the worker that owns these (null on
+    // the others).
+    PoolManager* pools = nullptr;
+    AuthStore* auth = nullptr;
 };
 
 // Runs on the worker thread after a new snapshot: wakes held connections and
@@ -56,5 +66,7 @@ std::string lost_role_reason(const SessionHandle& s, const topology::Topology& a
 
 // Accepted socket in, returns when the connection is over. Never throws.
 boost::asio::awaitable<void> run_session(boost::asio::ip::tcp::socket client, PortRole role, WorkerShared& shared);
+// The same for a port in session or transaction pool mode (pooled_session.cpp).
+boost::asio::awaitable<void> run_pooled_session(boost::asio::ip::tcp::socket client, PortRole role, WorkerShared& shared);
 
 }  // namespace pgrelay

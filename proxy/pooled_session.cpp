@@ -1,0 +1,933 @@
+// A client of a pooled port (session or transaction pool mode): pgrelay
+// authenticates it itself (FrontendAuth against auth_file / auth_query), then
+// lends it a server connection from the pool of (member, database, user) --
+// for its whole life in session mode, from the first message of a transaction
+// to the ReadyForQuery 'I' that ends it in transaction mode.
+//
+// Two coroutines while a server is held: the client reader turns client
+// messages into server messages (prepared statement names, restored session
+// parameters) and writes them; the server reader forwards the answers, drops
+// the ones to messages pgrelay inserted (ResponseTracker), and gives the
+// server back once nothing is outstanding outside a transaction. Both run on
+// the pool worker's thread, so neither needs a lock: a decision and the state
+// it reads happen between two suspensions.
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "protocol/crypto.hpp"
+#include "protocol/frames.hpp"
+#include "protocol/login.hpp"
+#include "protocol/pooling.hpp"
+#include "protocol/scram.hpp"
+#include "proxy/auth_store.hpp"
+#include "proxy/client.hpp"
+#include "proxy/log.hpp"
+#include "proxy/metrics.hpp"
+#include "proxy/pool.hpp"
+#include "proxy/session.hpp"
+
+namespace pgrelay {
+
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+using net::tcp;
+using net::use_tuple;
+using protocol::pool::ResponseTracker;
+using std::chrono::steady_clock;
+
+namespace {
+
+using Origin = ResponseTracker::Origin;
+using Verdict = ResponseTracker::Verdict;
+
+// A never-prepared statement name: Close of it answers CloseComplete, which
+// stands in for ParseComplete when the server already has the statement.
+constexpr std::string_view kNopName = "pgrelay.nop";
+constexpr uint32_t kMaxWatchedServer = 1u << 20;
+
+// ParameterStatus values the server decides; never restored on another server.
+bool server_owned(std::string_view name) {
+    static constexpr std::array<std::string_view, 8> owned = {"server_version", "server_encoding", "integer_datetimes",
+                                                              "in_hot_standby", "is_superuser", "session_authorization",
+                                                              "default_transaction_read_only", "scram_iterations"};
+    return std::find(owned.begin(), owned.end(), name) != owned.end();
+}
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+// A process-wide random key for the mock SCRAM salt of unknown users.
+const std::string& mock_key() {
+    static const std::string key = protocol::scram::make_nonce();
+    return key;
+}
+
+std::span<const uint8_t> as_bytes(std::string_view s) { return {reinterpret_cast<const uint8_t*>(s.data()), s.size()}; }
+
+class PooledSession final : public SessionHandle {
+public:
+    PooledSession(tcp::socket sock, PortRole r, WorkerShared& shared)
+        : client_(std::move(sock), r, shared.config, shared.tls, *shared.cancels), shared_(shared), pools_(*shared.pools),
+          cfg_(shared.config), pc_(shared.config->pool(r)), reader_done_(client_.socket().get_executor()) {
+        role = r;
+        pooled = true;
+        reader_done_.expires_at(steady_clock::time_point::max());
+    }
+    ~PooledSession() {
+        *alive_ = false;
+        if (have_key_) shared_.cancels->remove(key_);
+        if (registered_) shared_.sessions.erase(self_);
+        if (counted_pool_) --counted_pool_->clients;
+    }
+
+    void terminate(const char* sqlstate, std::string message) override {
+        if (end_sqlstate_) return;
+        client_.stats().terminated.fetch_add(1, std::memory_order_relaxed);
+        end_sqlstate_ = sqlstate;
+        end_message_ = std::move(message);
+        log::info("[{}] client={} server {}: {}", client_.role_name(), client_.peer(), member, end_message_);
+        stop();
+    }
+
+    asio::awaitable<void> run();
+
+private:
+    const char* role_name() const { return client_.role_name(); }
+    void stop() {
+        if (stopping_) return;
+        stopping_ = true;
+        boost::system::error_code ec;
+        client_.socket().cancel(ec);
+        if (srv_) srv_->socket().cancel(ec);
+    }
+
+    asio::awaitable<bool> login(const protocol::StartupPacket& packet);
+    asio::awaitable<bool> read_client_message(char& type, std::span<const uint8_t>& body);
+    asio::awaitable<void> client_loop();
+    asio::awaitable<bool> attach(bool& fatal);
+    // After attach: the held server gets the client's session (SETs into
+    // `out`, ahead of the client's messages) and its reader starts.
+    void start_relay(std::string& out) {
+        restore_parameters(out);
+        reader_running_ = true;
+        asio::co_spawn(client_.socket().get_executor(), server_reader(srv_.get()), asio::detached);
+    }
+    asio::awaitable<void> server_reader(ServerConn* s);
+    asio::awaitable<void> detach_at_end();
+    void release_server(bool reusable);
+    void transform(char type, std::span<const uint8_t> body, std::span<const uint8_t> raw, std::string& out);
+    void ensure_prepared(const protocol::pool::Statement& st, std::string& out);
+    void restore_parameters(std::string& out);
+    void on_server_parameter(std::string_view name, std::string_view value);
+    void on_client_ready(protocol::TxStatus st);
+    asio::awaitable<void> refuse_batch(size_t upto, const LoginError& err);
+    asio::awaitable<bool> answer_prepare_locally(size_t upto);
+    void consume(size_t n) {
+        cin_.erase(cin_.begin(), cin_.begin() + static_cast<std::ptrdiff_t>(n));
+        if (cin_.empty() && cin_.capacity() > 64 * 1024) std::vector<uint8_t>().swap(cin_);
+    }
+
+    ClientConn client_;
+    WorkerShared& shared_;
+    PoolManager& pools_;
+    std::shared_ptr<const Config> cfg_;
+    PoolConfig pc_;  // as of the login: a reload applies to new clients
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+    bool registered_ = false;
+    std::list<SessionHandle*>::iterator self_;
+    Pool* counted_pool_ = nullptr;
+
+    std::string user_, db_;
+    protocol::BackendLogin::Credentials creds_;
+    std::string ro_member_;  // ro: the replica this client sticks to while it can serve
+    protocol::CancelKey key_{};
+    bool have_key_ = false;
+
+    // The server held now, and the pool it came from.
+    std::unique_ptr<ServerConn> srv_;
+    Pool* pool_ = nullptr;
+    ResponseTracker tracker_;
+    bool reader_running_ = false;
+    asio::steady_timer reader_done_;
+    bool down_boundary_ = true;  // what the client got so far ends at a message boundary
+
+    // Client state that travels with it from server to server.
+    protocol::pool::ClientStatements stmts_;
+    std::map<std::string, std::string> reported_;    // reported GUCs it may set: name -> value (its view)
+    std::map<std::string, std::string> unreported_;  // other GUCs it set: lower-case name -> SQL text
+    std::deque<std::optional<protocol::pool::SetCommand>> pending_sets_;  // per request answered by ReadyForQuery
+    bool error_since_ready_ = false;
+    uint32_t unsynced_ = 0;        // extended-protocol messages since the last Sync
+    bool skip_until_sync_ = false;  // pgrelay refused a batch that had no Sync yet
+
+    std::deque<uint64_t> parses_;  // named Parses sent, oldest first, until their ParseComplete
+    std::vector<uint8_t> cin_;  // client bytes not yet handled (whole messages are handled)
+    bool stopping_ = false;
+    bool client_closed_ = false;
+    bool server_lost_ = false;
+    const char* end_sqlstate_ = nullptr;
+    std::string end_message_;
+    LoginError attach_error_;  // why the last attach failed
+};
+
+// One whole client message into (type, body) at the front of cin_ (the
+// caller consumes it). False on EOF, error, or a malformed length (then
+// end_sqlstate_ says so).
+asio::awaitable<bool> PooledSession::read_client_message(char& type, std::span<const uint8_t>& body) {
+    uint8_t chunk[4096];
+    for (;;) {
+        if (cin_.size() >= 5) {
+            const uint32_t len = protocol::read_u32(cin_.data() + 1);
+            if (len < 4 || len > cfg_->max_frame_size) {
+                end_sqlstate_ = "08P01";
+                end_message_ = "pgrelay: invalid message length from client";
+                co_return false;
+            }
+            if (cin_.size() >= size_t(len) + 1) {
+                type = static_cast<char>(cin_[0]);
+                body = std::span<const uint8_t>(cin_.data() + 5, len - 4);
+                co_return true;
+            }
+        }
+        asio::steady_timer deadline(client_.socket().get_executor(), cfg_->startup_timeout);
+        auto r = co_await (client_.read(asio::buffer(chunk)) || deadline.async_wait(use_tuple));
+        if (r.index() == 1) {
+            end_sqlstate_ = "08P01";
+            end_message_ = "pgrelay: authentication not completed within startup_timeout";
+            co_return false;
+        }
+        auto [ec, n] = std::get<0>(r);
+        if (ec) {
+            client_closed_ = true;
+            co_return false;
+        }
+        cin_.insert(cin_.end(), chunk, chunk + n);
+    }
+}
+
+asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet) {
+    auto& reg = metrics::Registry::instance();
+    user_ = std::string(packet.parameter("user"));
+    db_ = packet.parameter("database").empty() ? user_ : std::string(packet.parameter("database"));
+    const std::string who = log::printable(user_);
+    if (user_.empty()) {
+        co_await client_.send_error("28000", "no PostgreSQL user name specified in startup packet");
+        co_return false;
+    }
+    if (!packet.parameter("replication").empty()) {
+        co_await client_.send_error("08P01", std::string("pgrelay ") + role_name() +
+                                                 ": replication connections cannot go through a pooled port",
+                                    "Use a passthrough port, or connect to the member directly.");
+        co_return false;
+    }
+    const topology::TopologyPtr topo = shared_.topology.current();
+    AuthStore::Lookup found = co_await shared_.auth->lookup(role, user_, db_, *shared_.router, topo.get());
+    if (!found.error.empty()) {
+        log::warn("[{}] client={} user={}: cannot look up the password: {}", role_name(), client_.peer(), who, found.error);
+        reg.count_login(role, "error");
+        co_await client_.send_error("08006", std::string("pgrelay ") + role_name() + ": cannot check the password now",
+                                    "Retry shortly; pgrelay could not reach auth_query's server.");
+        co_return false;
+    }
+    protocol::FrontendAuth::Options opts;
+    opts.mock_key = mock_key();
+    opts.server_nonce = protocol::scram::make_nonce();
+    if (opts.server_nonce.empty() || !protocol::crypto::random_bytes(opts.md5_salt.data(), opts.md5_salt.size())) {
+        co_await client_.send_error("08006", "pgrelay: no random bytes for the authentication exchange");
+        co_return false;
+    }
+    const std::optional<protocol::auth::Secret> secret = found.secret;
+    protocol::FrontendAuth fa(user_, secret, opts);
+    protocol::LoginStep step = fa.start();
+    while (step.kind == protocol::LoginStep::Kind::Send) {
+        if (!co_await client_.write_bounded(step.bytes)) co_return false;
+        char type = 0;
+        std::span<const uint8_t> body;
+        if (!co_await read_client_message(type, body)) {
+            if (end_sqlstate_) co_await client_.send_error(end_sqlstate_, end_message_);
+            reg.count_login(role, "abandoned");
+            co_return false;
+        }
+        step = fa.on_message(type, body);
+        consume(body.size() + 5);
+    }
+    if (step.kind == protocol::LoginStep::Kind::Fail) {
+        // The same words for a wrong password and an unknown user (FrontendAuth
+        // makes them); the log tells the operator which it was.
+        log::warn("[{}] client={} user={} db={}: authentication failed ({}{})", role_name(), client_.peer(), who,
+                  log::printable(db_), secret ? "wrong password" : "unknown user", secret ? "" : " or no password");
+        reg.count_login(role, step.sqlstate == "28P01" ? "failed" : "malformed");
+        reg.count_error("pgrelay", step.sqlstate);
+        co_await client_.write_bounded(step.bytes);
+        co_return false;
+    }
+    // Authenticated. What pgrelay logs into servers with, as this user.
+    creds_ = {};
+    if (secret->kind == protocol::auth::Secret::Kind::Scram) {
+        creds_.scram = secret->scram;
+        creds_.client_key = fa.client_key();
+    } else if (secret->kind == protocol::auth::Secret::Kind::Md5) {
+        creds_.md5 = secret->md5;
+    } else {
+        creds_.password = secret->plain;
+    }
+    // Every pool of this user gets the newest keys: a changed password
+    // reaches the servers pgrelay opens from now on.
+    for (const auto& [k, p] : pools_.pools())
+        if (k.user == user_ && k.database == db_) p->set_credentials(creds_);
+    reg.count_login(role, "ok");
+    std::string out = std::move(step.bytes);  // SASLFinal (SCRAM) and AuthenticationOk
+
+    // Session parameters: the startup packet's (and its options' -c), over
+    // the defaults of a fresh server of the pool.
+    std::vector<std::pair<std::string, std::string>> asked;
+    for (const auto& [k, v] : packet.parameters) {
+        if (k == "user" || k == "database" || k == "replication") continue;
+        if (k == "options") {
+            for (auto& kv : protocol::pool::parse_startup_options(v)) asked.push_back(std::move(kv));
+            continue;
+        }
+        asked.emplace_back(k, v);
+    }
+    // A fresh server's ParameterStatus values, learnt once per pool.
+    // A pool that had a server knows what a fresh one reports; otherwise
+    // borrow one to learn it. Logins never wait for a server otherwise: a
+    // client that must log in before others can finish (pgbench -j 1
+    // connects all its clients first) would wait for ever.
+    Pool* welcome_pool = nullptr;
+    {
+        RouteDecision d = shared_.router->route(role, topo.get());
+        if (!d.candidates.empty()) {
+            Pool& p = pools_.pool(PoolKey{role, d.candidates.front().member, db_, user_});
+            if (!p.welcome.empty()) welcome_pool = &p;
+        }
+    }
+    if (!welcome_pool) {
+        bool fatal = false;
+        if (!co_await attach(fatal)) co_return false;  // attach told the client why
+        welcome_pool = pool_;
+    }
+    const std::vector<std::pair<std::string, std::string>> welcome = welcome_pool->welcome;
+    counted_pool_ = welcome_pool;
+    ++welcome_pool->clients;
+    for (const auto& [k, v] : welcome)
+        if (!server_owned(k)) reported_[k] = v;
+    for (const auto& [k, v] : asked) {
+        auto it = std::find_if(reported_.begin(), reported_.end(),
+                               [&](const auto& kv) { return lower(kv.first) == lower(k); });
+        if (it != reported_.end()) it->second = v;
+        else unreported_[lower(k)] = protocol::pool::quote_literal(v);
+    }
+    for (const auto& [k, v] : welcome) {
+        auto it = reported_.find(k);
+        protocol::pool::encode_parameter_status(out, k, it != reported_.end() ? it->second : v);
+    }
+    key_ = shared_.cancels->add_pooled();
+    have_key_ = true;
+    protocol::encode_backend_key_data(out, key_);
+    protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+    if (pc_.mode == PoolMode::Transaction) {
+        release_server(true);
+    } else if (srv_) {
+        // Session mode: the server stays; it takes the client's parameters now.
+        std::string pre;
+        start_relay(pre);
+        if (!pre.empty()) {
+            auto [wec, wn] = co_await srv_->write(asio::buffer(pre));
+            if (wec) srv_->broken = true;
+        }
+    }
+    if (!co_await client_.write_bounded(out)) co_return false;
+    log::info("[{}] client={} user={} db={} logged in ({}, {} mode, secret from {})", role_name(), client_.peer(), who,
+              log::printable(db_), fa.used_scram() ? "SCRAM-SHA-256" : "md5", to_string(pc_.mode), found.source);
+    co_return true;
+}
+
+// Finds the member for this port now, and a server of its pool. On failure the
+// client has been told (FATAL when `fatal`, during login; else an ERROR that
+// leaves the connection usable, written by the caller through refuse_batch).
+asio::awaitable<bool> PooledSession::attach(bool& fatal) {
+    const bool at_login = pool_ == nullptr && !have_key_;
+    const auto hold_until = steady_clock::now() + cfg_->hold_timeout;
+    std::optional<LoginError> failure;
+    for (;;) {
+        const topology::TopologyPtr topo = shared_.topology.current();
+        RouteDecision d = shared_.router->route(role, topo.get());
+        if (d.candidates.empty()) {
+            if (cfg_->hold_timeout.count() > 0 && steady_clock::now() < hold_until &&
+                (role == PortRole::ReadWrite || !topo)) {
+                asio::steady_timer deadline(client_.socket().get_executor(), hold_until);
+                client_.stats().held_now.fetch_add(1, std::memory_order_relaxed);
+                client_.stats().held_total.fetch_add(1, std::memory_order_relaxed);
+                co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple));
+                client_.stats().held_now.fetch_sub(1, std::memory_order_relaxed);
+                if (stopping_) co_return false;
+                continue;
+            }
+            failure = login_error(d.sqlstate, d.message, false);
+            break;
+        }
+        const Target* t = &d.candidates.front();
+        if (role == PortRole::ReadOnly && !ro_member_.empty()) {
+            for (const Target& c : d.candidates)
+                if (c.member == ro_member_) t = &c;
+        }
+        Pool& pool = pools_.pool(PoolKey{role, t->member, db_, user_});
+        if (!pool.has_credentials()) pool.set_credentials(creds_);
+        metrics::Registry::instance().pool_waiting(role, +1);
+        Pool::Acquired a = co_await pool.acquire(*t);
+        metrics::Registry::instance().pool_waiting(role, -1);
+        metrics::Registry::instance().observe_pool_wait(role, a.waited);
+        if (stopping_) {
+            if (a.server) pool.release(std::move(a.server), true);
+            co_return false;
+        }
+        if (!a.server) {
+            failure = a.error;
+            break;
+        }
+        srv_ = std::move(a.server);
+        pool_ = &pool;
+        member = t->member;
+        if (role == PortRole::ReadOnly) ro_member_ = t->member;
+        tracker_.reset();
+        if (have_key_)
+            shared_.cancels->retarget(key_, CancelTarget{t->member, t->host, t->port, srv_->backend_key()});
+        co_return true;
+    }
+    fatal = at_login;
+    if (at_login) {
+        log::warn("[{}] client={} user={}: no server: {}", role_name(), client_.peer(), log::printable(user_),
+                  failure->message);
+        co_await client_.send_error(failure->sqlstate.c_str(), failure->message);
+    }
+    attach_error_ = *failure;
+    co_return false;
+}
+
+// The SETs and RESETs that make this server's session what the client had:
+// prepended to the client's batch as one Query whose answers it never sees.
+void PooledSession::restore_parameters(std::string& out) {
+    ServerConn& s = *srv_;
+    std::string sql;
+    for (const auto& [name, value] : reported_) {
+        auto it = s.reported.find(name);
+        if (it == s.reported.end() || it->second != value) sql += protocol::pool::set_statement(name, value, false) + "; ";
+    }
+    for (const auto& [name, value] : unreported_) {
+        auto it = s.unreported.find(name);
+        if (it == s.unreported.end() || it->second != value) {
+            sql += protocol::pool::set_statement(name, value, true) + "; ";
+            s.unreported[name] = value;
+        }
+    }
+    for (auto it = s.unreported.begin(); it != s.unreported.end();) {
+        if (unreported_.count(it->first)) {
+            ++it;
+            continue;
+        }
+        sql += protocol::pool::reset_statement(it->first) + "; ";
+        it = s.unreported.erase(it);
+    }
+    if (sql.empty()) return;
+    protocol::pool::encode_query(out, sql);
+    tracker_.sent('Q', Origin::Inserted);
+}
+
+void PooledSession::on_server_parameter(std::string_view name, std::string_view value) {
+    srv_->reported[std::string(name)] = std::string(value);
+    // While it holds this server, the server's session is the client's.
+    if (!server_owned(name)) reported_[std::string(name)] = std::string(value);
+}
+
+// Prepares `st` on the held server if it lacks it (a Parse whose answer the
+// client never sees), closing the least recently used one beyond the cap.
+void PooledSession::ensure_prepared(const protocol::pool::Statement& st, std::string& out) {
+    ServerConn& s = *srv_;
+    if (s.statements.has(st.id)) {
+        s.statements.touch(st.id);
+        return;
+    }
+    if (auto evicted = s.statements.add(st)) {
+        protocol::pool::encode_close(out, 'S', *evicted);
+        tracker_.sent('C', Origin::Inserted);
+    }
+    protocol::pool::encode_parse(out, st.server_name, st.query, as_bytes(st.param_types));
+    tracker_.sent('P', Origin::Inserted);
+    parses_.push_back(st.id);
+}
+
+// A name the client never prepared goes to the server as it is (the server
+// answers "does not exist", or finds a statement the client made with SQL
+// PREPARE), unless it could name one of pgrelay's, which belong to everyone.
+std::string unknown_statement(std::string_view name) {
+    if (name.rfind("pgrelay", 0) == 0) return "pgrelay_missing_" + std::string(name);
+    return std::string(name);
+}
+
+void PooledSession::transform(char type, std::span<const uint8_t> body, std::span<const uint8_t> raw, std::string& out) {
+    auto forward = [&](char describe_kind = 0) {
+        out.append(reinterpret_cast<const char*>(raw.data()), raw.size());
+        tracker_.sent(type, Origin::Client, describe_kind);
+    };
+    switch (type) {
+        case 'Q': {
+            std::string_view sql(reinterpret_cast<const char*>(body.data()), body.empty() ? 0 : body.size() - 1);
+            pending_sets_.push_back(protocol::pool::parse_set(sql));
+            forward();
+            return;
+        }
+        case 'F':
+            pending_sets_.push_back(std::nullopt);
+            forward();
+            return;
+        case 'S':
+            pending_sets_.push_back(std::nullopt);
+            unsynced_ = 0;
+            forward();
+            return;
+        case 'P': {
+            ++unsynced_;
+            auto m = protocol::pool::decode_parse(body);
+            if (!m || m->name.empty()) return forward();
+            auto st = pools_.statements().intern(m->query, m->param_types);
+            stmts_.add(m->name, st);
+            if (srv_->statements.has(st->id)) {
+                srv_->statements.touch(st->id);
+                protocol::pool::encode_close(out, 'S', kNopName);
+                tracker_.sent('C', Origin::NopParse);
+                return;
+            }
+            if (auto evicted = srv_->statements.add(*st)) {
+                protocol::pool::encode_close(out, 'S', *evicted);
+                tracker_.sent('C', Origin::Inserted);
+            }
+            protocol::pool::encode_parse(out, st->server_name, m->query, m->param_types);
+            tracker_.sent('P', Origin::Client);
+            parses_.push_back(st->id);
+            return;
+        }
+        case 'B': {
+            ++unsynced_;
+            auto m = protocol::pool::decode_bind(body);
+            if (!m || m->statement.empty()) return forward();
+            if (auto st = stmts_.find(m->statement)) {
+                ensure_prepared(*st, out);
+                protocol::pool::encode_bind(out, m->portal, st->server_name, m->rest);
+            } else {
+                protocol::pool::encode_bind(out, m->portal, unknown_statement(m->statement), m->rest);
+            }
+            tracker_.sent('B', Origin::Client);
+            return;
+        }
+        case 'D': {
+            ++unsynced_;
+            auto m = protocol::pool::decode_target(body);
+            if (!m) return forward('P');
+            if (m->kind != 'S' || m->name.empty()) return forward(m->kind);
+            if (auto st = stmts_.find(m->name)) {
+                ensure_prepared(*st, out);
+                protocol::pool::encode_describe(out, 'S', st->server_name);
+            } else {
+                protocol::pool::encode_describe(out, 'S', unknown_statement(m->name));
+            }
+            tracker_.sent('D', Origin::Client, 'S');
+            return;
+        }
+        case 'C': {
+            ++unsynced_;
+            auto m = protocol::pool::decode_target(body);
+            if (!m || m->kind != 'S' || m->name.empty()) return forward();
+            // The client's name goes; the server keeps the statement for
+            // whoever prepares the same text next. CloseComplete still comes
+            // from the server, in its place in the stream.
+            stmts_.erase(m->name);
+            protocol::pool::encode_close(out, 'S', kNopName);
+            tracker_.sent('C', Origin::Client);
+            return;
+        }
+        case 'E':
+        case 'H':
+            ++unsynced_;
+            return forward();
+        default:
+            return forward();
+    }
+}
+
+// The batch cin_[0, upto) cannot run (no server): answer it as the server
+// would answer an error in it -- one ErrorResponse, then ReadyForQuery for
+// every Query and Sync -- and leave the connection usable.
+asio::awaitable<void> PooledSession::refuse_batch(size_t upto, const LoginError& err) {
+    metrics::Registry::instance().count_error("pgrelay", err.sqlstate);
+    std::string out;
+    auto error = [&] { protocol::encode_error_response(out, protocol::Severity::Error, err.sqlstate, err.message); };
+    size_t at = 0;
+    while (at < upto) {
+        const char type = static_cast<char>(cin_[at]);
+        const uint32_t len = protocol::read_u32(cin_.data() + at + 1);
+        at += size_t(len) + 1;
+        if (type == 'Q') {
+            error();
+            protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+            skip_until_sync_ = false;
+        } else if (type == 'S') {
+            if (!skip_until_sync_) error();
+            protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+            skip_until_sync_ = false;
+        } else if (type != 'X' && !skip_until_sync_) {
+            error();
+            skip_until_sync_ = true;  // the rest up to a Sync is skipped, as the server would
+        }
+    }
+    co_await client_.write_bounded(out);
+}
+
+void PooledSession::release_server(bool reusable) {
+    if (!srv_) return;
+    if (have_key_) shared_.cancels->retarget(key_, std::nullopt);
+    pool_->release(std::move(srv_), reusable);
+    member.clear();
+    tracker_.reset();
+    parses_.clear();
+}
+
+// PQprepare outside a transaction (Parse ... Sync) of statements a server
+// already accepted: answered here, with no server. pgbench -M prepared
+// prepares synchronously, one client at a time per thread, while the
+// thread's other clients hold servers in their transactions: were it to wait
+// for a server, none would come. The statement is prepared on the server the
+// client gets later, at its first Bind or Describe.
+asio::awaitable<bool> PooledSession::answer_prepare_locally(size_t upto) {
+    std::vector<std::pair<std::string_view, std::shared_ptr<const protocol::pool::Statement>>> parses;
+    size_t at = 0;
+    bool sync_last = false;
+    while (at < upto) {
+        const char type = static_cast<char>(cin_[at]);
+        const uint32_t len = protocol::read_u32(cin_.data() + at + 1);
+        const std::span<const uint8_t> body(cin_.data() + at + 5, len - 4);
+        at += size_t(len) + 1;
+        if (sync_last) co_return false;  // something after the Sync
+        if (type == 'S') {
+            sync_last = true;
+            continue;
+        }
+        if (type != 'P') co_return false;
+        auto m = protocol::pool::decode_parse(body);
+        if (!m || m->name.empty()) co_return false;
+        auto st = pools_.statements().intern(m->query, m->param_types);
+        if (!pools_.validated(st->id)) co_return false;
+        parses.emplace_back(m->name, std::move(st));
+    }
+    if (!sync_last || parses.empty()) co_return false;
+    std::string out;
+    for (auto& [name, st] : parses) {
+        stmts_.add(name, std::move(st));
+        out.append("1\0\0\0\4", 5);
+    }
+    protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+    consume(upto);
+    co_await client_.write_bounded(out);
+    co_return true;
+}
+
+asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
+    std::vector<uint8_t> buf(net::kRelayBuffer);
+    size_t len = 0;
+    protocol::FrameScanner scanner(UINT32_MAX, kMaxWatchedServer);
+    for (const char t : std::string_view("123CEIKNASZnstTGHWVcvR")) scanner.watch(t);
+    std::string out;
+    bool ended = false;
+    while (!ended && srv_.get() == s && !stopping_) {
+        if (len == buf.size()) buf.resize(std::min<size_t>(buf.size() * 2, kMaxWatchedServer + net::kRelayBuffer));
+        auto [ec, n] = co_await s->read(asio::buffer(buf.data() + len, buf.size() - len));
+        if (srv_.get() != s) break;
+        if (ec) {
+            if (ec != asio::error::operation_aborted) {
+                server_lost_ = true;
+                s->broken = true;
+                log::warn("[{}] client={} server #{} on {} lost: {}", role_name(), client_.peer(), s->id, member, ec.message());
+                stop();
+            }
+            break;
+        }
+        len += n;
+        size_t pos = 0, copied = 0;
+        out.clear();
+        protocol::Frame f;
+        for (;;) {
+            const auto st = scanner.next({buf.data(), len}, pos, f);
+            if (st == protocol::FrameScanner::Status::NeedMore) break;
+            if (st == protocol::FrameScanner::Status::Error) {
+                log::error("[{}] client={} server #{} sent an invalid frame", role_name(), client_.peer(), s->id);
+                s->broken = true;
+                server_lost_ = true;
+                stop();
+                ended = true;
+                break;
+            }
+            std::optional<protocol::TxStatus> status;
+            const auto body = f.complete ? f.body({buf.data(), len}) : std::span<uint8_t>();
+            if (f.type == 'Z' && f.complete) status = protocol::decode_ready_for_query(body);
+            const auto r = tracker_.received(f.type, status);
+            if (r.unexpected) {
+                log::warn("[{}] client={} server #{}: unexpected '{}' from the server", role_name(), client_.peer(), s->id,
+                          f.type);
+                s->broken = true;
+            }
+            if (r.inserted_error) {
+                auto e = protocol::decode_error_fields(body);
+                log::warn("[{}] client={} server #{}: a statement pgrelay sent failed: {}", role_name(), client_.peer(), s->id,
+                          e ? std::string(e->message) : std::string("?"));
+                s->broken = true;
+            }
+            if (f.type == '1') {
+                // ParseComplete of a named Parse (never the stand-in Close's,
+                // whose type is '3' on the wire).
+                if (!parses_.empty()) {
+                    pools_.set_validated(parses_.front());
+                    parses_.pop_front();
+                }
+            } else if (f.type == 'E' && !parses_.empty()) {
+                // The server skips what follows up to a Sync: which Parses it
+                // skipped is not known here, so none of them counts.
+                parses_.clear();
+            }
+            if (f.type == 'S' && f.complete) {
+                if (auto p = protocol::decode_parameter_status(body)) on_server_parameter(p->name, p->value);
+            } else if (f.type == 'E' && f.complete && r.verdict == Verdict::Forward) {
+                error_since_ready_ = true;
+                if (auto e = protocol::decode_error_fields(body)) {
+                    metrics::Registry::instance().count_error("backend", e->sqlstate);
+                    if (e->severity == "FATAL" || e->severity == "PANIC") s->broken = true;
+                }
+            } else if (f.type == 'Z' && r.verdict == Verdict::Forward && status) {
+                on_client_ready(*status);
+            }
+            if (r.verdict == Verdict::Drop && f.complete) {
+                out.append(reinterpret_cast<const char*>(buf.data() + copied), f.offset - copied);
+                copied = f.offset + f.wire_size();
+            } else if (r.verdict == Verdict::RewriteAsParseComplete && f.complete) {
+                out.append(reinterpret_cast<const char*>(buf.data() + copied), f.offset - copied);
+                out.push_back('1');
+                out.append(reinterpret_cast<const char*>(buf.data() + f.offset + 1), f.wire_size() - 1);
+                copied = f.offset + f.wire_size();
+            }
+        }
+        out.append(reinterpret_cast<const char*>(buf.data() + copied), pos - copied);
+        if (!out.empty()) {
+            auto [wec, wn] = co_await client_.write(asio::buffer(out));
+            if (wec) {
+                if (wn > 0) down_boundary_ = false;
+                if (wec != asio::error::operation_aborted) client_closed_ = true;
+                stop();
+                break;
+            }
+            down_boundary_ = scanner.at_boundary();
+        }
+        std::memmove(buf.data(), buf.data() + pos, len - pos);
+        len -= pos;
+        if (srv_.get() != s) break;
+        // Back to the pool once nothing is outstanding outside a transaction.
+        if (pc_.mode == PoolMode::Transaction && len == 0 && tracker_.idle() && unsynced_ == 0 &&
+            tracker_.last_status() == protocol::TxStatus::Idle && scanner.at_boundary()) {
+            release_server(!s->broken);
+            break;
+        }
+        if (len == 0 && buf.size() > 4 * net::kRelayBuffer) std::vector<uint8_t>(net::kRelayBuffer).swap(buf);
+    }
+    reader_running_ = false;
+    reader_done_.cancel();
+}
+
+// A ReadyForQuery answering the client's Query, Sync or FunctionCall: a SET
+// that succeeded outside a transaction block becomes part of its session.
+void PooledSession::on_client_ready(protocol::TxStatus st) {
+    if (pending_sets_.empty()) return;
+    std::optional<protocol::pool::SetCommand> set = std::move(pending_sets_.front());
+    pending_sets_.pop_front();
+    const bool ok = !error_since_ready_;
+    error_since_ready_ = false;
+    if (!set || !ok || st != protocol::TxStatus::Idle || !srv_) return;
+    if (set->reset_all) {
+        unreported_.clear();
+        srv_->unreported.clear();
+        return;
+    }
+    // Parameters the server reports come back as ParameterStatus.
+    for (const auto& [k, v] : reported_)
+        if (lower(k) == set->name) return;
+    if (set->reset) {
+        unreported_.erase(set->name);
+        srv_->unreported.erase(set->name);
+    } else {
+        unreported_[set->name] = set->value;
+        srv_->unreported[set->name] = set->value;
+    }
+}
+
+asio::awaitable<void> PooledSession::client_loop() {
+    uint8_t idle[net::kIdleRead];
+    for (;;) {
+        if (stopping_) co_return;
+        // Whole messages at the front of cin_, up to `upto`.
+        size_t upto = 0;
+        bool terminate = false;
+        for (;;) {
+            if (cin_.size() - upto < 5) break;
+            const uint32_t len = protocol::read_u32(cin_.data() + upto + 1);
+            if (len < 4 || len > cfg_->max_frame_size) {
+                end_sqlstate_ = "08P01";
+                end_message_ = std::string("pgrelay ") + role_name() + ": invalid message from client (type '" +
+                               std::string(1, static_cast<char>(cin_[upto])) + "', length " + std::to_string(len) + ")";
+                co_return;
+            }
+            if (cin_.size() - upto < size_t(len) + 1) break;
+            if (cin_[upto] == 'X') {
+                terminate = true;
+                break;
+            }
+            upto += size_t(len) + 1;
+        }
+        if (upto > 0) {
+            std::string out;
+            if (!srv_ && co_await answer_prepare_locally(upto)) continue;
+            if (!srv_) {
+                bool fatal = false;
+                if (co_await attach(fatal)) {
+                    start_relay(out);
+                } else {
+                    if (stopping_) co_return;
+                    co_await refuse_batch(upto, attach_error_);
+                    consume(upto);
+                    continue;
+                }
+            }
+            for (size_t at = 0; at < upto;) {
+                const char type = static_cast<char>(cin_[at]);
+                const uint32_t len = protocol::read_u32(cin_.data() + at + 1);
+                const std::span<const uint8_t> raw(cin_.data() + at, size_t(len) + 1);
+                transform(type, raw.subspan(5), raw, out);
+                at += size_t(len) + 1;
+            }
+            consume(upto);
+            ServerConn* s = srv_.get();
+            auto [wec, wn] = co_await s->write(asio::buffer(out));
+            if (wec) {
+                if (wec != asio::error::operation_aborted) {
+                    server_lost_ = true;
+                    s->broken = true;
+                }
+                co_return;
+            }
+            continue;
+        }
+        if (terminate) {
+            client_closed_ = true;
+            co_return;
+        }
+        // Read more. An idle client (nothing buffered) reads into a small
+        // array of the frame, so it holds no buffer while it waits.
+        if (cin_.empty()) {
+            auto [ec, n] = co_await client_.read(asio::buffer(idle));
+            if (ec) {
+                if (ec != asio::error::operation_aborted) client_closed_ = true;
+                co_return;
+            }
+            cin_.assign(idle, idle + n);
+        } else {
+            const size_t have = cin_.size();
+            cin_.resize(have + net::kRelayBuffer);
+            auto [ec, n] = co_await client_.read(asio::buffer(cin_.data() + have, net::kRelayBuffer));
+            cin_.resize(have + (ec ? 0 : n));
+            if (ec) {
+                if (ec != asio::error::operation_aborted) client_closed_ = true;
+                co_return;
+            }
+        }
+    }
+}
+
+// The client is gone or the session ends: stop the server reader, then give
+// the server back -- after server_reset_query in session mode -- when it is
+// between transactions, else close it.
+asio::awaitable<void> PooledSession::detach_at_end() {
+    if (reader_running_) {
+        boost::system::error_code ec;
+        if (srv_) srv_->socket().cancel(ec);
+        while (reader_running_) co_await reader_done_.async_wait(use_tuple);
+    }
+    if (!srv_) co_return;
+    const bool clean = tracker_.idle() && unsynced_ == 0 && tracker_.last_status().value_or(protocol::TxStatus::Idle) ==
+                                                                protocol::TxStatus::Idle && !srv_->broken;
+    if (clean && pc_.mode == PoolMode::Session && !pc_.server_reset_query.empty()) {
+        std::string err = co_await srv_->run_simple(pc_.server_reset_query, cfg_->connect_timeout);
+        if (!err.empty()) {
+            log::warn("[{}] server #{}: server_reset_query failed: {}; closing it", role_name(), srv_->id, err);
+            srv_->broken = true;
+        }
+        // DISCARD ALL drops prepared statements and resets every parameter.
+        srv_->statements.clear();
+        srv_->unreported.clear();
+    }
+    release_server(clean && !srv_->broken);
+}
+
+asio::awaitable<void> PooledSession::run() {
+    std::string startup_bytes, pipelined;
+    protocol::StartupPacket packet;
+    if (!co_await client_.startup(startup_bytes, packet, pipelined)) co_return;
+    cin_.assign(pipelined.begin(), pipelined.end());
+    self_ = shared_.sessions.insert(shared_.sessions.end(), this);
+    registered_ = true;
+    if (co_await login(packet)) {
+        try {
+            co_await client_loop();
+        } catch (const std::exception& e) {
+            log::error("[{}] client={} pooled session ended by an unexpected error: {}", role_name(), client_.peer(), e.what());
+        }
+    }
+    stop();
+    co_await detach_at_end();
+    const bool can_tell = !client_closed_ && down_boundary_;
+    if (end_sqlstate_ && can_tell) {
+        co_await client_.send_error(end_sqlstate_, end_message_);
+    } else if (server_lost_ && can_tell) {
+        co_await client_.send_error("08006", std::string("pgrelay ") + role_name() + ": lost the connection to the server",
+                                    "The server may have crashed or restarted; reconnect.");
+    }
+    if (!client_closed_) {
+        // stop() cancelled the client socket's operations; a fresh lingering
+        // close still works on it.
+        co_await client_.linger_close();
+    }
+    client_.close();
+    log::info("[{}] client={} user={} db={} closed{}", role_name(), client_.peer(), log::printable(user_), log::printable(db_),
+              end_sqlstate_ ? ": " + end_message_ : std::string());
+}
+
+}  // namespace
+
+asio::awaitable<void> run_pooled_session(tcp::socket client, PortRole role, WorkerShared& shared) {
+    try {
+        PooledSession s(std::move(client), role, shared);
+        co_await s.run();
+    } catch (const std::exception& e) {
+        log::error("[{}] pooled session ended by an unexpected error: {}", to_string(role), e.what());
+    }
+}
+
+}  // namespace pgrelay

@@ -1,0 +1,101 @@
+// The server side of pooling: one connection pgrelay opened and logged into
+// PostgreSQL itself (connect, backend TLS, StartupMessage, authentication with
+// the pool's credentials, up to the first ReadyForQuery), and the state a pool
+// must know about it to lend it to any client: the parameters it runs with,
+// the statements prepared on it, its age.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <chrono>
+#include <functional>
+#include <span>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "protocol/login.hpp"
+#include "protocol/pooling.hpp"
+#include "proxy/config.hpp"
+#include "proxy/net.hpp"
+#include "proxy/router.hpp"
+#include "proxy/tls.hpp"
+
+namespace pgrelay {
+
+struct LoginError {
+    std::string sqlstate;  // what the client is told: the server's own SQLSTATE, or 08006 when unreachable
+    std::string message;
+    bool unreachable = false;  // TCP/TLS failure, not an answer from PostgreSQL
+};
+// (A function, not braces: GCC 12 miscompiles `co_return LoginError{"..."}`.)
+inline LoginError login_error(std::string sqlstate, std::string message, bool unreachable = false) {
+    LoginError e;
+    e.sqlstate = std::move(sqlstate);
+    e.message = std::move(message);
+    e.unreachable = unreachable;
+    return e;
+}
+
+class ServerConn {
+public:
+    using Clock = std::chrono::steady_clock;
+    explicit ServerConn(boost::asio::any_io_executor ex) : sock_(ex) {}
+    ServerConn(const ServerConn&) = delete;
+    ServerConn& operator=(const ServerConn&) = delete;
+
+    // Connects to `t` and logs in as `user` on `database`; nullopt on success.
+    boost::asio::awaitable<std::optional<LoginError>> open(const Config& cfg, const TlsContexts& tls, const Target& t,
+                                                           const std::string& user, const std::string& database,
+                                                           protocol::BackendLogin::Credentials creds);
+
+    boost::asio::awaitable<net::IoResult> read(boost::asio::mutable_buffer b) {
+        if (tls_) return tls_->async_read_some(b, net::use_tuple);
+        return sock_.async_read_some(b, net::use_tuple);
+    }
+    boost::asio::awaitable<net::IoResult> write(boost::asio::const_buffer b) {
+        if (tls_) return boost::asio::async_write(*tls_, b, net::use_tuple);
+        return boost::asio::async_write(sock_, b, net::use_tuple);
+    }
+    // Runs `sql` (simple protocol) and reads up to its ReadyForQuery within
+    // `timeout`; "" when it ran without error, else the error message.
+    // Used idle, between clients (server_reset_query).
+    boost::asio::awaitable<std::string> run_simple(const std::string& sql, std::chrono::milliseconds timeout);
+    // Writes `bytes` (ending in a Sync or a Query) and reads up to the
+    // ReadyForQuery, handing every message to `on`; "" when the exchange
+    // completed (ErrorResponses included: `on` sees them), else what broke.
+    boost::asio::awaitable<std::string> request(const std::string& bytes, std::chrono::milliseconds timeout,
+                                                std::function<void(char, std::span<const uint8_t>)> on);
+
+    // An idle connection has nothing to say: readable means the server sent
+    // an error (pg_terminate_backend, shutdown) or closed it. Never blocks.
+    bool looks_alive() const noexcept;
+    void close() noexcept;
+    net::tcp::socket& socket() noexcept { return sock_; }
+
+    const Target& target() const noexcept { return target_; }
+    protocol::CancelKey backend_key() const noexcept { return key_; }
+    // The server's GUC values as it last reported them (ParameterStatus), and
+    // the values pgrelay set or saw set on it for parameters it does not
+    // report (name -> SQL text of the value).
+    std::map<std::string, std::string> reported;
+    std::map<std::string, std::string> unreported;
+    protocol::pool::ServerStatements statements;
+    Clock::time_point created{Clock::now()};
+    Clock::time_point idle_since{Clock::now()};
+    uint64_t id = 0;  // for logs and SHOW SERVERS
+    bool broken = false;  // out of step or failed: close, never reuse
+
+private:
+    net::tcp::socket sock_;
+    std::unique_ptr<net::TlsStream> tls_;  // after sock_: holds a reference to it
+    Target target_;
+    protocol::CancelKey key_{};
+};
+
+// StartupMessage (protocol 3.0) with these parameters.
+std::string encode_startup_message(const std::vector<std::pair<std::string, std::string>>& params);
+
+}  // namespace pgrelay
