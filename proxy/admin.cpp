@@ -22,6 +22,35 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using asio::ip::tcp;
 
+// The pools as the pool worker last published them (at most 250 ms old).
+std::string pools_json() {
+    boost::json::array pools;
+    for (const metrics::PoolRow& r : metrics::Registry::instance().pools()) {
+        boost::json::object j;
+        j["port"] = to_string(r.port);
+        j["mode"] = r.mode;
+        j["member"] = r.member;
+        j["database"] = r.database;
+        j["user"] = r.user;
+        j["pool_size"] = r.pool_size;
+        j["clients"] = r.clients;
+        j["clients_active"] = r.clients_active;
+        j["clients_waiting"] = r.clients_waiting;
+        j["servers_active"] = r.servers_active;
+        j["servers_idle"] = r.servers_idle;
+        j["servers_opening"] = r.servers_opening;
+        j["servers_opened_total"] = r.servers_opened;
+        j["servers_closed_total"] = r.servers_closed;
+        j["acquired_total"] = r.acquired;
+        j["wait_timeouts_total"] = r.wait_timeouts;
+        j["wait_seconds_total"] = r.wait_seconds;
+        pools.push_back(std::move(j));
+    }
+    boost::json::object o;
+    o["pools"] = std::move(pools);
+    return boost::json::serialize(o);
+}
+
 std::string topology_json(const topology::Topology* t, const topology::RoutingOptions& routing) {
     boost::json::object o;
     if (!t) {
@@ -95,7 +124,8 @@ struct AdminServer::Impl : std::enable_shared_from_this<Impl> {
             return {503, "text/plain", snap ? "unavailable: no eligible replica\n" : "unavailable: no topology yet\n"};
         }
         if (path == "/topology") return {200, "application/json", topology_json(snap.get(), opts) + "\n"};
-        return {404, "text/plain", "not found; try /metrics, /health, /health/ro, /topology\n"};
+        if (path == "/pools") return {200, "application/json", pools_json() + "\n"};
+        return {404, "text/plain", "not found; try /metrics, /health, /health/ro, /topology, /pools\n"};
     }
 
     asio::awaitable<void> serve(tcp::socket sock) {

@@ -59,6 +59,16 @@ void Registry::count_error(std::string_view origin, std::string_view sqlstate) {
     c->fetch_add(1, std::memory_order_relaxed);
 }
 
+void Registry::set_pools(std::vector<PoolRow> rows) {
+    std::lock_guard lock(pools_mu_);
+    pools_ = std::move(rows);
+}
+
+std::vector<PoolRow> Registry::pools() const {
+    std::lock_guard lock(pools_mu_);
+    return pools_;
+}
+
 void Registry::count_login(PortRole port, std::string_view outcome) {
     std::atomic<uint64_t>* c;
     {
@@ -168,9 +178,48 @@ std::string Registry::render(const topology::Topology* t, const topology::Routin
             out += fmt::format("pgrelay_pool_logins_total{{port=\"{}\",outcome=\"{}\"}} {}\n", to_string(key.first),
                                esc(key.second), get(*n));
     }
-    head(out, "pgrelay_pool_clients_waiting", "gauge", "Pooled clients waiting for a server connection now.");
-    out += fmt::format("pgrelay_pool_clients_waiting{{port=\"rw\"}} {}\n", rw_waiting_.load(std::memory_order_relaxed));
-    out += fmt::format("pgrelay_pool_clients_waiting{{port=\"ro\"}} {}\n", ro_waiting_.load(std::memory_order_relaxed));
+    {
+        const std::vector<PoolRow> rows = pools();
+        struct Col {
+            const char* name;
+            const char* type;
+            const char* help;
+            double (*value)(const PoolRow&);
+        };
+        static constexpr Col cols[] = {
+            {"pgrelay_pool_clients", "gauge", "Clients logged in to the pool's user and database.",
+             [](const PoolRow& r) { return double(r.clients); }},
+            {"pgrelay_pool_clients_active", "gauge", "Clients holding one of the pool's server connections now.",
+             [](const PoolRow& r) { return double(r.clients_active); }},
+            {"pgrelay_pool_clients_waiting", "gauge", "Clients waiting for one of the pool's server connections now.",
+             [](const PoolRow& r) { return double(r.clients_waiting); }},
+            {"pgrelay_pool_servers_active", "gauge", "Server connections lent to a client now.",
+             [](const PoolRow& r) { return double(r.servers_active); }},
+            {"pgrelay_pool_servers_idle", "gauge", "Server connections idle in the pool.",
+             [](const PoolRow& r) { return double(r.servers_idle); }},
+            {"pgrelay_pool_servers_opening", "gauge", "Server connections being opened (connect and login).",
+             [](const PoolRow& r) { return double(r.servers_opening); }},
+            {"pgrelay_pool_size", "gauge", "The pool's pool_size.", [](const PoolRow& r) { return double(r.pool_size); }},
+            {"pgrelay_pool_servers_opened_total", "counter", "Server connections the pool opened.",
+             [](const PoolRow& r) { return double(r.servers_opened); }},
+            {"pgrelay_pool_servers_closed_total", "counter",
+             "Server connections the pool closed (lifetime, idle timeout, broken, died while idle).",
+             [](const PoolRow& r) { return double(r.servers_closed); }},
+            {"pgrelay_pool_acquired_total", "counter", "Times a client got a server connection from the pool.",
+             [](const PoolRow& r) { return double(r.acquired); }},
+            {"pgrelay_pool_wait_timeouts_total", "counter", "Clients that got no server within query_wait_timeout.",
+             [](const PoolRow& r) { return double(r.wait_timeouts); }},
+        };
+        for (const Col& c : cols) {
+            head(out, c.name, c.type, c.help);
+            for (const PoolRow& r : rows)
+                out += fmt::format("{}{{port=\"{}\",member=\"{}\",database=\"{}\",user=\"{}\"}} {}\n", c.name,
+                                   to_string(r.port), esc(r.member), esc(r.database), esc(r.user), c.value(r));
+        }
+    }
+    head(out, "pgrelay_pool_port_clients_waiting", "gauge", "Pooled clients waiting for a server connection now, per port.");
+    out += fmt::format("pgrelay_pool_port_clients_waiting{{port=\"rw\"}} {}\n", rw_waiting_.load(std::memory_order_relaxed));
+    out += fmt::format("pgrelay_pool_port_clients_waiting{{port=\"ro\"}} {}\n", ro_waiting_.load(std::memory_order_relaxed));
     head(out, "pgrelay_pool_wait_seconds", "histogram", "How long pooled clients waited for a server connection.");
     rw_wait_.render(out, "pgrelay_pool_wait_seconds", "port=\"rw\"");
     ro_wait_.render(out, "pgrelay_pool_wait_seconds", "port=\"ro\"");

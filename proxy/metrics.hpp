@@ -57,6 +57,20 @@ struct PortStats {
     std::atomic<uint64_t> plaintext{0};   // StartupMessages received without TLS
 };
 
+// One pool as the pool worker last published it (every 250 ms): /pools,
+// SHOW POOLS and the pgrelay_pool_* series read this copy, never the pools.
+struct PoolRow {
+    PortRole port = PortRole::ReadWrite;
+    std::string mode, member, database, user;
+    int64_t clients = 0;          // logged-in clients of this pool's user and database
+    int64_t clients_active = 0;   // holding one of its servers now
+    int64_t clients_waiting = 0;  // waiting for one
+    int64_t servers_active = 0, servers_idle = 0, servers_opening = 0;
+    uint32_t pool_size = 0;
+    uint64_t servers_opened = 0, servers_closed = 0, acquired = 0, wait_timeouts = 0;
+    double wait_seconds = 0;  // total time clients waited
+};
+
 class Registry {
 public:
     static Registry& instance();
@@ -71,6 +85,8 @@ public:
     // Pooled ports: client logins by outcome ("ok", "failed", "malformed",
     // "abandoned", "error"), clients waiting for a server, and how long they waited.
     void count_login(PortRole port, std::string_view outcome);
+    void set_pools(std::vector<PoolRow> rows);
+    std::vector<PoolRow> pools() const;
     void pool_waiting(PortRole port, int delta) noexcept {
         (port == PortRole::ReadWrite ? rw_waiting_ : ro_waiting_).fetch_add(delta, std::memory_order_relaxed);
     }
@@ -99,6 +115,8 @@ private:
     Histogram rw_wait_{{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30}};
     Histogram ro_wait_{{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30}};
     std::map<std::pair<PortRole, std::string>, std::unique_ptr<std::atomic<uint64_t>>> logins_;
+    mutable std::mutex pools_mu_;
+    std::vector<PoolRow> pools_;
     mutable std::mutex mu_;  // guards the maps' shape, never the counters
     std::map<std::pair<PortRole, std::string>, std::unique_ptr<MemberStats>> members_;
     std::map<std::pair<std::string, std::string>, std::unique_ptr<std::atomic<uint64_t>>> errors_;

@@ -244,13 +244,44 @@ void PoolManager::stop() {
     for (auto& [k, p] : pools_) p->close_idle();
 }
 
+void PoolManager::publish() const {
+    std::vector<metrics::PoolRow> rows;
+    rows.reserve(pools_.size());
+    for (const auto& [k, p] : pools_) {
+        metrics::PoolRow r;
+        r.port = k.role;
+        r.mode = to_string(config(k.role).mode);
+        r.member = k.member;
+        r.database = k.database;
+        r.user = k.user;
+        r.clients = p->clients;
+        r.clients_active = static_cast<int64_t>(p->active_count());
+        r.clients_waiting = static_cast<int64_t>(p->waiting_count());
+        r.servers_active = static_cast<int64_t>(p->active_count());
+        r.servers_idle = static_cast<int64_t>(p->idle_count());
+        r.servers_opening = static_cast<int64_t>(p->opening_count());
+        r.pool_size = config(k.role).pool_size;
+        r.servers_opened = p->servers_opened;
+        r.servers_closed = p->servers_closed;
+        r.acquired = p->acquired;
+        r.wait_timeouts = p->wait_timeouts;
+        r.wait_seconds = p->wait_seconds_total;
+        rows.push_back(std::move(r));
+    }
+    metrics::Registry::instance().set_pools(std::move(rows));
+}
+
 asio::awaitable<void> PoolManager::maintain() {
-    while (!stopped_) {
-        tick_->expires_after(std::chrono::seconds(1));
+    // Every 250 ms: publish for /pools and /metrics; every 1 s: the pools' upkeep.
+    for (unsigned n = 0; !stopped_; ++n) {
+        tick_->expires_after(std::chrono::milliseconds(250));
         co_await tick_->async_wait(use_tuple);
         if (stopped_) break;
-        const auto now = Pool::Clock::now();
-        for (auto& [k, p] : pools_) p->tick(now);
+        if (n % 4 == 3) {
+            const auto now = Pool::Clock::now();
+            for (auto& [k, p] : pools_) p->tick(now);
+        }
+        publish();
     }
 }
 

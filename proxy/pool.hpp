@@ -127,6 +127,7 @@ public:
     // Closes idle servers of members no longer routable for their role.
     void keep_only(PortRole role, const std::vector<std::string>& members);
     void start();  // the maintenance tick
+    void publish() const;  // the pools' numbers, for /pools and /metrics
     void stop();
     uint64_t next_server_id() noexcept { return ++server_ids_; }
     const std::map<PoolKey, std::unique_ptr<Pool>>& pools() const noexcept { return pools_; }

@@ -11,6 +11,8 @@
 // server back once nothing is outstanding outside a transaction. Both run on
 // the pool worker's thread, so neither needs a lock: a decision and the state
 // it reads happen between two suspensions.
+#include <sys/socket.h>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -18,6 +20,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
 #include <deque>
 #include <map>
 #include <optional>
@@ -29,6 +32,7 @@
 #include "protocol/login.hpp"
 #include "protocol/pooling.hpp"
 #include "protocol/scram.hpp"
+#include "proxy/admin_console.hpp"
 #include "proxy/auth_store.hpp"
 #include "proxy/client.hpp"
 #include "proxy/log.hpp"
@@ -106,6 +110,13 @@ public:
 
 private:
     const char* role_name() const { return client_.role_name(); }
+    // The client closed its side (checked after a wait, before running what it sent).
+    bool client_gone() {
+        if (client_.tls()) return false;  // bytes may be TLS records, not an EOF: only plaintext can tell
+        char probe;
+        const ssize_t n = ::recv(client_.socket().native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+    }
     void stop() {
         if (stopping_) return;
         stopping_ = true;
@@ -115,8 +126,23 @@ private:
     }
 
     asio::awaitable<bool> login(const protocol::StartupPacket& packet);
-    asio::awaitable<bool> read_client_message(char& type, std::span<const uint8_t>& body);
+    asio::awaitable<bool> read_client_message(char& type, std::span<const uint8_t>& body, bool login = true);
     asio::awaitable<void> client_loop();
+    asio::awaitable<void> admin_loop();
+    bool client_info(ClientInfo& c) const override {
+        c.peer = client_.peer();
+        c.user = user_;
+        c.database = db_;
+        c.state = srv_ ? "active" : waiting_ ? "waiting" : admin_ ? "admin" : "idle";
+        c.member = member;
+        c.connected_seconds = std::chrono::duration<double>(steady_clock::now() - started_).count();
+        if (srv_) {
+            c.server_id = srv_->id;
+            c.server_pid = srv_->backend_key().pid;
+            c.server_age_seconds = std::chrono::duration<double>(steady_clock::now() - srv_->created).count();
+        }
+        return true;
+    }
     asio::awaitable<bool> attach(bool& fatal);
     // After attach: the held server gets the client's session (SETs into
     // `out`, ahead of the client's messages) and its reader starts.
@@ -176,6 +202,9 @@ private:
     std::deque<uint64_t> parses_;  // named Parses sent, oldest first, until their ParseComplete
     std::vector<uint8_t> cin_;  // client bytes not yet handled (whole messages are handled)
     bool stopping_ = false;
+    bool admin_ = false;    // the admin console, not a database session
+    bool waiting_ = false;  // for a server, in attach()
+    steady_clock::time_point started_ = steady_clock::now();
     bool client_closed_ = false;
     bool server_lost_ = false;
     const char* end_sqlstate_ = nullptr;
@@ -186,7 +215,7 @@ private:
 // One whole client message into (type, body) at the front of cin_ (the
 // caller consumes it). False on EOF, error, or a malformed length (then
 // end_sqlstate_ says so).
-asio::awaitable<bool> PooledSession::read_client_message(char& type, std::span<const uint8_t>& body) {
+asio::awaitable<bool> PooledSession::read_client_message(char& type, std::span<const uint8_t>& body, bool login) {
     uint8_t chunk[4096];
     for (;;) {
         if (cin_.size() >= 5) {
@@ -202,7 +231,8 @@ asio::awaitable<bool> PooledSession::read_client_message(char& type, std::span<c
                 co_return true;
             }
         }
-        asio::steady_timer deadline(client_.socket().get_executor(), cfg_->startup_timeout);
+        asio::steady_timer deadline(client_.socket().get_executor(),
+                                    login ? cfg_->startup_timeout : std::chrono::milliseconds(std::chrono::hours(24 * 365)));
         auto r = co_await (client_.read(asio::buffer(chunk)) || deadline.async_wait(use_tuple));
         if (r.index() == 1) {
             end_sqlstate_ = "08P01";
@@ -303,6 +333,27 @@ asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet
         asked.emplace_back(k, v);
     }
     // A fresh server's ParameterStatus values, learnt once per pool.
+    if (db_ == kAdminDatabase) {
+        const auto& admins = pc_.admin_users;
+        if (std::find(admins.begin(), admins.end(), user_) == admins.end()) {
+            log::warn("[{}] client={} user={}: not in admin_users, admin console refused", role_name(), client_.peer(), who);
+            co_await client_.send_error("28000", "pgrelay: user \"" + user_ + "\" may not use the admin console",
+                                        "List the user in [pool] admin_users.");
+            co_return false;
+        }
+        admin_ = true;
+        for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
+                 {"server_version", "15.0 (pgrelay admin console)"}, {"server_encoding", "UTF8"}, {"client_encoding", "UTF8"},
+                 {"DateStyle", "ISO, MDY"}, {"integer_datetimes", "on"}, {"standard_conforming_strings", "on"},
+                 {"application_name", std::string(packet.parameter("application_name"))}})
+            protocol::pool::encode_parameter_status(out, k, v);
+        key_ = shared_.cancels->add_pooled();
+        have_key_ = true;
+        protocol::encode_backend_key_data(out, key_);
+        protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+        log::info("[{}] client={} user={} opened the admin console", role_name(), client_.peer(), who);
+        co_return co_await client_.write_bounded(out);
+    }
     // A pool that had a server knows what a fresh one reports; otherwise
     // borrow one to learn it. Logins never wait for a server otherwise: a
     // client that must log in before others can finish (pgbench -j 1
@@ -388,7 +439,9 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
         Pool& pool = pools_.pool(PoolKey{role, t->member, db_, user_});
         if (!pool.has_credentials()) pool.set_credentials(creds_);
         metrics::Registry::instance().pool_waiting(role, +1);
+        waiting_ = true;
         Pool::Acquired a = co_await pool.acquire(*t);
+        waiting_ = false;
         metrics::Registry::instance().pool_waiting(role, -1);
         metrics::Registry::instance().observe_pool_wait(role, a.waited);
         if (stopping_) {
@@ -398,6 +451,13 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
         if (!a.server) {
             failure = a.error;
             break;
+        }
+        if (a.waited > 0.001 && client_gone()) {
+            // It gave up while it waited: its batch must not run now.
+            pool.release(std::move(a.server), true);
+            client_closed_ = true;
+            stop();
+            co_return false;
         }
         srv_ = std::move(a.server);
         pool_ = &pool;
@@ -861,6 +921,31 @@ asio::awaitable<void> PooledSession::client_loop() {
     }
 }
 
+// The admin console: one answer per Query, nothing else accepted.
+asio::awaitable<void> PooledSession::admin_loop() {
+    for (;;) {
+        char type = 0;
+        std::span<const uint8_t> body;
+        if (!co_await read_client_message(type, body, false)) co_return;
+        const size_t n = body.size() + 5;
+        if (type == 'X') {
+            client_closed_ = true;
+            co_return;
+        }
+        std::string out;
+        if (type == 'Q') {
+            std::string_view sql(reinterpret_cast<const char*>(body.data()), body.empty() ? 0 : body.size() - 1);
+            out = admin_console_answer(sql, shared_);
+        } else {
+            protocol::encode_error_response(out, protocol::Severity::Error, "0A000",
+                                            "pgrelay admin console: only simple queries (SHOW ...) are supported");
+            if (type == 'S') protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+        }
+        consume(n);
+        if (!co_await client_.write_bounded(out)) co_return;
+    }
+}
+
 // The client is gone or the session ends: stop the server reader, then give
 // the server back -- after server_reset_query in session mode -- when it is
 // between transactions, else close it.
@@ -895,7 +980,8 @@ asio::awaitable<void> PooledSession::run() {
     registered_ = true;
     if (co_await login(packet)) {
         try {
-            co_await client_loop();
+            if (admin_) co_await admin_loop();
+            else co_await client_loop();
         } catch (const std::exception& e) {
             log::error("[{}] client={} pooled session ended by an unexpected error: {}", role_name(), client_.peer(), e.what());
         }

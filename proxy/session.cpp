@@ -23,6 +23,7 @@
 #include "protocol/startup.hpp"
 #include "proxy/client.hpp"
 #include "proxy/net.hpp"
+#include "proxy/pool.hpp"
 #include "proxy/log.hpp"
 #include "proxy/metrics.hpp"
 
@@ -637,6 +638,15 @@ void apply_topology_change(WorkerShared& shared, const topology::Topology& after
     shared.topology_changed->cancel();
     // terminate() does not remove from the list (the session erases itself on
     // destruction, later), so iterating here is safe.
+    if (shared.pools) {
+        // Pools of members that can no longer serve their port keep no idle
+        // servers; busy ones close when their client gives them back.
+        for (const PortRole r : {PortRole::ReadWrite, PortRole::ReadOnly}) {
+            std::vector<std::string> keep;
+            for (const Target& t : shared.router->route(r, &after).candidates) keep.push_back(t.member);
+            shared.pools->keep_only(r, keep);
+        }
+    }
     for (SessionHandle* s : shared.sessions) {
         if (s->pooled && s->member.empty()) continue;  // between transactions: its next one routes anew
         std::string why = lost_role_reason(*s, after);

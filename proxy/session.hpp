@@ -19,6 +19,15 @@
 
 namespace pgrelay {
 
+// What SHOW CLIENTS / SHOW SERVERS tell about a pooled client.
+struct ClientInfo {
+    std::string peer, user, database, state;  // state: "active" (holds a server), "waiting", "idle"
+    std::string member;                       // of the server it holds
+    uint64_t server_id = 0;                   // 0 when it holds none
+    int32_t server_pid = 0;
+    double connected_seconds = 0, server_age_seconds = 0;
+};
+
 // What the worker may do to a relaying session (same thread only).
 class SessionHandle {
 public:
@@ -31,6 +40,8 @@ public:
     // Ends the session with a FATAL ErrorResponse (sent only at a message
     // boundary of the client stream) and closes both sides.
     virtual void terminate(const char* sqlstate, std::string message) = 0;
+    // Pooled clients describe themselves for the admin console.
+    virtual bool client_info(ClientInfo&) const { return false; }
 
 protected:
     ~SessionHandle() = default;

@@ -1,0 +1,22 @@
+// PgBouncer's habit for psql users: connecting to the virtual database
+// "pgrelay" on a pooled port, as one of admin_users (authenticated like any
+// pooled client), gives SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS,
+// SHOW CONFIG and SHOW HELP. Read-only; simple Query protocol only. Runs on
+// the pool worker's thread, which owns every pool and pooled client, so the
+// answers need no locks.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "proxy/session.hpp"
+
+namespace pgrelay {
+
+inline constexpr std::string_view kAdminDatabase = "pgrelay";
+
+// The whole answer to one Query: RowDescription, DataRows, CommandComplete
+// (or an ErrorResponse), then ReadyForQuery.
+std::string admin_console_answer(std::string_view sql, const WorkerShared& shared);
+
+}  // namespace pgrelay
