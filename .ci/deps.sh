@@ -21,7 +21,16 @@ PACKAGES=(
   # the benchmark harness (bench/run): the proxies pgrelay is compared with,
   # the failover write loop, the charts
   haproxy pgbouncer python3-psycopg2 python3-matplotlib
+  # real application drivers for the pooling tests (tests/clients/): pgJDBC
+  # run as a single-file Java program (needs a JDK, not a JRE)
+  libpostgresql-jdbc-java default-jdk-headless
 )
+# node-postgres comes from npm (tests/clients/setup_node.sh); node and npm
+# from Debian, unless a node with its own npm is installed already (e.g.
+# NodeSource's, which Debian's npm package conflicts with).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

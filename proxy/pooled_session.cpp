@@ -79,6 +79,24 @@ const std::string& mock_key() {
     return key;
 }
 
+// LISTEN in transaction mode: notifications would reach whichever client
+// holds that server later. The client gets an error in its place in the
+// stream, from the server itself.
+constexpr std::string_view kListenRefusal =
+    "DO $pgrelay$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = 'pgrelay: LISTEN is not "
+    "supported in transaction pool mode', HINT = 'Use a port in session or passthrough mode for LISTEN.'; END $pgrelay$";
+
+// `sql` begins (after blanks) with `word`, case-insensitively, as a whole word.
+bool starts_with_word(std::string_view sql, std::string_view word) {
+    size_t i = 0;
+    while (i < sql.size() && std::isspace(static_cast<unsigned char>(sql[i]))) ++i;
+    if (sql.size() - i < word.size()) return false;
+    for (size_t k = 0; k < word.size(); ++k)
+        if (std::toupper(static_cast<unsigned char>(sql[i + k])) != word[k]) return false;
+    const size_t end = i + word.size();
+    return end == sql.size() || !std::isalnum(static_cast<unsigned char>(sql[end]));
+}
+
 std::span<const uint8_t> as_bytes(std::string_view s) { return {reinterpret_cast<const uint8_t*>(s.data()), s.size()}; }
 
 class PooledSession final : public SessionHandle {
@@ -547,6 +565,19 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
         case 'Q': {
             std::string_view sql(reinterpret_cast<const char*>(body.data()), body.empty() ? 0 : body.size() - 1);
             pending_sets_.push_back(protocol::pool::parse_set(sql));
+            if (pc_.mode == PoolMode::Transaction && starts_with_word(sql, "LISTEN")) {
+                protocol::pool::encode_query(out, kListenRefusal);
+                tracker_.sent('Q', Origin::Client);
+                return;
+            }
+            if (starts_with_word(sql, "DISCARD") || starts_with_word(sql, "DEALLOCATE")) {
+                // The client drops its statements (and with DISCARD ALL its
+                // settings); the server loses pgrelay's shared ones too, so it
+                // is not lent again.
+                stmts_.clear();
+                if (starts_with_word(sql, "DISCARD")) unreported_.clear();
+                srv_->broken = true;
+            }
             forward();
             return;
         }
@@ -562,6 +593,15 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
         case 'P': {
             ++unsynced_;
             auto m = protocol::pool::decode_parse(body);
+            if (m && pc_.mode == PoolMode::Transaction && starts_with_word(m->query, "LISTEN")) {
+                m->query = kListenRefusal;  // parsed fine; fails when executed, as a LISTEN would run
+                m->param_types = {};
+                if (m->name.empty()) {
+                    protocol::pool::encode_parse(out, "", m->query, {});
+                    tracker_.sent('P', Origin::Client);
+                    return;
+                }
+            }
             if (!m || m->name.empty()) return forward();
             auto st = pools_.statements().intern(m->query, m->param_types);
             stmts_.add(m->name, st);
