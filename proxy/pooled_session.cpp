@@ -82,6 +82,9 @@ const std::string& mock_key() {
 // LISTEN in transaction mode: notifications would reach whichever client
 // holds that server later. The client gets an error in its place in the
 // stream, from the server itself.
+constexpr std::string_view kSessionAuthRefusal =
+    "DO $pgrelay$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = 'pgrelay: SET SESSION "
+    "AUTHORIZATION is not supported in transaction pool mode', HINT = 'Use SET ROLE, or a session-mode port.'; END $pgrelay$";
 constexpr std::string_view kListenRefusal =
     "DO $pgrelay$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = 'pgrelay: LISTEN is not "
     "supported in transaction pool mode', HINT = 'Use a port in session or passthrough mode for LISTEN.'; END $pgrelay$";
@@ -95,6 +98,76 @@ bool starts_with_word(std::string_view sql, std::string_view word) {
         if (std::toupper(static_cast<unsigned char>(sql[i + k])) != word[k]) return false;
     const size_t end = i + word.size();
     return end == sql.size() || !std::isalnum(static_cast<unsigned char>(sql[end]));
+}
+
+// What follows the first word of `sql` (leading blanks skipped).
+std::string_view after_word(std::string_view sql) {
+    size_t i = sql.find_first_not_of(" \t\r\n");
+    if (i == std::string_view::npos) return {};
+    while (i < sql.size() && (std::isalnum(static_cast<unsigned char>(sql[i])) || sql[i] == '_')) ++i;
+    const size_t j = sql.find_first_not_of(" \t\r\n", i);
+    return j == std::string_view::npos ? std::string_view() : sql.substr(j);
+}
+
+// SET ROLE x / SET role {TO|=} x / SET ROLE NONE / RESET ROLE, alone in the
+// query: carried like a parameter (name "role", replayed as SET role TO x).
+std::optional<protocol::pool::SetCommand> parse_role(std::string_view sql) {
+    protocol::pool::SetCommand c;
+    c.name = "role";
+    std::string_view v;
+    if (starts_with_word(sql, "RESET") && starts_with_word(after_word(sql), "ROLE")) {
+        v = after_word(after_word(sql));
+        c.reset = true;
+    } else if (starts_with_word(sql, "SET") && starts_with_word(after_word(sql), "ROLE")) {
+        v = after_word(after_word(sql));
+        if (!v.empty() && v[0] == '=') v = v.substr(1);
+        else if (starts_with_word(v, "TO")) v = after_word(v);
+    } else {
+        return std::nullopt;
+    }
+    while (!v.empty() && (v.back() == ';' || std::isspace(static_cast<unsigned char>(v.back())))) v.remove_suffix(1);
+    while (!v.empty() && std::isspace(static_cast<unsigned char>(v.front()))) v.remove_prefix(1);
+    if (c.reset) return v.empty() ? std::optional(c) : std::nullopt;
+    if (v.empty()) return std::nullopt;
+    // One identifier or one quoted literal without quotes inside: nothing
+    // else can hide a second statement.
+    const bool quoted = v.size() >= 2 && (v.front() == '\'' || v.front() == '"') && v.back() == v.front() &&
+                        v.substr(1, v.size() - 2).find(v.front()) == std::string_view::npos;
+    const bool ident = std::all_of(v.begin(), v.end(), [](char ch) {
+        return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_';
+    });
+    if (!quoted && !ident) return std::nullopt;
+    if (ident && starts_with_word(v, "NONE")) {
+        c.reset = true;
+        return c;
+    }
+    c.value = std::string(v);
+    return c;
+}
+
+// Whether `sql` may change session state: a statement starting with SET or
+// RESET (at the start or after a ';'), or a call of set_config. A rough
+// test on purpose: a false positive only costs a fresh server connection.
+bool may_change_session(std::string_view sql) {
+    auto ieq = [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b)); };
+    auto contains = [&](std::string_view needle) {
+        return std::search(sql.begin(), sql.end(), needle.begin(), needle.end(), ieq) != sql.end();
+    };
+    if (contains("set_config")) return true;
+    for (size_t i = 0; i <= sql.size();) {
+        const std::string_view rest = sql.substr(i);
+        if (starts_with_word(rest, "RESET")) return true;
+        if (starts_with_word(rest, "SET")) {
+            // SET LOCAL and SET TRANSACTION end with the transaction.
+            const size_t at = rest.find_first_not_of(" \t\r\n", rest.find_first_of("Tt") + 1);
+            const std::string_view next = at == std::string_view::npos ? std::string_view() : rest.substr(at);
+            if (!starts_with_word(next, "LOCAL") && !starts_with_word(next, "TRANSACTION")) return true;
+        }
+        const size_t semi = sql.find(';', i);
+        if (semi == std::string_view::npos) break;
+        i = semi + 1;
+    }
+    return false;
 }
 
 std::span<const uint8_t> as_bytes(std::string_view s) { return {reinterpret_cast<const uint8_t*>(s.data()), s.size()}; }
@@ -564,7 +637,18 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
     switch (type) {
         case 'Q': {
             std::string_view sql(reinterpret_cast<const char*>(body.data()), body.empty() ? 0 : body.size() - 1);
-            pending_sets_.push_back(protocol::pool::parse_set(sql));
+            pending_sets_.push_back(parse_role(sql));
+            if (!pending_sets_.back()) pending_sets_.back() = protocol::pool::parse_set(sql);
+            if (pc_.mode == PoolMode::Transaction && starts_with_word(sql, "SET") &&
+                starts_with_word(after_word(sql), "SESSION") && starts_with_word(after_word(after_word(sql)), "AUTHORIZATION")) {
+                protocol::pool::encode_query(out, kSessionAuthRefusal);
+                tracker_.sent('Q', Origin::Client);
+                return;
+            }
+            // A change of session state pgrelay cannot carry (SET ROLE, SET
+            // SESSION AUTHORIZATION, set_config(), a SET among other
+            // statements): the server is not lent to anyone else afterwards.
+            if (pc_.mode == PoolMode::Transaction && !pending_sets_.back() && may_change_session(sql)) srv_->broken = true;
             if (pc_.mode == PoolMode::Transaction && starts_with_word(sql, "LISTEN")) {
                 protocol::pool::encode_query(out, kListenRefusal);
                 tracker_.sent('Q', Origin::Client);
@@ -602,6 +686,7 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
                     return;
                 }
             }
+            if (m && pc_.mode == PoolMode::Transaction && may_change_session(m->query)) srv_->broken = true;
             if (!m || m->name.empty()) return forward();
             auto st = pools_.statements().intern(m->query, m->param_types);
             stmts_.add(m->name, st);
@@ -861,7 +946,13 @@ void PooledSession::on_client_ready(protocol::TxStatus st) {
     pending_sets_.pop_front();
     const bool ok = !error_since_ready_;
     error_since_ready_ = false;
-    if (!set || !ok || st != protocol::TxStatus::Idle || !srv_) return;
+    if (!set || !ok || !srv_) return;
+    if (st != protocol::TxStatus::Idle) {
+        // A SET inside a transaction block: whether it sticks depends on how
+        // the block ends. Not carried; the server is not lent again.
+        if (pc_.mode == PoolMode::Transaction) srv_->broken = true;
+        return;
+    }
     if (set->reset_all) {
         unreported_.clear();
         srv_->unreported.clear();
@@ -904,6 +995,25 @@ asio::awaitable<void> PooledSession::client_loop() {
         }
         if (upto > 0) {
             std::string out;
+            if (!srv_ && skip_until_sync_) {
+                // pgrelay refused the start of this extended batch: like the
+                // server, skip the rest of it up to its Sync.
+                size_t at = 0, sync_end = 0;
+                while (at < upto && !sync_end) {
+                    const char type = static_cast<char>(cin_[at]);
+                    at += size_t(protocol::read_u32(cin_.data() + at + 1)) + 1;
+                    if (type == 'S') sync_end = at;
+                }
+                if (!sync_end) {
+                    consume(upto);
+                    continue;
+                }
+                consume(sync_end);
+                skip_until_sync_ = false;
+                protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+                if (!co_await client_.write_bounded(out)) co_return;
+                continue;
+            }
             if (!srv_ && co_await answer_prepare_locally(upto)) continue;
             if (!srv_) {
                 bool fatal = false;
@@ -926,7 +1036,9 @@ asio::awaitable<void> PooledSession::client_loop() {
             consume(upto);
             ServerConn* s = srv_.get();
             auto [wec, wn] = co_await s->write(asio::buffer(out));
-            if (wec) {
+            // The server may have answered everything, and gone back to the
+            // pool, before this write's completion ran: then `s` is not ours.
+            if (wec && srv_.get() == s) {
                 if (wec != asio::error::operation_aborted) {
                     server_lost_ = true;
                     s->broken = true;

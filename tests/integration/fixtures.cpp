@@ -80,6 +80,8 @@ int run_command(const std::string& cmd, std::string* out) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+std::string source_dir() { return PGRELAY_SOURCE_DIR; }
+
 static std::string fixture_script() { return std::string(PGRELAY_SOURCE_DIR) + "/tests/fixtures/pgcluster.py"; }
 
 PgCluster& PgCluster::shared() {

@@ -30,6 +30,8 @@ uint16_t free_port();
 std::string slurp(const std::string& path);
 // Runs a shell command; returns its exit status and fills `out` with stdout+stderr.
 int run_command(const std::string& cmd, std::string* out = nullptr);
+// The source tree (tests/clients/... live there).
+std::string source_dir();
 
 struct Node {
     std::string name;
