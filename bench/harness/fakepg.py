@@ -17,12 +17,15 @@ connections on this machine:
       mode links a server connection to it), prints "ready N SECONDS", holds
       them until a line (or EOF) arrives on stdin, then sends Terminate on
       every connection and prints "closed N". Exits 1 if any connection failed.
+      With --password PW it answers an md5 (or cleartext) password request,
+      for a pooler that authenticates clients itself.
 
 Stdlib only (asyncio protocols: one object per connection, no task).
 """
 
 import argparse
 import asyncio
+import hashlib
 import resource
 import struct
 import sys
@@ -135,10 +138,12 @@ async def serve(args):
 # ---------------------------------------------------------------- clients
 
 class HeldClient(asyncio.Protocol):
-    def __init__(self, startup, query, done):
+    def __init__(self, startup, query, done, user="", password=None):
         self.startup = startup
         self.query = query
         self.done = done
+        self.user = user
+        self.password = password
         self.buf = bytearray()
         self.ready_count = 0
 
@@ -159,8 +164,16 @@ class HeldClient(asyncio.Protocol):
                 self.fail("ErrorResponse: " + error_text(body))
                 return
             if kind == b"R" and body[:4] != b"\0\0\0\0":
-                self.fail("server asked for authentication (type %d)"
-                          % struct.unpack("!I", body[:4])[0])
+                code = struct.unpack("!I", body[:4])[0]
+                if self.password is not None and code == 5:      # md5, salt follows
+                    self.transport.write(msg(b"p", cstr(md5_response(
+                        self.user, self.password, body[4:8]))))
+                    continue
+                if self.password is not None and code == 3:      # cleartext
+                    self.transport.write(msg(b"p", cstr(self.password)))
+                    continue
+                self.fail("server asked for authentication (type %d)%s" % (
+                    code, "" if self.password is None else ", which --password cannot answer"))
                 return
             if kind == b"Z":
                 self.ready_count += 1
@@ -192,6 +205,12 @@ def error_text(body):
     return "%s %s" % (fields.get(b"C", "?"), fields.get(b"M", ""))
 
 
+def md5_response(user, password, salt):
+    """PostgreSQL's md5 answer: "md5" + md5(md5(password + user) hex + salt)."""
+    inner = hashlib.md5((password + user).encode()).hexdigest()
+    return "md5" + hashlib.md5(inner.encode() + salt).hexdigest()
+
+
 def startup_packet(user, dbname):
     body = struct.pack("!I", PROTOCOL_3)
     body += cstr("user") + cstr(user) + cstr("database") + cstr(dbname)
@@ -202,7 +221,8 @@ def startup_packet(user, dbname):
 async def open_one(loop, args, startup):
     done = loop.create_future()
     transport, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: HeldClient(startup, args.query, done),
+        loop.create_connection(lambda: HeldClient(startup, args.query, done, args.user,
+                                                  args.password),
                                args.host, args.port), args.timeout)
     try:
         await asyncio.wait_for(done, args.timeout)
@@ -261,6 +281,8 @@ def main(argv=None):
     h.add_argument("--user", default="bench")
     h.add_argument("--dbname", default="postgres")
     h.add_argument("--query", action="store_true")
+    h.add_argument("--password", help="answer md5 or cleartext password requests (a "
+                                      "pooler that authenticates clients itself)")
     h.add_argument("--timeout", type=float, default=30.0, help="per connection")
     h.add_argument("--hold-max", type=float, default=600.0)
     h.add_argument("--max-errors", type=int, default=50)

@@ -11,12 +11,15 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-from . import common, failover, report, scenarios, services
+from . import common, failover, pooled, report, scenarios, services
 from .common import BenchError, say
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH_DIR = os.path.join(ROOT, "bench")
-ALL_SCENARIOS = ["throughput", "connrate", "memory", "bulk", "failover"]
+ALL_SCENARIOS = ["throughput", "connrate", "memory", "bulk", "pool-throughput", "pool-connrate",
+                 "pool-memory", "failover"]
+# --scenarios pooled: the three pooled ones.
+SCENARIO_GROUPS = {"pooled": ["pool-throughput", "pool-connrate", "pool-memory"]}
 DCS_KINDS = ["zookeeper", "etcd"]
 DCS_LABELS = {"zookeeper": "ZooKeeper", "etcd": "etcd"}
 NOFILE = 100000
@@ -27,13 +30,19 @@ class TimeLimit(BaseException):
     """SIGALRM at --time-limit: unwinds like Ctrl-C, so everything is cleaned up."""
 
 MODES = {
-    # rounds: throughput/connrate/bulk; mem_rounds: memory
+    # rounds: throughput/connrate/bulk and the pooled ones; mem_rounds: memory
+    # and pool-memory. pool_clients: the pooled rows' pgbench clients (on 20
+    # server connections); pool_duration: their throughput runs' -T (500 SCRAM
+    # logins take a few seconds of it, left out of TPS and CPU).
     "smoke": dict(rounds=1, duration=3, conn_duration=2, warmup=0, scale=1,
-                  connections=200, mem_rounds=1, mem_batch=100, copy_mb=10, switchovers=1),
+                  connections=200, mem_rounds=1, mem_batch=100, copy_mb=10, switchovers=1,
+                  pool_clients=30, pool_duration=2),
     "quick": dict(rounds=2, duration=6, conn_duration=4, warmup=2, scale=10,
-                  connections=2000, mem_rounds=1, mem_batch=200, copy_mb=200, switchovers=3),
+                  connections=2000, mem_rounds=1, mem_batch=200, copy_mb=200, switchovers=3,
+                  pool_clients=500, pool_duration=15),
     "full": dict(rounds=3, duration=20, conn_duration=10, warmup=3, scale=10,
-                 connections=10000, mem_rounds=3, mem_batch=250, copy_mb=1000, switchovers=10),
+                 connections=10000, mem_rounds=3, mem_batch=250, copy_mb=1000, switchovers=10,
+                 pool_clients=500, pool_duration=20),
 }
 
 
@@ -58,10 +67,12 @@ def parse_args(argv):
                    help="Patroni's DCS, which pgrelay and the failover scenario's leader "
                         "watch follow (default zookeeper)")
     p.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
-                   help="comma-separated subset of %s" % ",".join(ALL_SCENARIOS))
+                   help="comma-separated subset of %s; 'pooled' stands for the three "
+                        "pool-* ones" % ",".join(ALL_SCENARIOS))
     for key, typ in (("rounds", int), ("duration", int), ("conn-duration", int),
                      ("warmup", int), ("scale", int), ("connections", int),
-                     ("mem-rounds", int), ("copy-mb", int), ("switchovers", int)):
+                     ("mem-rounds", int), ("copy-mb", int), ("switchovers", int),
+                     ("pool-clients", int), ("pool-duration", int)):
         p.add_argument("--" + key, type=typ, help="override the mode's %s" % key)
     p.add_argument("--time-limit", type=int,
                    help="stop (and clean up) after this many seconds; default: smoke 540, "
@@ -79,7 +90,11 @@ def parse_args(argv):
         if val is not None:
             opts[key] = val
     args.opts = SimpleNamespace(**opts)
-    args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.scenario_list = []
+    for s in (s.strip() for s in args.scenarios.split(",")):
+        for one in SCENARIO_GROUPS.get(s, [s] if s else []):
+            if one not in args.scenario_list:
+                args.scenario_list.append(one)
     bad = [s for s in args.scenario_list if s not in ALL_SCENARIOS]
     if bad:
         p.error("unknown scenario(s) %s" % ", ".join(bad))
@@ -332,9 +347,12 @@ def main(argv=None):
         say("mode %s%s, scenarios %s, work dir %s, results in %s" % (
             args.mode, "" if args.dcs == "zookeeper" else " on %s" % DCS_LABELS[args.dcs],
             ",".join(args.scenario_list), workdir, outdir))
+        # The memory scenarios need no cluster (a fake backend): first.
         if "memory" in args.scenario_list:
             run_scenario(results, "memory", scenarios.memory, bench)
-        cluster_scenarios = [s for s in args.scenario_list if s != "memory"]
+        if "pool-memory" in args.scenario_list:
+            run_scenario(results, "pool-memory", pooled.pool_memory, bench)
+        cluster_scenarios = [s for s in args.scenario_list if s not in ("memory", "pool-memory")]
         if cluster_scenarios:
             leader = bench.start_cluster()
             bench.prepare_database(leader)
@@ -343,10 +361,12 @@ def main(argv=None):
                                    for t in bench.targets}
             results["topology"]["leader"] = leader
             fns = {"throughput": scenarios.throughput, "connrate": scenarios.connection_rate,
-                   "bulk": scenarios.bulk, "failover": failover.failover}
+                   "bulk": scenarios.bulk, "pool-throughput": pooled.pool_throughput,
+                   "pool-connrate": pooled.pool_connrate, "failover": failover.failover}
             # failover last: afterwards the primary has moved and PgBouncer
             # points at a replica.
-            for s in ("throughput", "connrate", "bulk", "failover"):
+            for s in ("throughput", "connrate", "bulk", "pool-throughput", "pool-connrate",
+                      "failover"):
                 if s in cluster_scenarios:
                     run_scenario(results, s, fns[s], bench)
     except BenchError as e:

@@ -187,7 +187,106 @@ def summarize(results):
                          % fmt_ms(median(list(gap.values()))), "unit": "ms", "fmt": None,
                          "cells": {t: {"value": extra[t]} for t in TARGETS if t in extra},
                          "target": "", "met": None})
+    rows += pooled_rows(results)
     return rows
+
+
+POOL_TITLES = {"select": "select-only (-S)", "tpcb": "tpcb-like",
+               "prepared": "select-only -M prepared"}
+POOL_COLUMNS = ["direct", "pgrelay", "pgbouncer"]
+
+
+def pooled_rows(results):
+    """The pooled table: pgrelay's pool modes against PgBouncer's, measured
+    interleaved in the same run. Ratios: to PgBouncer for transaction mode
+    (direct cannot take 500 connections: max_connections = 200), to direct
+    for the session-mode connection rate."""
+    sc = results["scenarios"]
+    rows = []
+    tp = sc.get("pool-throughput")
+    if tp:
+        n = tp["config"]["clients"]
+        where = "transaction mode, %s clients" % format(n, ",")
+        for wl in ("select", "tpcb", "prepared"):
+            everything = [r for r in tp["runs"] if r.get("workload") == wl]
+            failed = [r for r in everything if r.get("expected_failure")]
+            runs = [r for r in everything if not r.get("expected_failure")]
+            tps = per_target_median(runs, "tps")
+            ratio = round_ratios(runs, "tps", base="pgbouncer")
+            cell = cells(tps, ratio)
+            met = None
+            target = ">= PgBouncer"
+            if wl == "prepared":
+                target = "pgrelay runs it (>= PgBouncer if PgBouncer does)"
+                if failed:
+                    cell["pgbouncer"] = {"value": None, "text": failure_text(failed)}
+                if "pgrelay" in tps:
+                    met = bool(failed) or ("pgrelay" in ratio and ratio["pgrelay"] >= 1.0)
+            elif "pgrelay" in ratio:
+                met = ratio["pgrelay"] >= 1.0
+            rows.append({"table": "pooled", "scenario": "7. pooled throughput",
+                         "metric": "%s, %s: TPS (ratio: to PgBouncer)" % (where, POOL_TITLES[wl]),
+                         "unit": "tps", "fmt": "{:,.0f}", "cells": cell, "target": target,
+                         "met": met})
+        for wl in ("select", "tpcb", "prepared"):
+            runs = [r for r in tp["runs"] if r.get("workload") == wl
+                    and not r.get("expected_failure")]
+            cpu = per_target_median(runs, "cpu_us_per_txn")
+            vs = {t: v / cpu["pgbouncer"] for t, v in cpu.items() if cpu.get("pgbouncer")}
+            met = None
+            target = "< PgBouncer"
+            if wl == "prepared" and "pgbouncer" not in cpu:
+                target = ""
+            elif "pgrelay" in cpu and "pgbouncer" in cpu:
+                met = cpu["pgrelay"] < cpu["pgbouncer"]
+            rows.append({"table": "pooled", "scenario": "8. pooled CPU cost",
+                         "metric": "%s, %s: proxy CPU us/txn (ratio: to PgBouncer)"
+                         % (where, POOL_TITLES[wl]), "unit": "us", "fmt": "{:.1f}",
+                         "cells": cells(cpu, vs), "target": target, "met": met})
+    cr = sc.get("pool-connrate")
+    if cr:
+        for clients in cr["config"].get("client_counts", [cr["config"]["clients"]]):
+            runs = [r for r in cr["runs"] if r.get("clients", cr["config"]["clients"]) == clients]
+            rate = per_target_median(runs, "tps")
+            base = "direct" if any(r["target"] == "direct" for r in runs) else "pgbouncer"
+            ratio = round_ratios(runs, "tps", base=base)
+            rows.append({"table": "pooled", "scenario": "9. pooled connection rate",
+                         "metric": "session mode, pgbench -C -S -c %s, rw: connections/s "
+                         "(ratio: to %s)%s" % (format(clients, ","), {"direct": "direct",
+                                               "pgbouncer": "PgBouncer"}[base],
+                                               "" if base == "direct"
+                                               else "; direct cannot take %s clients"
+                                               % format(clients, ",")),
+                         "unit": "conn/s", "fmt": "{:,.0f}", "cells": cells(rate, ratio),
+                         "target": "", "met": None})
+    mem = sc.get("pool-memory")
+    if mem:
+        n = mem["config"]["connections"]
+        kib = per_target_median(mem["runs"], "kib_per_conn")
+        rss = {t: v / 1024.0 for t, v in per_target_median(mem["runs"], "rss_after_kib").items()}
+        met = kib["pgrelay"] <= kib["pgbouncer"] if {"pgrelay", "pgbouncer"} <= set(kib) else None
+        rows.append({"table": "pooled", "scenario": "10. pooled memory",
+                     "metric": "transaction mode, %s idle clients: RSS KiB per client"
+                     % format(n, ","), "unit": "KiB", "fmt": "{:.2f}", "cells": cells(kib),
+                     "target": "<= PgBouncer", "met": met})
+        rows.append({"table": "pooled", "scenario": "10. pooled memory",
+                     "metric": "transaction mode, %s idle clients: RSS MiB" % format(n, ","),
+                     "unit": "MiB", "fmt": "{:.1f}", "cells": cells(rss), "target": "",
+                     "met": None})
+    return rows
+
+
+def failure_text(failed):
+    """One 'fails: ERROR: ... (aborted: 500, 494 of 500 clients)' per error."""
+    by_error = {}
+    for r in failed:
+        by_error.setdefault(r.get("failure") or r.get("outcome", "?"), []).append(r)
+    parts = []
+    for err, rs in by_error.items():
+        aborted = [str(r["aborted_clients"]) for r in rs if r.get("aborted_clients")]
+        parts.append("fails: %s%s" % (err, " (clients aborted: %s of %s)" % (
+            ", ".join(aborted), format(rs[0].get("clients", 0), ",")) if aborted else ""))
+    return "; ".join(parts)
 
 
 def fmt_ms(v):
@@ -196,6 +295,8 @@ def fmt_ms(v):
 
 def fmt_cell(row, t):
     c = row["cells"].get(t)
+    if c and c.get("text"):
+        return c["text"].replace("|", "/")
     if not c or c.get("value") is None:
         return "-"
     v = c["value"]
@@ -220,6 +321,10 @@ def markdown(results, rows):
             results["mode"], results["started"], o["rounds"], describe_host(results["host"])
             + ("; Patroni's DCS: etcd (pgrelay follows it through etcd)"
                if dcs_of(results) == "etcd" else "")),
+    ]
+    if any(k in results["scenarios"] for k in ("throughput", "connrate", "memory", "bulk",
+                                                "failover")) or not results["scenarios"]:
+        lines += [
         "",
         "pgbench -c 16 -j 2, -T %ss (connection rate -T %ss, md5 logins), scale %s; memory: %s "
         "idle connections (%s rounds) to a fake backend; COPY %s MB; %s switchovers.%s%s" % (
@@ -230,16 +335,21 @@ def markdown(results, rows):
                 format(mem_n, ","), o["copy_mb"], o["switchovers"])
             if results["mode"] == "quick" else "",
             " Memory: %s." % mem_note if mem_note else ""),
+        ]
+    lines += [
         "",
         "| scenario | metric | direct | pgrelay | haproxy | pgbouncer | target | pgrelay vs target |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
+    def met_text(row):
+        return "-" if smoke or row["met"] is None else ("met" if row["met"] else "**not met**")
     for row in rows:
-        met = "-" if smoke or row["met"] is None else ("met" if row["met"] else "**not met**")
+        if row.get("table") == "pooled":
+            continue
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
             row["scenario"], row["metric"], fmt_cell(row, "direct"), fmt_cell(row, "pgrelay"),
             fmt_cell(row, "haproxy"), fmt_cell(row, "pgbouncer"), row["target"] or "",
-            met if row["target"] else ""))
+            met_text(row) if row["target"] else ""))
     fo = results["scenarios"].get("failover")
     if fo and fo["switchovers"]:
         targets = fo["config"]["targets"]
@@ -265,12 +375,57 @@ def markdown(results, rows):
                 sw["index"], sw["old"], sw["new"], fmt_ms(sw.get("leaderless_ms")),
                 fmt_ms(sw.get("cluster_write_gap_ms")), fmt_ms(sw.get("pgrelay_own_reroute_ms")),
                 " | ".join(parts)))
+    pooled = [r for r in rows if r.get("table") == "pooled"]
+    if pooled:
+        lines += ["", pooled_intro(results), "",
+                  "| scenario | metric | direct | pgrelay | pgbouncer | target | "
+                  "pgrelay vs target |", "|---|---|---:|---:|---:|---|---|"]
+        for row in pooled:
+            lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                row["scenario"], row["metric"], fmt_cell(row, "direct"),
+                fmt_cell(row, "pgrelay"), fmt_cell(row, "pgbouncer"), row["target"] or "",
+                met_text(row) if row["target"] else ""))
+    if not any(r.get("table") != "pooled" for r in rows) and pooled:
+        # Only pooled scenarios ran: drop the empty passthrough table.
+        head = lines.index("| scenario | metric | direct | pgrelay | haproxy | pgbouncer | "
+                           "target | pgrelay vs target |")
+        del lines[head:head + 3]
     if results["errors"]:
         lines += ["", "Errors (the harness exits non-zero):", ""]
         lines += ["- %s" % e.replace("\n", " ")[:400] for e in results["errors"]]
     if results.get("charts"):
         lines += [""] + ["![%s](%s)" % (os.path.splitext(c)[0], c) for c in results["charts"]]
     return "\n".join(lines) + "\n"
+
+
+def pooled_intro(results):
+    sc = results["scenarios"]
+    parts = []
+    tp = sc.get("pool-throughput", {}).get("config")
+    if tp:
+        parts.append("transaction mode: pgbench -c %s -j 2 -T %ss as %s, %s round(s); direct "
+                     "is not in these rows (the cluster's max_connections = 200 cannot take "
+                     "500 clients), so the ratio is to PgBouncer; PgBouncer's -M prepared run "
+                     "may fail (1.18 cannot carry protocol-level prepared statements in "
+                     "transaction mode): what happened is its cell"
+                     % (format(tp["clients"], ","), tp["duration_s"], tp["user"], tp["rounds"]))
+    cr = sc.get("pool-connrate", {}).get("config")
+    if cr:
+        counts = cr.get("client_counts", [cr["clients"]])
+        parts.append("session mode: pgbench -C -S -c %s -j 2 -T %ss as %s, ratio to direct "
+                     "(to PgBouncer above %d clients: pgbench -C holds every client's "
+                     "connection while its query is out, and direct cannot take that many)"
+                     % (" and -c ".join(format(c, ",") for c in counts), cr["duration_s"],
+                        cr["user"], cr.get("direct_max_clients", 150)))
+    mem = sc.get("pool-memory", {}).get("config")
+    if mem:
+        parts.append("memory: a fresh pgrelay and PgBouncer in transaction mode in front of the "
+                     "fake backend, each client logged in (md5) and ran one SELECT 1%s"
+                     % ("; " + mem["limit_note"] if mem.get("limit_note") else ""))
+    size = (tp or cr or mem or {}).get("pool_size", 20)
+    return ("Pooled: pgrelay (a second process: `[pool]` pool_mode, pool_size = %d, auth_file) "
+            "against PgBouncer (its own instance: pool_mode, default_pool_size = %d), both "
+            "interleaved in the same run, medians; %s." % (size, size, "; ".join(parts)))
 
 
 def describe_host(h):
@@ -359,6 +514,51 @@ def charts(results, rows, outdir, name):
                      fontsize=9)
         fig.tight_layout()
         written.append(save(fig, outdir, "%s-cost.png" % name))
+        plt.close(fig)
+
+    # The pooled rows: pgrelay's pool modes against PgBouncer's, one panel per
+    # metric, absolute values (numbers on the bars).
+    panels = []
+    for row in (r for r in rows if r.get("table") == "pooled"):
+        vals = {t: c["value"] for t, c in row["cells"].items()
+                if isinstance(c.get("value"), (int, float)) and not c.get("text")}
+        if row["unit"] in ("tps", "us", "conn/s", "KiB") and "pgrelay" in vals:
+            label = row["metric"].split(": ")[0].replace("transaction mode, ", "").replace(
+                "session mode, ", "session, ")
+            panels.append(("%s\n%s" % (label, {"tps": "TPS", "us": "proxy CPU us/txn",
+                                                "conn/s": "connections/s",
+                                                "KiB": "RSS KiB per idle client"}[row["unit"]]),
+                           vals, row))
+    if panels:
+        cols = min(4, len(panels))
+        lines_ = (len(panels) + cols - 1) // cols
+        fig, axes = plt.subplots(lines_, cols, figsize=(3.3 * cols, 3.4 * lines_), squeeze=False)
+        flat = [a for line in axes for a in line]
+        for ax, (label, vals, row) in zip(flat, panels):
+            names = [t for t in ("direct", "pgrelay", "pgbouncer") if t in vals]
+            failed = row["cells"].get("pgbouncer", {}).get("text")
+            if failed:
+                names.append("pgbouncer")
+                vals = dict(vals, pgbouncer=0)
+            ax.bar(names, [vals[t] for t in names], color=[COLORS[t] for t in names])
+            for i, t in enumerate(names):
+                if t == "pgbouncer" and failed:
+                    import textwrap
+                    ax.text(i, max(vals.values()) * 0.05, "\n".join(textwrap.wrap(
+                        failed.split(";")[0].split(" (")[0], 22)), ha="center", va="bottom",
+                        fontsize=6)
+                    continue
+                ax.text(i, vals[t], (row["fmt"] or "{}").format(vals[t]), ha="center",
+                        va="bottom", fontsize=7)
+            ax.set_title(label, fontsize=7)
+            ax.tick_params(labelsize=7)
+        for ax in flat[len(panels):]:
+            ax.axis("off")
+        fig.suptitle("%s: pooled, pgrelay against PgBouncer (%d server connections)"
+                     % (name, (sc.get("pool-throughput") or sc.get("pool-connrate")
+                               or sc.get("pool-memory"))["config"]["pool_size"]), fontsize=9)
+        fig.tight_layout()
+        written.append(save(fig, outdir, "%s-pooled.png" % name))
         plt.close(fig)
 
     fo = sc.get("failover")

@@ -60,6 +60,7 @@ def parse_pgbench(out):
 
 
 PROGRESS = re.compile(r"^progress: ([0-9.]+) s, ([0-9.]+) tps")
+ABORTED = re.compile(r"client \d+ (script \d+ )?aborted")
 
 
 def pgbench(ep, args, duration, proxy=None, clients=16, threads=2, extra_timeout=120):
@@ -113,6 +114,15 @@ def pgbench(ep, args, duration, proxy=None, clients=16, threads=2, extra_timeout
         problems.append("%d failed transactions" % r["failed"])
     if r["tps"] is None:
         problems.append("no tps in the output")
+    # What went wrong, for a run that is allowed to fail (PgBouncer's
+    # -M prepared in transaction mode): pgbench's first error and how many
+    # clients it aborted.
+    errs = [l for l in other if "error" in l.lower()]
+    if errs:
+        r["first_error"] = errs[0][:500]
+    aborted = sum(1 for l in other if ABORTED.search(l))
+    if aborted:
+        r["aborted_clients"] = aborted
     if problems:
         r["error"] = "%s: %s" % ("; ".join(problems), " | ".join(other[-3:])[:500])
     if pid and cpu0 is not None and cpu1 is not None:
@@ -385,19 +395,23 @@ def memory(bench):
             "runs": runs, "errors": errors}
 
 
-def memory_once(bench, kind, fake, fake_port, n):
+def memory_once(bench, kind, fake, fake_port, n, start=None, fds_per_conn=2, password=None,
+                label=None):
+    """start: memory_proxy (passthrough) or the pooled rows' own; a pooler in
+    transaction mode holds one descriptor per idle client (fds_per_conn=1)."""
     reg, wd = bench.reg, bench.workdir
-    proc, ep = memory_proxy(bench, kind, fake_port, n)
+    label = label or kind
+    proc, ep = (start or memory_proxy)(bench, kind, fake_port, n)
     holder = None
     try:
         time.sleep(1.0)   # let start-up allocations settle
         before = common.rss_kib(proc.pid)
         threads = common.thread_count(proc.pid)
-        holder = reg.spawn("hold-%s" % kind, [
+        holder = reg.spawn("hold-%s" % label, [
             common.PYTHON, bench.fakepg, "hold", "--port", str(ep.port), "--count", str(n),
             "--batch", str(bench.opts.mem_batch), "--user", ep.user, "--dbname", ep.dbname,
-            "--query", "--hold-max", "600"],
-            os.path.join(wd, "hold-%s.log" % kind), stdin=True, stdout_pipe=True)
+            "--query", "--hold-max", "600"] + (["--password", password] if password else []),
+            os.path.join(wd, "hold-%s.log" % label), stdin=True, stdout_pipe=True)
         lines = LineReader(holder.popen.stdout)
         seen = lines.until("ready", timeout=120 + n / 50)
         ready = seen[-1].split()
@@ -416,9 +430,10 @@ def memory_once(bench, kind, fake, fake_port, n):
              "fake_backend_rss_kib": fake_rss, "proxy_fds": fds}
         if held != n or problems:
             r["error"] = "held %d of %d connections; %s" % (held, n, " ".join(problems)[:300])
-        elif fds < 2 * n:
-            r["error"] = ("%s has %d descriptors open for %d connections: not every client "
-                          "has a backend connection" % (kind, fds, n))
+        elif fds < fds_per_conn * n:
+            r["error"] = ("%s has %d descriptors open for %d connections: %s" % (
+                kind, fds, n, "not every client has a backend connection" if fds_per_conn > 1
+                else "not every client is connected"))
         holder.popen.stdin.write("close\n")
         holder.popen.stdin.flush()
         lines.until("closed", timeout=60)

@@ -185,6 +185,54 @@ role = "primary"
 """.format(h=HOST, rw=rw, port=backend_port)
 
 
+POOL_SIZE = 20   # server connections per pool, pgrelay and PgBouncer alike
+
+
+def md5_secret(user, password):
+    """pg_authid's md5 form: "md5" + md5(password + user)."""
+    import hashlib
+    return "md5" + hashlib.md5((password + user).encode()).hexdigest()
+
+
+def pgrelay_userlist(workdir, name):
+    """pgrelay's auth_file for the pooled rows (PgBouncer's userlist.txt
+    format). scramuser with its plain password: pgrelay runs SCRAM with the
+    client (as PgBouncer does for it) and logs in to PostgreSQL with the
+    password; md5user with its md5 hash, so that pgrelay asks the client for
+    md5, as PgBouncer's auth_type = hba does for it (the connection-rate
+    rows' user)."""
+    path = os.path.join(workdir, "%s.userlist.txt" % name)
+    with open(path, "w") as f:
+        f.write('"%s" "%s"\n"%s" "%s"\n' % (BENCH_USER, BENCH_PASSWORD, MD5_USER,
+                                           md5_secret(MD5_USER, MD5_PASSWORD)))
+    os.chmod(path, 0o600)
+    return path
+
+
+def pool_section(mode, auth_file, pool_size=POOL_SIZE):
+    return """\
+[pool]
+pool_mode = "{mode}"
+pool_size = {size}
+auth_file = "{auth}"
+""".format(mode=mode, size=pool_size, auth=auth_file)
+
+
+def pgrelay_pooled_config(rw, admin, cluster, mode, auth_file, pool_size=POOL_SIZE):
+    """A second pgrelay process for the pooled rows: the same topology
+    configuration as the passthrough one, rw only, pooled."""
+    text = pgrelay_config(rw, 0, admin, cluster).replace(
+        'ro = "%s:0"' % HOST, 'ro = ""').replace(
+        "the Patroni cluster", "the Patroni cluster, %s pooling on rw," % mode)
+    return text + pool_section(mode, auth_file, pool_size)
+
+
+def pgrelay_pooled_static_config(rw, backend_port, mode, auth_file, pool_size=POOL_SIZE):
+    return pgrelay_static_config(rw, backend_port).replace(
+        "(memory scenario)", "(pooled memory scenario, %s mode)" % mode) + \
+        pool_section(mode, auth_file, pool_size)
+
+
 def http_status(port, path, timeout=2.0):
     try:
         with urllib.request.urlopen("http://%s:%d%s" % (HOST, port, path), timeout=timeout) as r:
@@ -196,7 +244,7 @@ def http_status(port, path, timeout=2.0):
 
 
 def start_pgrelay(reg, binary, workdir, name, config_text, rw_port, admin_port=None,
-                  timeout=60):
+                  timeout=60, health=("/health", "/health/ro")):
     cfg = os.path.join(workdir, "%s.toml" % name)
     with open(cfg, "w") as f:
         f.write(config_text)
@@ -206,7 +254,8 @@ def start_pgrelay(reg, binary, workdir, name, config_text, rw_port, admin_port=N
         deadline = time.monotonic() + timeout
         while True:
             rw, body = http_status(admin_port, "/health")
-            ro, body_ro = http_status(admin_port, "/health/ro")
+            ro, body_ro = (http_status(admin_port, "/health/ro") if "/health/ro" in health
+                           else (200, ""))
             if rw == 200 and ro == 200:
                 break
             if not proc.alive():
@@ -342,11 +391,12 @@ def wait_haproxy_view(workdir, cluster, leader, timeout=60):
 
 # ---------------------------------------------------------------- PgBouncer
 
-def pgbouncer_config(workdir, name, port, databases, auth_type, max_client_conn, pool_size):
+def pgbouncer_config(workdir, name, port, databases, auth_type, max_client_conn, pool_size,
+                     pool_mode="session"):
     dbs = "".join("%s = host=%s port=%d dbname=%s\n" % (alias, HOST, p, DBNAME)
                   for alias, p in databases)
     return """\
-; Written by bench/run: PgBouncer in session mode.
+; Written by bench/run: PgBouncer in {mode} mode.
 [databases]
 {dbs}
 [pgbouncer]
@@ -356,7 +406,7 @@ unix_socket_dir =
 auth_type = {auth}
 auth_file = {userlist}
 auth_hba_file = {hba}
-pool_mode = session
+pool_mode = {mode}
 max_client_conn = {mcc}
 default_pool_size = {pool}
 max_db_connections = 0
@@ -369,16 +419,17 @@ ignore_startup_parameters = extra_float_digits
 """.format(dbs=dbs, h=HOST, port=port, auth=auth_type,
            userlist=os.path.join(workdir, "%s.users" % name),
            hba=os.path.join(workdir, "%s.hba" % name), mcc=max_client_conn,
-           pool=pool_size)
+           pool=pool_size, mode=pool_mode)
 
 
-def start_pgbouncer(reg, workdir, name, config_text, port, timeout=30):
+def start_pgbouncer(reg, workdir, name, config_text, port, timeout=30, users_text=None):
     cfg = os.path.join(workdir, "%s.ini" % name)
     users = os.path.join(workdir, "%s.users" % name)
     # Plain-text password: PgBouncer runs SCRAM with the client itself and
     # needs the password (or a SCRAM secret) to log in to PostgreSQL.
     with open(users, "w") as f:
-        f.write('"%s" "%s"\n"%s" "%s"\n' % (BENCH_USER, BENCH_PASSWORD, MD5_USER, MD5_PASSWORD))
+        f.write(users_text or '"%s" "%s"\n"%s" "%s"\n' % (BENCH_USER, BENCH_PASSWORD,
+                                                           MD5_USER, MD5_PASSWORD))
     os.chmod(users, 0o600)
     common.chown_server(users)
     # auth_type = hba: each user logs in to PgBouncer the way it logs in to
