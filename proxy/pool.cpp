@@ -195,7 +195,7 @@ void Pool::tick(Clock::time_point now) {
 PoolManager::PoolManager(asio::any_io_executor ex, std::shared_ptr<const Config> cfg, std::shared_ptr<const TlsContexts> tls)
     : ex_(ex), cfg_(std::move(cfg)), tls_(tls ? std::move(tls) : std::make_shared<const TlsContexts>()) {}
 
-PoolManager::~PoolManager() = default;
+PoolManager::~PoolManager() { *alive_ = false; }
 
 Pool& PoolManager::pool(const PoolKey& key) {
     auto it = pools_.find(key);

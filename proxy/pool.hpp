@@ -130,6 +130,9 @@ public:
     void publish() const;  // the pools' numbers, for /pools and /metrics
     void stop();
     uint64_t next_server_id() noexcept { return ++server_ids_; }
+    // False once the manager is gone: a client coroutine destroyed after it
+    // (the io_context's shutdown) must not touch its pools.
+    std::shared_ptr<const bool> alive() const { return alive_; }
     const std::map<PoolKey, std::unique_ptr<Pool>>& pools() const noexcept { return pools_; }
     size_t db_connections(const std::string& member, const std::string& db) const;
     void db_slot_freed(const std::string& member, const std::string& db);
@@ -145,6 +148,7 @@ private:
     std::unique_ptr<boost::asio::steady_timer> tick_;
     bool stopped_ = false;
     uint64_t server_ids_ = 0;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace pgrelay

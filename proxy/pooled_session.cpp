@@ -185,7 +185,7 @@ public:
         *alive_ = false;
         if (have_key_) shared_.cancels->remove(key_);
         if (registered_) shared_.sessions.erase(self_);
-        if (counted_pool_) --counted_pool_->clients;
+        if (counted_pool_ && *pools_alive_) --counted_pool_->clients;
     }
 
     void terminate(const char* sqlstate, std::string message) override {
@@ -254,7 +254,7 @@ private:
     asio::awaitable<bool> answer_prepare_locally(size_t upto);
     void consume(size_t n) {
         cin_.erase(cin_.begin(), cin_.begin() + static_cast<std::ptrdiff_t>(n));
-        if (cin_.empty() && cin_.capacity() > 64 * 1024) std::vector<uint8_t>().swap(cin_);
+        if (cin_.empty() && cin_.capacity() > 4096) std::vector<uint8_t>().swap(cin_);  // idle clients hold no buffer
     }
 
     ClientConn client_;
@@ -266,6 +266,7 @@ private:
     bool registered_ = false;
     std::list<SessionHandle*>::iterator self_;
     Pool* counted_pool_ = nullptr;
+    std::shared_ptr<const bool> pools_alive_ = pools_.alive();
 
     std::string user_, db_;
     protocol::BackendLogin::Credentials creds_;
@@ -276,7 +277,7 @@ private:
     // The server held now, and the pool it came from.
     std::unique_ptr<ServerConn> srv_;
     Pool* pool_ = nullptr;
-    ResponseTracker tracker_;
+    std::optional<ResponseTracker> tracker_;  // while a server is held (an empty one allocates)
     bool reader_running_ = false;
     asio::steady_timer reader_done_;
     bool down_boundary_ = true;  // what the client got so far ends at a message boundary
@@ -285,12 +286,14 @@ private:
     protocol::pool::ClientStatements stmts_;
     std::map<std::string, std::string> reported_;    // reported GUCs it may set: name -> value (its view)
     std::map<std::string, std::string> unreported_;  // other GUCs it set: lower-case name -> SQL text
-    std::deque<std::optional<protocol::pool::SetCommand>> pending_sets_;  // per request answered by ReadyForQuery
+    // Per request answered by ReadyForQuery. Vectors, not deques: an empty
+    // std::deque allocates, and idle clients are many.
+    std::vector<std::optional<protocol::pool::SetCommand>> pending_sets_;
     bool error_since_ready_ = false;
     uint32_t unsynced_ = 0;        // extended-protocol messages since the last Sync
     bool skip_until_sync_ = false;  // pgrelay refused a batch that had no Sync yet
 
-    std::deque<uint64_t> parses_;  // named Parses sent, oldest first, until their ParseComplete
+    std::vector<uint64_t> parses_;  // named Parses sent, oldest first, until their ParseComplete
     std::vector<uint8_t> cin_;  // client bytes not yet handled (whole messages are handled)
     bool stopping_ = false;
     bool admin_ = false;    // the admin console, not a database session
@@ -554,7 +557,7 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
         pool_ = &pool;
         member = t->member;
         if (role == PortRole::ReadOnly) ro_member_ = t->member;
-        tracker_.reset();
+        tracker_.emplace();
         if (have_key_)
             shared_.cancels->retarget(key_, CancelTarget{t->member, t->host, t->port, srv_->backend_key()});
         co_return true;
@@ -595,7 +598,7 @@ void PooledSession::restore_parameters(std::string& out) {
     }
     if (sql.empty()) return;
     protocol::pool::encode_query(out, sql);
-    tracker_.sent('Q', Origin::Inserted);
+    tracker_->sent('Q', Origin::Inserted);
 }
 
 void PooledSession::on_server_parameter(std::string_view name, std::string_view value) {
@@ -614,10 +617,10 @@ void PooledSession::ensure_prepared(const protocol::pool::Statement& st, std::st
     }
     if (auto evicted = s.statements.add(st)) {
         protocol::pool::encode_close(out, 'S', *evicted);
-        tracker_.sent('C', Origin::Inserted);
+        tracker_->sent('C', Origin::Inserted);
     }
     protocol::pool::encode_parse(out, st.server_name, st.query, as_bytes(st.param_types));
-    tracker_.sent('P', Origin::Inserted);
+    tracker_->sent('P', Origin::Inserted);
     parses_.push_back(st.id);
 }
 
@@ -632,7 +635,7 @@ std::string unknown_statement(std::string_view name) {
 void PooledSession::transform(char type, std::span<const uint8_t> body, std::span<const uint8_t> raw, std::string& out) {
     auto forward = [&](char describe_kind = 0) {
         out.append(reinterpret_cast<const char*>(raw.data()), raw.size());
-        tracker_.sent(type, Origin::Client, describe_kind);
+        tracker_->sent(type, Origin::Client, describe_kind);
     };
     switch (type) {
         case 'Q': {
@@ -642,7 +645,7 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             if (pc_.mode == PoolMode::Transaction && starts_with_word(sql, "SET") &&
                 starts_with_word(after_word(sql), "SESSION") && starts_with_word(after_word(after_word(sql)), "AUTHORIZATION")) {
                 protocol::pool::encode_query(out, kSessionAuthRefusal);
-                tracker_.sent('Q', Origin::Client);
+                tracker_->sent('Q', Origin::Client);
                 return;
             }
             // A change of session state pgrelay cannot carry (SET ROLE, SET
@@ -651,7 +654,7 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             if (pc_.mode == PoolMode::Transaction && !pending_sets_.back() && may_change_session(sql)) srv_->broken = true;
             if (pc_.mode == PoolMode::Transaction && starts_with_word(sql, "LISTEN")) {
                 protocol::pool::encode_query(out, kListenRefusal);
-                tracker_.sent('Q', Origin::Client);
+                tracker_->sent('Q', Origin::Client);
                 return;
             }
             if (starts_with_word(sql, "DISCARD") || starts_with_word(sql, "DEALLOCATE")) {
@@ -682,7 +685,7 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
                 m->param_types = {};
                 if (m->name.empty()) {
                     protocol::pool::encode_parse(out, "", m->query, {});
-                    tracker_.sent('P', Origin::Client);
+                    tracker_->sent('P', Origin::Client);
                     return;
                 }
             }
@@ -693,15 +696,15 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             if (srv_->statements.has(st->id)) {
                 srv_->statements.touch(st->id);
                 protocol::pool::encode_close(out, 'S', kNopName);
-                tracker_.sent('C', Origin::NopParse);
+                tracker_->sent('C', Origin::NopParse);
                 return;
             }
             if (auto evicted = srv_->statements.add(*st)) {
                 protocol::pool::encode_close(out, 'S', *evicted);
-                tracker_.sent('C', Origin::Inserted);
+                tracker_->sent('C', Origin::Inserted);
             }
             protocol::pool::encode_parse(out, st->server_name, m->query, m->param_types);
-            tracker_.sent('P', Origin::Client);
+            tracker_->sent('P', Origin::Client);
             parses_.push_back(st->id);
             return;
         }
@@ -715,7 +718,7 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             } else {
                 protocol::pool::encode_bind(out, m->portal, unknown_statement(m->statement), m->rest);
             }
-            tracker_.sent('B', Origin::Client);
+            tracker_->sent('B', Origin::Client);
             return;
         }
         case 'D': {
@@ -729,7 +732,7 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             } else {
                 protocol::pool::encode_describe(out, 'S', unknown_statement(m->name));
             }
-            tracker_.sent('D', Origin::Client, 'S');
+            tracker_->sent('D', Origin::Client, 'S');
             return;
         }
         case 'C': {
@@ -741,7 +744,7 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             // from the server, in its place in the stream.
             stmts_.erase(m->name);
             protocol::pool::encode_close(out, 'S', kNopName);
-            tracker_.sent('C', Origin::Client);
+            tracker_->sent('C', Origin::Client);
             return;
         }
         case 'E':
@@ -867,7 +870,7 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
             std::optional<protocol::TxStatus> status;
             const auto body = f.complete ? f.body({buf.data(), len}) : std::span<uint8_t>();
             if (f.type == 'Z' && f.complete) status = protocol::decode_ready_for_query(body);
-            const auto r = tracker_.received(f.type, status);
+            const auto r = tracker_->received(f.type, status);
             if (r.unexpected) {
                 log::warn("[{}] client={} server #{}: unexpected '{}' from the server", role_name(), client_.peer(), s->id,
                           f.type);
@@ -884,7 +887,7 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
                 // whose type is '3' on the wire).
                 if (!parses_.empty()) {
                     pools_.set_validated(parses_.front());
-                    parses_.pop_front();
+                    parses_.erase(parses_.begin());
                 }
             } else if (f.type == 'E' && !parses_.empty()) {
                 // The server skips what follows up to a Sync: which Parses it
@@ -906,15 +909,16 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
                 out.append(reinterpret_cast<const char*>(buf.data() + copied), f.offset - copied);
                 copied = f.offset + f.wire_size();
             } else if (r.verdict == Verdict::RewriteAsParseComplete && f.complete) {
-                out.append(reinterpret_cast<const char*>(buf.data() + copied), f.offset - copied);
-                out.push_back('1');
-                out.append(reinterpret_cast<const char*>(buf.data() + f.offset + 1), f.wire_size() - 1);
-                copied = f.offset + f.wire_size();
+                buf[f.offset] = '1';  // CloseComplete and ParseComplete: the same empty body
             }
         }
-        out.append(reinterpret_cast<const char*>(buf.data() + copied), pos - copied);
-        if (!out.empty()) {
-            auto [wec, wn] = co_await client_.write(asio::buffer(out));
+        // Nothing dropped (the usual case): the bytes go out from the read
+        // buffer itself, with no copy.
+        const bool direct = copied == 0;
+        if (!direct) out.append(reinterpret_cast<const char*>(buf.data() + copied), pos - copied);
+        const asio::const_buffer chunk = direct ? asio::const_buffer(buf.data(), pos) : asio::buffer(out);
+        if (chunk.size() > 0) {
+            auto [wec, wn] = co_await client_.write(chunk);
             if (wec) {
                 if (wn > 0) down_boundary_ = false;
                 if (wec != asio::error::operation_aborted) client_closed_ = true;
@@ -927,8 +931,8 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
         len -= pos;
         if (srv_.get() != s) break;
         // Back to the pool once nothing is outstanding outside a transaction.
-        if (pc_.mode == PoolMode::Transaction && len == 0 && tracker_.idle() && unsynced_ == 0 &&
-            tracker_.last_status() == protocol::TxStatus::Idle && scanner.at_boundary()) {
+        if (pc_.mode == PoolMode::Transaction && len == 0 && tracker_->idle() && unsynced_ == 0 &&
+            tracker_->last_status() == protocol::TxStatus::Idle && scanner.at_boundary()) {
             release_server(!s->broken);
             break;
         }
@@ -943,7 +947,7 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
 void PooledSession::on_client_ready(protocol::TxStatus st) {
     if (pending_sets_.empty()) return;
     std::optional<protocol::pool::SetCommand> set = std::move(pending_sets_.front());
-    pending_sets_.pop_front();
+    pending_sets_.erase(pending_sets_.begin());
     const bool ok = !error_since_ready_;
     error_since_ready_ = false;
     if (!set || !ok || !srv_) return;
@@ -1108,7 +1112,7 @@ asio::awaitable<void> PooledSession::detach_at_end() {
         while (reader_running_) co_await reader_done_.async_wait(use_tuple);
     }
     if (!srv_) co_return;
-    const bool clean = tracker_.idle() && unsynced_ == 0 && tracker_.last_status().value_or(protocol::TxStatus::Idle) ==
+    const bool clean = tracker_->idle() && unsynced_ == 0 && tracker_->last_status().value_or(protocol::TxStatus::Idle) ==
                                                                 protocol::TxStatus::Idle && !srv_->broken;
     if (clean && pc_.mode == PoolMode::Session && !pc_.server_reset_query.empty()) {
         std::string err = co_await srv_->run_simple(pc_.server_reset_query, cfg_->connect_timeout);
@@ -1124,13 +1128,18 @@ asio::awaitable<void> PooledSession::detach_at_end() {
 }
 
 asio::awaitable<void> PooledSession::run() {
-    std::string startup_bytes, pipelined;
-    protocol::StartupPacket packet;
-    if (!co_await client_.startup(startup_bytes, packet, pipelined)) co_return;
-    cin_.assign(pipelined.begin(), pipelined.end());
-    self_ = shared_.sessions.insert(shared_.sessions.end(), this);
-    registered_ = true;
-    if (co_await login(packet)) {
+    bool logged_in = false;
+    {
+        // In a block of its own: the startup packet is freed once logged in.
+        std::string startup_bytes, pipelined;
+        protocol::StartupPacket packet;
+        if (!co_await client_.startup(startup_bytes, packet, pipelined)) co_return;
+        cin_.assign(pipelined.begin(), pipelined.end());
+        self_ = shared_.sessions.insert(shared_.sessions.end(), this);
+        registered_ = true;
+        logged_in = co_await login(packet);
+    }
+    if (logged_in) {
         try {
             if (admin_) co_await admin_loop();
             else co_await client_loop();
