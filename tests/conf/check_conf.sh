@@ -60,6 +60,9 @@ known_metrics=(
     pgrelay_member_up
     pgrelay_member_ro_eligible
     pgrelay_member_lag_bytes
+    pgrelay_pool_clients_waiting
+    pgrelay_pool_servers_active
+    pgrelay_pool_servers_idle
 )
 
 for f in "$alerts" "$dashboard"; do
@@ -75,7 +78,8 @@ fi
 ok "promtool check rules: $(echo "$out" | grep -o 'SUCCESS.*' || echo SUCCESS)"
 
 expected_alerts=(PgrelayDown PgrelayNoPrimary PgrelayReplicaLagging PgrelayNoReadReplica
-    PgrelayDcsConnectionLost PgrelayConnectionsHeld PgrelayFrequentPrimaryChanges PgrelayBackendErrors)
+    PgrelayDcsConnectionLost PgrelayConnectionsHeld PgrelayFrequentPrimaryChanges PgrelayBackendErrors
+    PgrelayPoolExhausted)
 for a in "${expected_alerts[@]}"; do
     grep -Eq "^[[:space:]]*-[[:space:]]*alert:[[:space:]]*${a}[[:space:]]*$" "$alerts" || fail "alert $a not in $alerts"
 done
