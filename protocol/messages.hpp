@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace pgrelay::protocol {
@@ -90,6 +91,17 @@ inline void write_u32(uint8_t* p, uint32_t v) noexcept {
     p[1] = uint8_t(v >> 16);
     p[2] = uint8_t(v >> 8);
     p[3] = uint8_t(v);
+}
+
+// Appends a big-endian int16/int32 to a message being built.
+inline void append_u16(std::string& out, uint16_t v) {
+    out.push_back(static_cast<char>(v >> 8));
+    out.push_back(static_cast<char>(v & 0xff));
+}
+inline void append_u32(std::string& out, uint32_t v) {
+    uint8_t b[4];
+    write_u32(b, v);
+    out.append(reinterpret_cast<const char*>(b), 4);
 }
 
 }  // namespace pgrelay::protocol

@@ -17,15 +17,6 @@ namespace pgrelay {
 
 namespace {
 
-void put_u32(std::string& out, uint32_t v) {
-    uint8_t b[4];
-    protocol::write_u32(b, v);
-    out.append(reinterpret_cast<const char*>(b), 4);
-}
-void put_u16(std::string& out, uint16_t v) {
-    out.push_back(static_cast<char>(v >> 8));
-    out.push_back(static_cast<char>(v & 0xff));
-}
 
 // A result set of text columns (type text, OID 25).
 class Table {
@@ -35,33 +26,33 @@ public:
     void encode(std::string& out, std::string_view tag) const {
         const size_t start = out.size();
         out.push_back('T');
-        put_u32(out, 0);
-        put_u16(out, static_cast<uint16_t>(columns_.size()));
+        protocol::append_u32(out, 0);
+        protocol::append_u16(out, static_cast<uint16_t>(columns_.size()));
         for (const auto& c : columns_) {
             out += c;
             out.push_back('\0');
-            put_u32(out, 0);  // table OID
-            put_u16(out, 0);  // column number
-            put_u32(out, 25);  // text
-            put_u16(out, 0xffff);  // typlen -1
-            put_u32(out, 0xffffffff);  // typmod -1
-            put_u16(out, 0);  // text format
+            protocol::append_u32(out, 0);  // table OID
+            protocol::append_u16(out, 0);  // column number
+            protocol::append_u32(out, 25);  // text
+            protocol::append_u16(out, 0xffff);  // typlen -1
+            protocol::append_u32(out, 0xffffffff);  // typmod -1
+            protocol::append_u16(out, 0);  // text format
         }
         protocol::write_u32(reinterpret_cast<uint8_t*>(out.data() + start + 1), static_cast<uint32_t>(out.size() - start - 1));
         for (const auto& r : rows_) {
             const size_t at = out.size();
             out.push_back('D');
-            put_u32(out, 0);
-            put_u16(out, static_cast<uint16_t>(r.size()));
+            protocol::append_u32(out, 0);
+            protocol::append_u16(out, static_cast<uint16_t>(r.size()));
             for (const auto& v : r) {
-                put_u32(out, static_cast<uint32_t>(v.size()));
+                protocol::append_u32(out, static_cast<uint32_t>(v.size()));
                 out += v;
             }
             protocol::write_u32(reinterpret_cast<uint8_t*>(out.data() + at + 1), static_cast<uint32_t>(out.size() - at - 1));
         }
         const std::string cc = std::string(tag) + " " + std::to_string(rows_.size());
         out.push_back('C');
-        put_u32(out, static_cast<uint32_t>(4 + cc.size() + 1));
+        protocol::append_u32(out, static_cast<uint32_t>(4 + cc.size() + 1));
         out += cc;
         out.push_back('\0');
     }

@@ -14,15 +14,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-void put_u16(std::string& out, uint16_t v) {
-    out.push_back(static_cast<char>(v >> 8));
-    out.push_back(static_cast<char>(v & 0xff));
-}
-void put_u32(std::string& out, uint32_t v) {
-    uint8_t b[4];
-    protocol::write_u32(b, v);
-    out.append(reinterpret_cast<const char*>(b), 4);
-}
 
 std::map<std::string, protocol::auth::Secret> load_userlist(const std::string& path) {
     std::map<std::string, protocol::auth::Secret> out;
@@ -47,16 +38,16 @@ std::string extended_query(const std::string& sql, const std::string& param) {
     std::string out;
     protocol::pool::encode_parse(out, "", sql, {});
     std::string rest;
-    put_u16(rest, 0);  // parameter formats: all text
-    put_u16(rest, 1);
-    put_u32(rest, static_cast<uint32_t>(param.size()));
+    protocol::append_u16(rest, 0);  // parameter formats: all text
+    protocol::append_u16(rest, 1);
+    protocol::append_u32(rest, static_cast<uint32_t>(param.size()));
     rest += param;
-    put_u16(rest, 0);  // result formats: all text
+    protocol::append_u16(rest, 0);  // result formats: all text
     protocol::pool::encode_bind(out, "", "", {reinterpret_cast<const uint8_t*>(rest.data()), rest.size()});
     out.push_back('E');
-    put_u32(out, 4 + 1 + 4);
+    protocol::append_u32(out, 4 + 1 + 4);
     out.push_back('\0');
-    put_u32(out, 0);
+    protocol::append_u32(out, 0);
     protocol::pool::encode_sync(out);
     return out;
 }

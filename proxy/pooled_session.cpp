@@ -170,6 +170,32 @@ bool may_change_session(std::string_view sql) {
     return false;
 }
 
+// A server reader's buffer, lent by the thread: one reader runs per
+// transaction, and a fresh 16 KiB (zeroed) each time costs more than the
+// relay itself.
+struct BufferLease {
+    BufferLease() {
+        auto& f = free_list();
+        if (f.empty()) {
+            buf.resize(net::kRelayBuffer);
+        } else {
+            buf = std::move(f.back());
+            f.pop_back();
+        }
+    }
+    ~BufferLease() {
+        auto& f = free_list();
+        if (f.size() < 64 && buf.size() <= 4 * net::kRelayBuffer) f.push_back(std::move(buf));
+    }
+    BufferLease(const BufferLease&) = delete;
+    BufferLease& operator=(const BufferLease&) = delete;
+    static std::vector<std::vector<uint8_t>>& free_list() {
+        thread_local std::vector<std::vector<uint8_t>> f;
+        return f;
+    }
+    std::vector<uint8_t> buf;
+};
+
 std::span<const uint8_t> as_bytes(std::string_view s) { return {reinterpret_cast<const uint8_t*>(s.data()), s.size()}; }
 
 class PooledSession final : public SessionHandle {
@@ -833,7 +859,8 @@ asio::awaitable<bool> PooledSession::answer_prepare_locally(size_t upto) {
 }
 
 asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
-    std::vector<uint8_t> buf(net::kRelayBuffer);
+    BufferLease lease;
+    std::vector<uint8_t>& buf = lease.buf;
     size_t len = 0;
     protocol::FrameScanner scanner(UINT32_MAX, kMaxWatchedServer);
     for (const char t : std::string_view("123CEIKNASZnstTGHWVcvR")) scanner.watch(t);

@@ -19,11 +19,6 @@ using net::use_tuple;
 namespace {
 constexpr uint32_t kMaxLoginMessage = 1u << 20;  // nothing in a login is near this
 
-void put_u32(std::string& out, uint32_t v) {
-    uint8_t b[4];
-    protocol::write_u32(b, v);
-    out.append(reinterpret_cast<const char*>(b), 4);
-}
 
 // Reads whole messages from `conn` into `buf`; calls on(type, body) for each
 // until it returns false. Returns an error text, or "" once on() stopped.
@@ -52,8 +47,8 @@ asio::awaitable<std::string> read_messages(Read&& read, std::string& buf, asio::
 
 std::string encode_startup_message(const std::vector<std::pair<std::string, std::string>>& params) {
     std::string out;
-    put_u32(out, 0);
-    put_u32(out, protocol::kProtocolV3);
+    protocol::append_u32(out, 0);
+    protocol::append_u32(out, protocol::kProtocolV3);
     for (const auto& [k, v] : params) {
         out.append(k);
         out.push_back('\0');
