@@ -59,6 +59,14 @@ void Registry::count_error(std::string_view origin, std::string_view sqlstate) {
     c->fetch_add(1, std::memory_order_relaxed);
 }
 
+Histogram& Registry::pool_wait(PortRole port, const std::string& member, const std::string& database,
+                               const std::string& user) {
+    std::lock_guard lock(mu_);
+    auto& slot = pool_waits_[{port, member, database, user}];
+    if (!slot) slot = std::make_unique<Histogram>(std::vector<double>{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30});
+    return *slot;
+}
+
 void Registry::set_pools(std::vector<PoolRow> rows) {
     std::lock_guard lock(pools_mu_);
     pools_ = std::move(rows);
@@ -220,9 +228,14 @@ std::string Registry::render(const topology::Topology* t, const topology::Routin
     head(out, "pgrelay_pool_port_clients_waiting", "gauge", "Pooled clients waiting for a server connection now, per port.");
     out += fmt::format("pgrelay_pool_port_clients_waiting{{port=\"rw\"}} {}\n", rw_waiting_.load(std::memory_order_relaxed));
     out += fmt::format("pgrelay_pool_port_clients_waiting{{port=\"ro\"}} {}\n", ro_waiting_.load(std::memory_order_relaxed));
-    head(out, "pgrelay_pool_wait_seconds", "histogram", "How long pooled clients waited for a server connection.");
-    rw_wait_.render(out, "pgrelay_pool_wait_seconds", "port=\"rw\"");
-    ro_wait_.render(out, "pgrelay_pool_wait_seconds", "port=\"ro\"");
+    head(out, "pgrelay_pool_wait_seconds", "histogram", "How long pooled clients waited for a server connection, per pool.");
+    {
+        std::lock_guard lock(mu_);
+        for (const auto& [k, h] : pool_waits_)
+            h->render(out, "pgrelay_pool_wait_seconds",
+                      fmt::format("port=\"{}\",member=\"{}\",database=\"{}\",user=\"{}\"", to_string(std::get<0>(k)),
+                                  esc(std::get<1>(k)), esc(std::get<2>(k)), esc(std::get<3>(k))));
+    }
 
     head(out, "pgrelay_cancel_requests_total", "counter", "CancelRequests received, by outcome.");
     out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"forwarded\"}} {}\n", get(cancel_forwarded));

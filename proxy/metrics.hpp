@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "proxy/config.hpp"
@@ -90,9 +91,9 @@ public:
     void pool_waiting(PortRole port, int delta) noexcept {
         (port == PortRole::ReadWrite ? rw_waiting_ : ro_waiting_).fetch_add(delta, std::memory_order_relaxed);
     }
-    void observe_pool_wait(PortRole port, double seconds) noexcept {
-        (port == PortRole::ReadWrite ? rw_wait_ : ro_wait_).observe(seconds);
-    }
+    // One wait-time histogram per pool, created once and never freed (as
+    // member blocks): the pool keeps a plain reference.
+    Histogram& pool_wait(PortRole port, const std::string& member, const std::string& database, const std::string& user);
 
     std::atomic<uint64_t> cancel_forwarded{0};
     std::atomic<uint64_t> cancel_unknown_key{0};
@@ -112,8 +113,7 @@ public:
 private:
     PortStats rw_, ro_;
     std::atomic<int64_t> rw_waiting_{0}, ro_waiting_{0};
-    Histogram rw_wait_{{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30}};
-    Histogram ro_wait_{{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30}};
+    std::map<std::tuple<PortRole, std::string, std::string, std::string>, std::unique_ptr<Histogram>> pool_waits_;
     std::map<std::pair<PortRole, std::string>, std::unique_ptr<std::atomic<uint64_t>>> logins_;
     mutable std::mutex pools_mu_;
     std::vector<PoolRow> pools_;

@@ -12,7 +12,9 @@ namespace pgrelay {
 namespace asio = boost::asio;
 using net::use_tuple;
 
-Pool::Pool(PoolManager& mgr, PoolKey key) : mgr_(mgr), key_(std::move(key)) {}
+Pool::Pool(PoolManager& mgr, PoolKey key)
+    : mgr_(mgr), key_(std::move(key)),
+      wait_hist_(&metrics::Registry::instance().pool_wait(key_.role, key_.member, key_.database, key_.user)) {}
 
 Pool::~Pool() {
     for (auto& s : idle_) s->close();

@@ -43,6 +43,7 @@ public:
     ~Pool();
 
     const PoolKey& key() const noexcept { return key_; }
+    void observe_wait(double seconds) noexcept { wait_hist_->observe(seconds); }
     PortRole role() const noexcept { return key_.role; }
     // The member lost this port's role: idle servers are closed, busy ones when they come back.
     bool retired = false;
@@ -96,6 +97,7 @@ private:
 
     PoolManager& mgr_;
     PoolKey key_;
+    metrics::Histogram* wait_hist_;
     protocol::BackendLogin::Credentials creds_;
     std::deque<std::unique_ptr<ServerConn>> idle_;  // back = most recently used
     size_t active_ = 0, opening_ = 0;

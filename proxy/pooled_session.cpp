@@ -563,7 +563,7 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
         Pool::Acquired a = co_await pool.acquire(*t);
         waiting_ = false;
         metrics::Registry::instance().pool_waiting(role, -1);
-        metrics::Registry::instance().observe_pool_wait(role, a.waited);
+        pool.observe_wait(a.waited);
         if (stopping_) {
             if (a.server) pool.release(std::move(a.server), true);
             co_return false;

@@ -823,6 +823,40 @@ TEST_CASE("query_wait_timeout: with the pool exhausted a query gets ERROR 53300,
     CHECK(value(a.conn, "SELECT 1") == "1");
 }
 
+TEST_CASE("waiting clients are served first in, first out", "[pool]") {
+    Pgrelay& relay = relays().one();  // pool_size 1, query_wait_timeout 2s
+    const std::string user = "pool_wait";
+    PgConn a = login(relay, user);
+    REQUIRE(a.ok());
+    std::vector<PgConn> waiters;
+    for (int i = 0; i < 4; ++i) {
+        waiters.push_back(login(relay, user));
+        REQUIRE(waiters.back().ok());
+    }
+    REQUIRE(run(a.conn, "BEGIN").ok());
+    CHECK(value(a.conn, "SELECT 1") == "1");  // A holds the pool's only server
+    // Queued one after the other while A holds it...
+    for (size_t i = 0; i < waiters.size(); ++i) {
+        REQUIRE(PQsendQuery(waiters[i].conn, ("SELECT " + std::to_string(i) + ", clock_timestamp()").c_str()) == 1);
+        std::this_thread::sleep_for(100ms);  // ordering only, nothing is timed
+    }
+    REQUIRE(run(a.conn, "COMMIT").ok());
+    // ... and run in that order once it is free.
+    std::vector<std::string> ran_at;
+    for (size_t i = 0; i < waiters.size(); ++i) {
+        const Outcome o = await_results(waiters[i].conn, 20s);
+        INFO(o.describe());
+        REQUIRE(o.ok());
+        REQUIRE(o.row.size() == 2);
+        CHECK(o.row[0] == std::to_string(i));
+        ran_at.push_back(o.row[1]);
+    }
+    for (size_t i = 1; i < ran_at.size(); ++i) {
+        INFO(ran_at[i - 1] << " then " << ran_at[i]);
+        CHECK(ran_at[i - 1] < ran_at[i]);  // same format and time zone: text order is time order
+    }
+}
+
 TEST_CASE("server_lifetime 2s: a client's backend changes between transactions, with no error", "[pool]") {
     Pgrelay& relay = relays().life();
     const std::string user = "pool_life";
