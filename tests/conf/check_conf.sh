@@ -63,6 +63,7 @@ known_metrics=(
     pgrelay_pool_clients_waiting
     pgrelay_pool_servers_active
     pgrelay_pool_servers_idle
+    pgrelay_pool_wait_seconds_bucket
 )
 
 for f in "$alerts" "$dashboard"; do
