@@ -164,6 +164,7 @@ class Reader {
 public:
     explicit Reader(std::span<const uint8_t> b) noexcept : b_(b) {}
     std::optional<std::string_view> cstring() noexcept {
+        if (pos_ >= b_.size()) return std::nullopt;  // also: memchr must not get an empty span's null pointer
         const void* nul = std::memchr(b_.data() + pos_, 0, b_.size() - pos_);
         if (!nul) return std::nullopt;
         const auto* start = reinterpret_cast<const char*>(b_.data() + pos_);

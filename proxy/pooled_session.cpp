@@ -452,7 +452,6 @@ asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet
         }
         asked.emplace_back(k, v);
     }
-    // A fresh server's ParameterStatus values, learnt once per pool.
     if (db_ == kAdminDatabase) {
         const auto& admins = pc_.admin_users;
         if (std::find(admins.begin(), admins.end(), user_) == admins.end()) {
