@@ -13,21 +13,7 @@ namespace {
 constexpr std::string_view kScram = "SCRAM-SHA-256";
 constexpr uint32_t kMockIterations = 4096;
 
-void put_u32(std::string& out, uint32_t v) {
-    uint8_t b[4];
-    write_u32(b, v);
-    out.append(reinterpret_cast<const char*>(b), 4);
-}
 
-// Appends type + length + body, the length patched once the body is in.
-template <class F>
-void message(std::string& out, char type, F&& body) {
-    const size_t start = out.size();
-    out.push_back(type);
-    put_u32(out, 0);
-    body(out);
-    write_u32(reinterpret_cast<uint8_t*>(out.data() + start + 1), static_cast<uint32_t>(out.size() - start - 1));
-}
 
 std::string_view as_chars(std::span<const uint8_t> b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
 
@@ -47,30 +33,30 @@ std::string auth_failed_message(std::string_view user) {
 }  // namespace
 
 void encode_authentication(std::string& out, AuthCode code, std::string_view payload) {
-    message(out, 'R', [&](std::string& o) {
-        put_u32(o, static_cast<uint32_t>(code));
+    append_message(out, 'R', [&](std::string& o) {
+        append_u32(o, static_cast<uint32_t>(code));
         o.append(payload);
     });
 }
 
 void encode_password_message(std::string& out, std::string_view password) {
-    message(out, 'p', [&](std::string& o) {
+    append_message(out, 'p', [&](std::string& o) {
         o.append(password);
         o.push_back('\0');
     });
 }
 
 void encode_sasl_initial_response(std::string& out, std::string_view mechanism, std::string_view data) {
-    message(out, 'p', [&](std::string& o) {
+    append_message(out, 'p', [&](std::string& o) {
         o.append(mechanism);
         o.push_back('\0');
-        put_u32(o, static_cast<uint32_t>(data.size()));
+        append_u32(o, static_cast<uint32_t>(data.size()));
         o.append(data);
     });
 }
 
 void encode_sasl_response(std::string& out, std::string_view data) {
-    message(out, 'p', [&](std::string& o) { o.append(data); });
+    append_message(out, 'p', [&](std::string& o) { o.append(data); });
 }
 
 // ---------------------------------------------------------------- FrontendAuth

@@ -104,4 +104,22 @@ inline void append_u32(std::string& out, uint32_t v) {
     out.append(reinterpret_cast<const char*>(b), 4);
 }
 
+// Appends a message: its type, its length (patched once `body(out)` has
+// appended the body), the body.
+inline size_t begin_message(std::string& out, char type) {
+    const size_t start = out.size();
+    out.push_back(type);
+    append_u32(out, 0);
+    return start;
+}
+inline void end_message(std::string& out, size_t start) noexcept {
+    write_u32(reinterpret_cast<uint8_t*>(out.data() + start + 1), static_cast<uint32_t>(out.size() - start - 1));
+}
+template <class Body>
+void append_message(std::string& out, char type, Body&& body) {
+    const size_t start = begin_message(out, type);
+    body(out);
+    end_message(out, start);
+}
+
 }  // namespace pgrelay::protocol

@@ -203,26 +203,12 @@ private:
     size_t pos_ = 0;
 };
 
-void put_u32(std::string& out, uint32_t v) {
-    uint8_t b[4];
-    write_u32(b, v);
-    out.append(reinterpret_cast<const char*>(b), 4);
-}
 
 void put_cstring(std::string& out, std::string_view s) {
     out.append(s);
     out.push_back('\0');
 }
 
-// Type byte, length patched once the body is written.
-template <class F>
-void message(std::string& out, char type, F&& body) {
-    const size_t start = out.size();
-    out.push_back(type);
-    put_u32(out, 0);
-    body(out);
-    write_u32(reinterpret_cast<uint8_t*>(out.data() + start + 1), static_cast<uint32_t>(out.size() - start - 1));
-}
 
 std::string_view chars(std::span<const uint8_t> b) noexcept {
     return {reinterpret_cast<const char*>(b.data()), b.size()};
@@ -244,7 +230,7 @@ std::optional<ParseMsg> decode_parse(std::span<const uint8_t> body) noexcept {
 
 void encode_parse(std::string& out, std::string_view name, std::string_view query,
                   std::span<const uint8_t> param_types_raw) {
-    message(out, 'P', [&](std::string& o) {
+    append_message(out, 'P', [&](std::string& o) {
         put_cstring(o, name);
         put_cstring(o, query);
         // No types at all means a count of zero.
@@ -280,7 +266,7 @@ std::optional<BindMsg> decode_bind(std::span<const uint8_t> body) noexcept {
 
 void encode_bind(std::string& out, std::string_view portal, std::string_view statement,
                  std::span<const uint8_t> rest) {
-    message(out, 'B', [&](std::string& o) {
+    append_message(out, 'B', [&](std::string& o) {
         put_cstring(o, portal);
         put_cstring(o, statement);
         o.append(chars(rest));
@@ -297,36 +283,36 @@ std::optional<TargetMsg> decode_target(std::span<const uint8_t> body) noexcept {
 }
 
 void encode_describe(std::string& out, char kind, std::string_view name) {
-    message(out, 'D', [&](std::string& o) {
+    append_message(out, 'D', [&](std::string& o) {
         o.push_back(kind);
         put_cstring(o, name);
     });
 }
 
 void encode_close(std::string& out, char kind, std::string_view name) {
-    message(out, 'C', [&](std::string& o) {
+    append_message(out, 'C', [&](std::string& o) {
         o.push_back(kind);
         put_cstring(o, name);
     });
 }
 
 void encode_query(std::string& out, std::string_view sql) {
-    message(out, 'Q', [&](std::string& o) { put_cstring(o, sql); });
+    append_message(out, 'Q', [&](std::string& o) { put_cstring(o, sql); });
 }
 
 void encode_sync(std::string& out) {
-    message(out, 'S', [](std::string&) {});
+    append_message(out, 'S', [](std::string&) {});
 }
 
 void encode_parameter_status(std::string& out, std::string_view name, std::string_view value) {
-    message(out, 'S', [&](std::string& o) {
+    append_message(out, 'S', [&](std::string& o) {
         put_cstring(o, name);
         put_cstring(o, value);
     });
 }
 
 void encode_ready_for_query(std::string& out, TxStatus status) {
-    message(out, 'Z', [&](std::string& o) { o.push_back(static_cast<char>(status)); });
+    append_message(out, 'Z', [&](std::string& o) { o.push_back(static_cast<char>(status)); });
 }
 
 std::optional<std::string_view> decode_command_complete(std::span<const uint8_t> body) noexcept {

@@ -24,9 +24,7 @@ public:
     explicit Table(std::vector<std::string> columns) : columns_(std::move(columns)) {}
     void row(std::vector<std::string> values) { rows_.push_back(std::move(values)); }
     void encode(std::string& out, std::string_view tag) const {
-        const size_t start = out.size();
-        out.push_back('T');
-        protocol::append_u32(out, 0);
+        const size_t start = protocol::begin_message(out, 'T');
         protocol::append_u16(out, static_cast<uint16_t>(columns_.size()));
         for (const auto& c : columns_) {
             out += c;
@@ -38,17 +36,15 @@ public:
             protocol::append_u32(out, 0xffffffff);  // typmod -1
             protocol::append_u16(out, 0);  // text format
         }
-        protocol::write_u32(reinterpret_cast<uint8_t*>(out.data() + start + 1), static_cast<uint32_t>(out.size() - start - 1));
+        protocol::end_message(out, start);
         for (const auto& r : rows_) {
-            const size_t at = out.size();
-            out.push_back('D');
-            protocol::append_u32(out, 0);
+            const size_t at = protocol::begin_message(out, 'D');
             protocol::append_u16(out, static_cast<uint16_t>(r.size()));
             for (const auto& v : r) {
                 protocol::append_u32(out, static_cast<uint32_t>(v.size()));
                 out += v;
             }
-            protocol::write_u32(reinterpret_cast<uint8_t*>(out.data() + at + 1), static_cast<uint32_t>(out.size() - at - 1));
+            protocol::end_message(out, at);
         }
         const std::string cc = std::string(tag) + " " + std::to_string(rows_.size());
         out.push_back('C');

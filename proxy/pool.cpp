@@ -104,7 +104,6 @@ asio::awaitable<Pool::Acquired> Pool::acquire(const Target& target) {
         co_await w.timer.async_wait(use_tuple);
         if (w.server) {
             ++acquired;
-            wait_seconds_total += waited();
             Acquired ok;
             ok.server = std::move(w.server);
             ok.waited = waited();

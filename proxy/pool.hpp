@@ -43,7 +43,12 @@ public:
     ~Pool();
 
     const PoolKey& key() const noexcept { return key_; }
-    void observe_wait(double seconds) noexcept { wait_hist_->observe(seconds); }
+    // How long a client waited in acquire(), whatever it got (a server, a
+    // timeout, a failed login).
+    void observe_wait(double seconds) noexcept {
+        wait_hist_->observe(seconds);
+        wait_seconds_total += seconds;
+    }
     PortRole role() const noexcept { return key_.role; }
     // The member lost this port's role: idle servers are closed, busy ones when they come back.
     bool retired = false;

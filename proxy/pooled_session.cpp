@@ -35,6 +35,7 @@
 #include "proxy/admin_console.hpp"
 #include "proxy/auth_store.hpp"
 #include "proxy/client.hpp"
+#include "proxy/hold.hpp"
 #include "proxy/log.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/pool.hpp"
@@ -531,22 +532,26 @@ asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet
 // leaves the connection usable, written by the caller through refuse_batch).
 asio::awaitable<bool> PooledSession::attach(bool& fatal) {
     const bool at_login = pool_ == nullptr && !have_key_;
-    const auto hold_until = steady_clock::now() + cfg_->hold_timeout;
+    // As a passthrough connection is held before it connects (hold.hpp), a
+    // transaction that starts while the port has nowhere to go waits here.
+    Hold hold(client_, shared_, user_);
     std::optional<LoginError> failure;
     for (;;) {
         const topology::TopologyPtr topo = shared_.topology.current();
         RouteDecision d = shared_.router->route(role, topo.get());
         if (d.candidates.empty()) {
-            if (cfg_->hold_timeout.count() > 0 && steady_clock::now() < hold_until &&
-                (role == PortRole::ReadWrite || !topo)) {
-                asio::steady_timer deadline(client_.socket().get_executor(), hold_until);
-                client_.stats().held_now.fetch_add(1, std::memory_order_relaxed);
-                client_.stats().held_total.fetch_add(1, std::memory_order_relaxed);
-                co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple));
-                client_.stats().held_now.fetch_sub(1, std::memory_order_relaxed);
-                if (stopping_) co_return false;
+            if (hold.open() && (role == PortRole::ReadWrite || !topo)) {
+                waiting_ = true;
+                const bool stayed = co_await hold.wait(d.message);
+                waiting_ = false;
+                if (!stayed) {
+                    client_closed_ = true;
+                    stop();
+                }
+                if (!stayed || stopping_) co_return false;
                 continue;
             }
+            if (hold.held()) d.message += " (held " + std::to_string(hold.held_ms()) + " ms, hold_timeout reached)";
             failure = login_error(d.sqlstate, d.message, false);
             break;
         }
@@ -568,6 +573,23 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
             co_return false;
         }
         if (!a.server) {
+            // A primary that refuses connections is restarting or about to
+            // lose the leader key: wait for the next topology change, as
+            // passthrough does.
+            if (a.error && a.error->unreachable && !a.error->config_failure && role == PortRole::ReadWrite && topo &&
+                topo->elects_primary() && hold.open()) {
+                waiting_ = true;
+                const bool stayed = co_await hold.wait("primary " + t->member + " cannot take connections: " +
+                                                           a.error->message,
+                                                       std::chrono::milliseconds(100));
+                waiting_ = false;
+                if (!stayed) {
+                    client_closed_ = true;
+                    stop();
+                }
+                if (!stayed || stopping_) co_return false;
+                continue;
+            }
             failure = a.error;
             break;
         }
@@ -578,6 +600,7 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
             stop();
             co_return false;
         }
+        hold.released(t->member);
         srv_ = std::move(a.server);
         pool_ = &pool;
         member = t->member;

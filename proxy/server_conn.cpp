@@ -18,6 +18,7 @@ using net::use_tuple;
 
 namespace {
 constexpr uint32_t kMaxLoginMessage = 1u << 20;  // nothing in a login is near this
+constexpr uint32_t kMaxStartupWatched = 8192;     // an ErrorResponse or authentication request, held whole
 
 
 // Reads whole messages from `conn` into `buf`; calls on(type, body) for each
@@ -60,18 +61,72 @@ std::string encode_startup_message(const std::vector<std::pair<std::string, std:
     return out;
 }
 
-asio::awaitable<std::optional<LoginError>> ServerConn::open(const Config& cfg, const TlsContexts& tls, const Target& t,
-                                                            const std::string& user, const std::string& database,
-                                                            protocol::BackendLogin::Credentials creds) {
+asio::awaitable<std::optional<LoginError>> ServerConn::connect(const Config& cfg, const TlsContexts& tls, const Target& t) {
     target_ = t;
     boost::system::error_code ec;
     if (!co_await net::connect_with_timeout(sock_, t, cfg.connect_timeout, ec))
-        co_return login_error("08006", "could not connect to " + t.member + " (" + t.address() + "): " + ec.message(), true);
+        co_return login_error("08006", ec.message(), true);
     net::tune_socket(sock_, cfg);
     if (tls.backend) {
         bool config_failure = false;
         std::string why = co_await net::start_backend_tls(sock_, tls_, *tls.backend, cfg, t, config_failure);
-        if (!why.empty()) co_return login_error("08006", t.member + " (" + t.address() + "): " + why, true);
+        if (!why.empty()) {
+            auto e = login_error("08006", std::move(why), true);
+            e.config_failure = config_failure;
+            co_return e;
+        }
+    }
+    co_return std::nullopt;
+}
+
+asio::awaitable<std::optional<LoginError>> ServerConn::forward_startup(const std::string& startup_bytes,
+                                                                       std::chrono::milliseconds timeout,
+                                                                       std::string& prefix) {
+    auto [wec, wn] = co_await write(asio::buffer(startup_bytes));
+    if (wec) co_return login_error("08006", "connection lost during startup: " + wec.message(), true);
+    protocol::FrameScanner scanner(UINT32_MAX, kMaxStartupWatched);
+    scanner.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
+    scanner.watch(static_cast<char>(protocol::BackendType::Authentication));
+    scanner.watch(static_cast<char>(protocol::BackendType::NegotiateProtocolVersion));
+    asio::steady_timer deadline(sock_.get_executor(), timeout);
+    uint8_t chunk[4096];
+    size_t pos = 0;
+    for (;;) {
+        auto r = co_await (read(asio::buffer(chunk)) || deadline.async_wait(use_tuple));
+        if (r.index() == 1) co_return login_error("08006", "no answer to the startup message within connect_timeout", true);
+        auto [rec, n] = std::get<0>(r);
+        if (rec) co_return login_error("08006", "connection lost during startup: " + rec.message(), true);
+        prefix.append(reinterpret_cast<const char*>(chunk), n);
+        for (;;) {
+            protocol::Frame f;
+            std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size());
+            const auto st = scanner.next(bytes, pos, f);
+            if (st == protocol::FrameScanner::Status::NeedMore) break;
+            if (st == protocol::FrameScanner::Status::Error || !f.complete) co_return std::nullopt;  // the relay reports it
+            const auto body = bytes.subspan(f.offset + 5, f.length - 4);
+            if (f.type == 'E') {
+                auto e = protocol::decode_error_fields(body);
+                if (e && e->sqlstate == "57P03")
+                    co_return login_error("57P03", "the server answered 57P03: " + std::string(e->message), false);
+                co_return std::nullopt;
+            }
+            if (f.type == 'R') {
+                if (auto stripped = protocol::sasl_without_mechanism(body, "SCRAM-SHA-256-PLUS"))
+                    prefix.replace(f.offset, f.wire_size(), *stripped);
+                co_return std::nullopt;
+            }
+            // NegotiateProtocolVersion may precede it; anything else is the client's business.
+            if (f.type != 'v') co_return std::nullopt;
+        }
+    }
+}
+
+asio::awaitable<std::optional<LoginError>> ServerConn::open(const Config& cfg, const TlsContexts& tls, const Target& t,
+                                                            const std::string& user, const std::string& database,
+                                                            protocol::BackendLogin::Credentials creds) {
+    if (auto e = co_await connect(cfg, tls, t)) {
+        e->message = "could not connect to " + t.member + " (" + t.address() + "): " + e->message;
+        co_return e;
     }
     std::vector<std::pair<std::string, std::string>> params;
     params.emplace_back(std::string("user"), user);
@@ -112,6 +167,7 @@ asio::awaitable<std::optional<LoginError>> ServerConn::open(const Config& cfg, c
     for (const auto& [k, v] : login.parameters()) reported[k] = v;
     if (auto k = login.backend_key()) key_ = *k;
     created = idle_since = Clock::now();
+    logged_in_ = true;
     co_return std::nullopt;
 }
 
@@ -167,8 +223,10 @@ bool ServerConn::looks_alive() const noexcept {
 void ServerConn::close() noexcept {
     boost::system::error_code ec;
     // A Terminate first, so PostgreSQL does not log an unexpected EOF
-    // (plaintext only: over TLS it would have to go through OpenSSL).
-    if (sock_.is_open() && !tls_) {
+    // (plaintext only: over TLS it would have to go through OpenSSL). Not
+    // before the login completed: PostgreSQL would log it as a bad password
+    // message.
+    if (sock_.is_open() && !tls_ && logged_in_) {
         static const char terminate[5] = {'X', 0, 0, 0, 4};
         (void)::send(sock_.native_handle(), terminate, sizeof terminate, MSG_DONTWAIT | MSG_NOSIGNAL);
     }

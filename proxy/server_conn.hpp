@@ -1,8 +1,12 @@
-// The server side of pooling: one connection pgrelay opened and logged into
-// PostgreSQL itself (connect, backend TLS, StartupMessage, authentication with
-// the pool's credentials, up to the first ReadyForQuery), and the state a pool
-// must know about it to lend it to any client: the parameters it runs with,
-// the statements prepared on it, its age.
+// The server side: one connection to PostgreSQL (connect, backend TLS), then
+// one of two logins:
+// - pooled: pgrelay logs in itself with the pool's credentials, up to the
+//   first ReadyForQuery (open), and keeps the state a pool must know to lend
+//   the server to any client: the parameters it runs with, the statements
+//   prepared on it, its age;
+// - passthrough: the server is bound to one client for its lifetime, and the
+//   client's own StartupMessage and authentication are forwarded
+//   (forward_startup), so the backend authenticates the client.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
@@ -29,6 +33,7 @@ struct LoginError {
     std::string sqlstate;  // what the client is told: the server's own SQLSTATE, or 08006 when unreachable
     std::string message;
     bool unreachable = false;  // TCP/TLS failure, not an answer from PostgreSQL
+    bool config_failure = false;  // backend TLS configuration or certificates: waiting will not help
 };
 // (A function, not braces: GCC 12 miscompiles `co_return LoginError{"..."}`.)
 inline LoginError login_error(std::string sqlstate, std::string message, bool unreachable = false) {
@@ -46,10 +51,26 @@ public:
     ServerConn(const ServerConn&) = delete;
     ServerConn& operator=(const ServerConn&) = delete;
 
+    // Connects to `t` (TCP, then backend_tls); nullopt on success.
+    boost::asio::awaitable<std::optional<LoginError>> connect(const Config& cfg, const TlsContexts& tls, const Target& t);
     // Connects to `t` and logs in as `user` on `database`; nullopt on success.
     boost::asio::awaitable<std::optional<LoginError>> open(const Config& cfg, const TlsContexts& tls, const Target& t,
                                                            const std::string& user, const std::string& database,
                                                            protocol::BackendLogin::Credentials creds);
+
+    // Passthrough, after connect: sends the client's StartupMessage and reads
+    // the server's first messages up to its first authentication request,
+    // which goes into `prefix` (with SCRAM-SHA-256-PLUS taken out of the
+    // offer: channel binding cannot work across a proxy) for the relay to
+    // forward. nullopt when the relay may go on -- an ErrorResponse other
+    // than 57P03 too: the client reads it. Else why this server cannot take
+    // the connection now: an I/O error or timeout (unreachable), or
+    // PostgreSQL's own 57P03 (starting up, shutting down, in recovery),
+    // which the caller may wait out or route around before the client has
+    // seen a byte.
+    boost::asio::awaitable<std::optional<LoginError>> forward_startup(const std::string& startup_bytes,
+                                                                      std::chrono::milliseconds timeout,
+                                                                      std::string& prefix);
 
     boost::asio::awaitable<net::IoResult> read(boost::asio::mutable_buffer b) {
         if (tls_) return tls_->async_read_some(b, net::use_tuple);
@@ -74,6 +95,7 @@ public:
     bool looks_alive() const noexcept;
     void close() noexcept;
     net::tcp::socket& socket() noexcept { return sock_; }
+    net::TlsStream* tls() noexcept { return tls_.get(); }
 
     const Target& target() const noexcept { return target_; }
     protocol::CancelKey backend_key() const noexcept { return key_; }
@@ -93,6 +115,7 @@ private:
     std::unique_ptr<net::TlsStream> tls_;  // after sock_: holds a reference to it
     Target target_;
     protocol::CancelKey key_{};
+    bool logged_in_ = false;  // open() completed: pgrelay speaks for this session
 };
 
 // StartupMessage (protocol 3.0) with these parameters.

@@ -22,8 +22,10 @@
 #include "protocol/frames.hpp"
 #include "protocol/startup.hpp"
 #include "proxy/client.hpp"
+#include "proxy/hold.hpp"
 #include "proxy/net.hpp"
 #include "proxy/pool.hpp"
+#include "proxy/server_conn.hpp"
 #include "proxy/log.hpp"
 #include "proxy/metrics.hpp"
 
@@ -51,8 +53,8 @@ class Session final : public SessionHandle {
 public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
         : client_(std::move(client), role, shared.config, shared.tls, *shared.cancels),
-          backend_(client_.socket().get_executor()), relay_done_(backend_.get_executor()),
-          idle_timer_(backend_.get_executor()), terminate_deadline_(backend_.get_executor()), shared_(shared),
+          relay_done_(client_.socket().get_executor()), idle_timer_(client_.socket().get_executor()),
+          terminate_deadline_(client_.socket().get_executor()), shared_(shared),
           cfg_(shared.config), peer_(client_.peer()), started_(steady_clock::now()) {
         this->role = role;
         port_stats_ = &client_.stats();
@@ -96,7 +98,6 @@ private:
     const char* role_name() const { return to_string(role); }
     asio::awaitable<bool> establish();
     asio::awaitable<bool> connect_backend(const protocol::StartupPacket& packet, const std::string& startup_bytes);
-    asio::awaitable<std::string> open_backend_session(const std::string& startup_bytes);
     asio::awaitable<void> relay_client_to_backend();
     asio::awaitable<void> relay_backend_to_client();
     asio::awaitable<void> send_error(const char* sqlstate, const std::string& message, const std::string& hint = {}) {
@@ -114,21 +115,14 @@ private:
         stopping_ = true;
         boost::system::error_code ec;
         client_.socket().cancel(ec);
-        backend_.cancel(ec);
+        if (backend_) backend_->socket().cancel(ec);
         idle_timer_.cancel();
     }
 
     // Client and backend I/O, through TLS when it was negotiated. These
     // return the initiating operation's awaitable itself: no extra frame.
     asio::awaitable<IoResult> client_write(asio::const_buffer b) { return client_.write(b); }
-    asio::awaitable<IoResult> backend_read(asio::mutable_buffer b) {
-        if (backend_tls_) return backend_tls_->async_read_some(b, use_tuple);
-        return backend_.async_read_some(b, use_tuple);
-    }
-    asio::awaitable<IoResult> backend_write(asio::const_buffer b) {
-        if (backend_tls_) return asio::async_write(*backend_tls_, b, use_tuple);
-        return asio::async_write(backend_, b, use_tuple);
-    }
+    asio::awaitable<IoResult> backend_write(asio::const_buffer b) { return backend_->write(b); }
 
     void on_ready_for_query(std::optional<protocol::TxStatus> status) {
         if (status) tx_status_ = *status;
@@ -145,10 +139,9 @@ private:
     }
 
     ClientConn client_;  // the client side: socket, TLS, startup
-    tcp::socket backend_;
-    // TLS layers over the sockets above, once negotiated (declared after
-    // them: they hold references).
-    std::unique_ptr<TlsStream> backend_tls_;
+    // The server side, bound to this client for its lifetime: the backend
+    // authenticates the client through it (forward_startup).
+    std::optional<ServerConn> backend_;
     // The relay runs as this coroutine (client -> backend) plus spawned ones
     // (backend -> client, the idle watcher); the last to end cancels
     // relay_done_, which run() waits on before the session may go away.
@@ -197,53 +190,6 @@ private:
     steady_clock::time_point last_activity_{};
 };
 
-// Sends the StartupMessage to the freshly connected backend and reads its
-// first message. Returns "" when the session may go on (what was read is kept
-// for the relay), else why this backend cannot take the connection now: an
-// I/O error, or PostgreSQL's own 57P03 (starting up, shutting down, in
-// recovery), which the caller may wait out or route around before the client
-// has seen a byte.
-asio::awaitable<std::string> Session::open_backend_session(const std::string& startup_bytes) {
-    auto [wec, wn] = co_await backend_write(asio::buffer(startup_bytes));
-    if (wec) co_return "connection lost during startup: " + wec.message();
-    protocol::FrameScanner scanner(UINT32_MAX, kMaxWatched);
-    scanner.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
-    scanner.watch(static_cast<char>(protocol::BackendType::Authentication));
-    scanner.watch(static_cast<char>(protocol::BackendType::NegotiateProtocolVersion));
-    asio::steady_timer deadline(backend_.get_executor(), cfg_->connect_timeout);
-    uint8_t chunk[4096];
-    size_t pos = 0;
-    for (;;) {
-        auto r = co_await (backend_read(asio::buffer(chunk)) || deadline.async_wait(use_tuple));
-        if (r.index() == 1) co_return "no answer to the startup message within connect_timeout";
-        auto [rec, n] = std::get<0>(r);
-        if (rec) co_return "connection lost during startup: " + rec.message();
-        backend_prefix_.append(reinterpret_cast<const char*>(chunk), n);
-        for (;;) {
-            protocol::Frame f;
-            std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(backend_prefix_.data()), backend_prefix_.size());
-            const auto st = scanner.next(bytes, pos, f);
-            if (st == protocol::FrameScanner::Status::NeedMore) break;
-            if (st == protocol::FrameScanner::Status::Error || !f.complete) co_return "";  // the relay reports it
-            const auto body = bytes.subspan(f.offset + 5, f.length - 4);
-            if (f.type == 'E') {
-                auto e = protocol::decode_error_fields(body);
-                if (e && e->sqlstate == "57P03") co_return "the server answered 57P03: " + std::string(e->message);
-                co_return "";
-            }
-            if (f.type == 'R') {
-                // The first authentication request. Channel binding cannot
-                // work across pgrelay: offer the client plain SCRAM only.
-                if (auto stripped = protocol::sasl_without_mechanism(body, "SCRAM-SHA-256-PLUS"))
-                    backend_prefix_.replace(f.offset, f.wire_size(), *stripped);
-                co_return "";
-            }
-            // NegotiateProtocolVersion may precede it; anything else is the client's business.
-            if (f.type != 'v') co_return "";
-        }
-    }
-}
-
 asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& packet, const std::string& startup_bytes) {
     // While there is no primary (rw) or no topology yet (both ports), hold the
     // connection instead of refusing it: a switchover's leaderless window is
@@ -251,61 +197,16 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
     // source that can move the primary (Patroni), a leader that refuses
     // connections is waited out the same way: it is restarting, or about to
     // lose the leader key.
-    const auto held_since = steady_clock::now();
-    const auto hold_until = held_since + cfg_->hold_timeout;
-    bool held = false;
-    bool watch_client = true;
-    auto hold = [&](const std::string& why) {
-        if (held) return;
-        held = true;
-        port_stats_->held_now.fetch_add(1, std::memory_order_relaxed);
-        port_stats_->held_total.fetch_add(1, std::memory_order_relaxed);
-        const int64_t n = metrics::Registry::instance().held_now();
-        log::info("[{}] client={} user={} held: {} ({} connection{} held)", role_name(), peer_, log::printable(packet.parameter("user")),
-                  why, n, n == 1 ? "" : "s");
-    };
-    struct Unhold {
-        bool& held;
-        metrics::PortStats& stats;
-        steady_clock::time_point since;
-        ~Unhold() {
-            if (!held) return;
-            stats.held_now.fetch_sub(1, std::memory_order_relaxed);
-            stats.hold_seconds.observe(std::chrono::duration<double>(steady_clock::now() - since).count());
-        }
-    } unhold{held, *port_stats_, held_since};
-    auto held_ms = [&] {
-        return std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - held_since).count();
-    };
-
+    Hold hold(client_, shared_, packet.parameter("user"));
     for (;;) {
         const topology::TopologyPtr topo = shared_.topology.current();
         RouteDecision d = shared_.router->route(role, topo.get());
-        const bool holdable = cfg_->hold_timeout.count() > 0 && steady_clock::now() < hold_until;
         if (d.candidates.empty()) {
-            if (holdable && (role == PortRole::ReadWrite || !topo)) {
-                hold(d.message);
-                asio::steady_timer deadline(client_.socket().get_executor(), hold_until);
-                if (!watch_client) {
-                    co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple));
-                    continue;
-                }
-                // Also watch the client: one that gives up must not stay held
-                // (nor be connected to a backend later).
-                auto r = co_await (shared_.topology_changed->async_wait(use_tuple) || deadline.async_wait(use_tuple) ||
-                                   client_.socket().async_wait(tcp::socket::wait_read, use_tuple));
-                if (r.index() == 2) {
-                    char probe;
-                    const ssize_t n = ::recv(client_.socket().native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-                    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-                        log::info("[{}] client={} gave up while held ({} ms)", role_name(), peer_, held_ms());
-                        co_return false;
-                    }
-                    watch_client = false;  // it sent more (pipelined); stop watching to avoid spinning
-                }
+            if (hold.open() && (role == PortRole::ReadWrite || !topo)) {
+                if (!co_await hold.wait(d.message)) co_return false;
                 continue;
             }
-            if (held) d.message += " (held " + std::to_string(held_ms()) + " ms, hold_timeout reached)";
+            if (hold.held()) d.message += " (held " + std::to_string(hold.held_ms()) + " ms, hold_timeout reached)";
             log::warn("[{}] client={} user={} refused: {}", role_name(), peer_, log::printable(packet.parameter("user")), d.message);
             co_await send_error(d.sqlstate, d.message,
                                 "Retry later; the cluster has no member that can serve this port.");
@@ -316,34 +217,16 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
         bool unreachable = false;  // some candidate failed at the TCP level (vs. answering 57P03)
         bool tls_config_failure = false;  // some candidate failed backend_tls: waiting will not help
         for (const Target& t : d.candidates) {
-            boost::system::error_code ec;
-            tcp::socket sock(client_.socket().get_executor());
-            if (co_await net::connect_with_timeout(sock, t, cfg_->connect_timeout, ec)) {
-                backend_tls_.reset();
-                backend_ = std::move(sock);
-                net::tune_socket(backend_, *cfg_);
-                backend_prefix_.clear();
-                bool config_failure = false;
-                std::string refusal;
-                if (const auto& ctx = client_.tls_contexts()->backend) {
-                    refusal = co_await net::start_backend_tls(backend_, backend_tls_, *ctx, *cfg_, t, config_failure);
-                    if (refusal.empty() && backend_tls_)
-                        log::debug("[{}] client={} backend {} TLS established: {}", role_name(), peer_, t.member,
-                                   net::tls_description(*backend_tls_));
-                }
-                if (refusal.empty()) refusal = co_await open_backend_session(startup_bytes);
-                if (!refusal.empty()) {
-                    unreachable = unreachable || refusal.rfind("the server answered 57P03", 0) != 0;
-                    tls_config_failure = tls_config_failure || config_failure;
-                    log::warn("[{}] client={} backend {} ({}) cannot take the connection: {}", role_name(), peer_,
-                              t.member, t.address(), refusal);
-                    boost::system::error_code ignored;
-                    backend_tls_.reset();
-                    backend_.close(ignored);
-                    if (!failures.empty()) failures += "; ";
-                    failures += t.member + " (" + t.address() + "): " + refusal;
-                    continue;
-                }
+            backend_.emplace(client_.socket().get_executor());
+            backend_prefix_.clear();
+            std::optional<LoginError> refusal = co_await backend_->connect(*cfg_, *client_.tls_contexts(), t);
+            if (!refusal) {
+                if (backend_->tls())
+                    log::debug("[{}] client={} backend {} TLS established: {}", role_name(), peer_, t.member,
+                               net::tls_description(*backend_->tls()));
+                refusal = co_await backend_->forward_startup(startup_bytes, cfg_->connect_timeout, backend_prefix_);
+            }
+            if (!refusal) {
                 target_ = t;
                 member = t.member;
                 member_stats_ = &metrics::Registry::instance().member(role, t.member);
@@ -354,20 +237,23 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
                     shared_.router->opened(t.member);
                     counted_ = true;
                 }
-                if (held) log::info("[{}] client={} released after {} ms: routing to {}", role_name(), peer_, held_ms(), t.member);
+                hold.released(t.member);
                 co_return true;
             }
-            unreachable = true;
-            log::warn("[{}] client={} backend {} ({}) unreachable: {}", role_name(), peer_, t.member, t.address(),
-                      ec.message());
+            unreachable = unreachable || refusal->unreachable;
+            tls_config_failure = tls_config_failure || refusal->config_failure;
+            log::warn("[{}] client={} backend {} ({}) cannot take the connection: {}", role_name(), peer_, t.member,
+                      t.address(), refusal->message);
+            backend_->close();
+            backend_.reset();
             if (!failures.empty()) failures += "; ";
-            failures += t.member + " (" + t.address() + "): " + ec.message();
+            failures += t.member + " (" + t.address() + "): " + refusal->message;
         }
-        if (role == PortRole::ReadWrite && topo && topo->elects_primary() && holdable && !tls_config_failure) {
-            hold("primary " + d.candidates.front().member + " cannot take connections");
+        if (role == PortRole::ReadWrite && topo && topo->elects_primary() && hold.open() && !tls_config_failure) {
             // Re-route on the next topology change, or retry shortly anyway.
-            asio::steady_timer retry(client_.socket().get_executor(), std::chrono::milliseconds(100));
-            co_await (shared_.topology_changed->async_wait(use_tuple) || retry.async_wait(use_tuple));
+            if (!co_await hold.wait("primary " + d.candidates.front().member + " cannot take connections",
+                                    std::chrono::milliseconds(100)))
+                co_return false;
             continue;
         }
         const std::string what = role == PortRole::ReadWrite ? "primary" : "backend";
@@ -451,7 +337,7 @@ asio::awaitable<void> Session::relay_backend_to_client() {
     for (bool carried = len > 0;; carried = false) {
         if (stopping_) co_return;
         if (!carried) {
-            auto [rec, n] = co_await read_pooled(backend_, backend_tls_.get(), buf, len, drained, idle);
+            auto [rec, n] = co_await read_pooled(backend_->socket(), backend_->tls(), buf, len, drained, idle);
             if (rec) {
                 if (rec != asio::error::operation_aborted) backend_closed_ = true;
                 co_return;
@@ -604,8 +490,8 @@ asio::awaitable<void> Session::run() {
                             "The server may have crashed or restarted; reconnect.");
     }
     boost::system::error_code ec;
-    backend_.shutdown(tcp::socket::shutdown_both, ec);
-    backend_.close(ec);
+    backend_->socket().shutdown(tcp::socket::shutdown_both, ec);
+    backend_->socket().close(ec);
     if (!client_closed_) co_await client_.linger_close();
     client_.close();
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - started_).count();
