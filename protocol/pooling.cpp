@@ -146,6 +146,13 @@ ResponseTracker::Result ResponseTracker::received(char t, std::optional<TxStatus
     return r;
 }
 
+size_t ResponseTracker::client_requests() const noexcept {
+    size_t n = 0;
+    for (const Entry& e : entries_)
+        if (e.origin == Origin::Client && (e.type == 'Q' || e.type == 'S' || e.type == 'F')) ++n;
+    return n;
+}
+
 void ResponseTracker::reset() noexcept {
     entries_.clear();
     last_status_.reset();

@@ -70,6 +70,9 @@ public:
 
     bool idle() const noexcept { return entries_.empty(); }
     size_t outstanding() const noexcept { return entries_.size(); }
+    // The client's own Query, Sync and FunctionCall messages still awaiting
+    // their ReadyForQuery: what the client waits for.
+    size_t client_requests() const noexcept;
     std::optional<TxStatus> last_status() const noexcept { return last_status_; }
     void reset() noexcept;
 

@@ -11,6 +11,7 @@
 #include "protocol/encode.hpp"
 #include "protocol/messages.hpp"
 #include "protocol/pooling.hpp"
+#include "proxy/log.hpp"
 #include "proxy/pool.hpp"
 
 namespace pgrelay {
@@ -160,17 +161,48 @@ void show_config(std::string& out, const Config& c) {
 
 }  // namespace
 
-std::string admin_console_answer(std::string_view sql, const WorkerShared& shared) {
+std::string admin_console_command(std::string_view sql) { return normalize(sql); }
+
+std::string admin_console_answer(std::string_view sql, WorkerShared& shared) {
     std::string out;
     const std::string cmd = normalize(sql);
+    auto done = [&](std::string_view tag) {
+        protocol::append_message(out, 'C', [&](std::string& o) {
+            o.append(tag);
+            o.push_back('\0');
+        });
+    };
     if (cmd == "SHOW POOLS") show_pools(out, *shared.pools);
     else if (cmd == "SHOW STATS") show_stats(out, *shared.pools);
     else if (cmd == "SHOW CLIENTS") show_clients(out, shared);
     else if (cmd == "SHOW SERVERS") show_servers(out, shared, *shared.pools);
     else if (cmd == "SHOW CONFIG") show_config(out, *shared.config);
-    else if (cmd == "SHOW HELP" || cmd.empty()) {
+    else if (cmd == "PAUSE") {
+        const size_t busy = shared.pools->servers_in_use();
+        if (!shared.pools->paused()) {
+            protocol::encode_error_response(out, protocol::Severity::Error, "55000",
+                                            "pgrelay admin console: resumed before PAUSE completed");
+        } else if (busy > 0) {
+            protocol::encode_error_response(out, protocol::Severity::Error, "55000",
+                                            "pgrelay admin console: paused, but " + std::to_string(busy) +
+                                                " server connections are still in use after 5 minutes");
+        } else {
+            done("PAUSE");
+        }
+    } else if (cmd == "RESUME") {
+        shared.pools->resume();
+        log::info("admin console: RESUME");
+        shared.topology_changed->cancel();  // wakes the held clients
+        done("RESUME");
+    } else if (cmd == "RECONNECT") {
+        shared.pools->reconnect();
+        log::info("admin console: RECONNECT (every server connection closes once not in use)");
+        done("RECONNECT");
+    } else if (cmd == "SHOW HELP" || cmd.empty()) {
         Table t({"command"});
-        for (const char* c : {"SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW CONFIG", "SHOW HELP"}) t.row({c});
+        for (const char* c : {"SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW CONFIG", "SHOW HELP", "PAUSE",
+                              "RESUME", "RECONNECT"})
+            t.row({c});
         t.encode(out, "SHOW");
     } else {
         protocol::encode_error_response(out, protocol::Severity::Error, "42601",

@@ -57,6 +57,7 @@ asio::awaitable<Pool::Acquired> Pool::open_one(const Target& target) {
         co_return failed;
     }
     s->id = mgr_.next_server_id();
+    s->generation = mgr_.generation();
     ++servers_opened;
     last_target = target;
     if (welcome.empty()) welcome.assign(s->reported.begin(), s->reported.end());
@@ -126,7 +127,8 @@ void Pool::release(std::unique_ptr<ServerConn> s, bool reusable) {
     --active_;
     const PoolConfig& pc = mgr_.config(key_.role);
     const auto now = Clock::now();
-    if (!reusable || s->broken || retired || (pc.server_lifetime.count() > 0 && now - s->created >= pc.server_lifetime)) {
+    if (!reusable || s->broken || retired || mgr_.paused() || s->generation != mgr_.generation() ||
+        (pc.server_lifetime.count() > 0 && now - s->created >= pc.server_lifetime)) {
         s->close();
         closed_one();
         return;
@@ -176,7 +178,7 @@ void Pool::tick(Clock::time_point now) {
         idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(i));
         closed_one();
     }
-    if (retired || filling_ || !has_credentials() || last_target.port == 0) return;
+    if (retired || filling_ || mgr_.paused() || !has_credentials() || last_target.port == 0) return;
     if (total() >= pc.min_pool_size || !can_open()) return;
     filling_ = true;
     asio::co_spawn(
@@ -232,6 +234,22 @@ void PoolManager::keep_only(PortRole role, const std::vector<std::string>& membe
         p->retired = !keep;
         if (!keep) p->close_idle();
     }
+}
+
+void PoolManager::pause() {
+    paused_ = true;
+    for (auto& [k, p] : pools_) p->close_idle();
+}
+
+void PoolManager::reconnect() {
+    ++generation_;
+    for (auto& [k, p] : pools_) p->close_idle();
+}
+
+size_t PoolManager::servers_in_use() const noexcept {
+    size_t n = 0;
+    for (const auto& [k, p] : pools_) n += p->active_count() + p->opening_count();
+    return n;
 }
 
 void PoolManager::start() {

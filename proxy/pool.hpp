@@ -133,6 +133,17 @@ public:
     }
     // Closes idle servers of members no longer routable for their role.
     void keep_only(PortRole role, const std::vector<std::string>& members);
+    // The admin console's PAUSE / RESUME / RECONNECT (as PgBouncer's). While
+    // paused, no transaction starts (clients are held, up to hold_timeout),
+    // and servers are closed as they come back, so the members can be
+    // restarted; PAUSE answers once no server is in use. RECONNECT closes
+    // every server as soon as it is not in use; new ones open on demand.
+    void pause();
+    void resume() noexcept { paused_ = false; }
+    bool paused() const noexcept { return paused_; }
+    void reconnect();
+    uint64_t generation() const noexcept { return generation_; }
+    size_t servers_in_use() const noexcept;
     void start();  // the maintenance tick
     void publish() const;  // the pools' numbers, for /pools and /metrics
     void stop();
@@ -154,6 +165,8 @@ private:
     std::unordered_set<uint64_t> validated_;
     std::unique_ptr<boost::asio::steady_timer> tick_;
     bool stopped_ = false;
+    bool paused_ = false;
+    uint64_t generation_ = 0;  // RECONNECT: servers of older generations close when back
     uint64_t server_ids_ = 0;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

@@ -171,6 +171,48 @@ bool may_change_session(std::string_view sql) {
     return false;
 }
 
+// `sql` might end a transaction, or run in one of its own: a cut-off request
+// with any of these words may have committed. Whole words, case-insensitive;
+// a false positive only turns a retryable error into 08007.
+bool may_end_transaction(std::string_view sql) {
+    static constexpr std::array<std::string_view, 7> words = {"COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE", "CALL", "DO"};
+    for (size_t i = 0; i < sql.size(); ++i) {
+        if (i > 0 && (std::isalnum(static_cast<unsigned char>(sql[i - 1])) || sql[i - 1] == '_')) continue;
+        for (const std::string_view w : words)
+            if (starts_with_word(sql.substr(i), w)) return true;
+    }
+    return false;
+}
+
+// Session state pgrelay cannot restore on another server, as far as the
+// statement shows it: LISTEN, temporary tables, session advisory locks,
+// cursors WITH HOLD, SQL-level PREPARE, SET SESSION AUTHORIZATION. A
+// session-mode client that ran one stays on its server: if that server's
+// member loses its role, the client ends (57P01) as in passthrough.
+bool pins_session(std::string_view sql) {
+    auto ieq = [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b)); };
+    auto contains = [&](std::string_view needle) {
+        return std::search(sql.begin(), sql.end(), needle.begin(), needle.end(), ieq) != sql.end();
+    };
+    if (contains("pg_advisory_lock") || contains("pg_try_advisory_lock") || contains("with hold")) return true;
+    for (size_t i = 0; i <= sql.size();) {
+        const std::string_view rest = sql.substr(i);
+        if (starts_with_word(rest, "LISTEN") || starts_with_word(rest, "PREPARE") ||
+            (starts_with_word(rest, "SET") && starts_with_word(after_word(rest), "SESSION") &&
+             starts_with_word(after_word(after_word(rest)), "AUTHORIZATION")))
+            return true;
+        if (starts_with_word(rest, "CREATE")) {
+            std::string_view w = after_word(rest);
+            if (starts_with_word(w, "LOCAL") || starts_with_word(w, "GLOBAL")) w = after_word(w);
+            if (starts_with_word(w, "TEMP") || starts_with_word(w, "TEMPORARY")) return true;
+        }
+        const size_t semi = sql.find(';', i);
+        if (semi == std::string_view::npos) break;
+        i = semi + 1;
+    }
+    return false;
+}
+
 // A server reader's buffer, lent by the thread: one reader runs per
 // transaction, and a fresh 16 KiB (zeroed) each time costs more than the
 // relay itself.
@@ -224,10 +266,34 @@ public:
         stop();
     }
 
+    // The member of the server it holds lost its role: the server is cut
+    // (shut down, so PostgreSQL rolls back whatever it was doing, and the
+    // server reader takes the path of a lost server: server_gone). A client
+    // with state pgrelay cannot carry ends instead.
+    void lost_role(std::string why) override {
+        if (!srv_ || stopping_) return;
+        if (!carriable_) {
+            terminate("57P01", std::move(why) + " (this session holds state pgrelay cannot move: LISTEN, temporary "
+                                                "tables, advisory locks, WITH HOLD cursors or SQL PREPARE)");
+            return;
+        }
+        log::info("[{}] client={} server #{} on {}: {}; the client stays, its next transaction goes to the new member",
+                  role_name(), client_.peer(), srv_->id, member, why);
+        cut_ = true;
+        boost::system::error_code ec;
+        srv_->socket().shutdown(tcp::socket::shutdown_both, ec);
+    }
+
     asio::awaitable<void> run();
 
 private:
     const char* role_name() const { return client_.role_name(); }
+    // No transaction block open on the held server (as of its last
+    // ReadyForQuery; a fresh server is outside one).
+    bool outside_block() const {
+        const auto st = tracker_->last_status();
+        return !st || *st == protocol::TxStatus::Idle;
+    }
     // The client closed its side (checked after a wait, before running what it sent).
     bool client_gone() {
         if (client_.tls()) return false;  // bytes may be TLS records, not an EOF: only plaintext can tell
@@ -270,6 +336,8 @@ private:
         asio::co_spawn(client_.socket().get_executor(), server_reader(srv_.get()), asio::detached);
     }
     asio::awaitable<void> server_reader(ServerConn* s);
+    asio::awaitable<void> server_gone(ServerConn* s, const std::string& why);
+    asio::awaitable<bool> answer_lost_block(size_t upto);
     asio::awaitable<void> detach_at_end();
     void release_server(bool reusable);
     void transform(char type, std::span<const uint8_t> body, std::span<const uint8_t> raw, std::string& out);
@@ -328,6 +396,16 @@ private:
     steady_clock::time_point started_ = steady_clock::now();
     bool client_closed_ = false;
     bool server_lost_ = false;
+    // The held server is gone (lost, or cut by lost_role): the server reader
+    // is answering what was in flight; the client reader waits for it.
+    bool gone_ = false;
+    bool cut_ = false;          // lost_role() cut it, rather than it failing
+    bool carriable_ = true;     // session state pgrelay can restore on another server
+    bool may_commit_ = false;   // a request in flight could commit (autocommit, or transaction control)
+    bool unnamed_may_end_ = false;  // the unnamed statement's text may end a transaction
+    // The server went away inside a transaction block with nothing in
+    // flight: the client's next request learns that its transaction is gone.
+    bool lost_block_ = false;
     const char* end_sqlstate_ = nullptr;
     std::string end_message_;
     LoginError attach_error_;  // why the last attach failed
@@ -537,6 +615,22 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
     Hold hold(client_, shared_, user_);
     std::optional<LoginError> failure;
     for (;;) {
+        if (pools_.paused()) {
+            // The admin console's PAUSE: held like a leaderless window.
+            if (!hold.open()) {
+                failure = login_error("57P03", std::string("pgrelay ") + role_name() + ": paused by the admin console (PAUSE) for longer than hold_timeout");
+                break;
+            }
+            waiting_ = true;
+            const bool stayed = co_await hold.wait("paused by the admin console");
+            waiting_ = false;
+            if (!stayed) {
+                client_closed_ = true;
+                stop();
+            }
+            if (!stayed || stopping_) co_return false;
+            continue;
+        }
         const topology::TopologyPtr topo = shared_.topology.current();
         RouteDecision d = shared_.router->route(role, topo.get());
         if (d.candidates.empty()) {
@@ -573,11 +667,12 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
             co_return false;
         }
         if (!a.server) {
-            // A primary that refuses connections is restarting or about to
-            // lose the leader key: wait for the next topology change, as
-            // passthrough does.
-            if (a.error && a.error->unreachable && !a.error->config_failure && role == PortRole::ReadWrite && topo &&
-                topo->elects_primary() && hold.open()) {
+            // A primary that refuses connections (unreachable, or 57P03:
+            // shutting down, starting up) is restarting or about to lose the
+            // leader key: wait for the next topology change, as passthrough
+            // does.
+            if (a.error && (a.error->unreachable || a.error->sqlstate == "57P03") && !a.error->config_failure &&
+                role == PortRole::ReadWrite && topo && topo->elects_primary() && hold.open()) {
                 waiting_ = true;
                 const bool stayed = co_await hold.wait("primary " + t->member + " cannot take connections: " +
                                                            a.error->message,
@@ -690,6 +785,10 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             std::string_view sql(reinterpret_cast<const char*>(body.data()), body.empty() ? 0 : body.size() - 1);
             pending_sets_.push_back(parse_role(sql));
             if (!pending_sets_.back()) pending_sets_.back() = protocol::pool::parse_set(sql);
+            may_commit_ = may_commit_ || outside_block() || may_end_transaction(sql);
+            if (pc_.mode == PoolMode::Session && carriable_ &&
+                (pins_session(sql) || (!pending_sets_.back() && may_change_session(sql))))
+                carriable_ = false;
             if (pc_.mode == PoolMode::Transaction && starts_with_word(sql, "SET") &&
                 starts_with_word(after_word(sql), "SESSION") && starts_with_word(after_word(after_word(sql)), "AUTHORIZATION")) {
                 protocol::pool::encode_query(out, kSessionAuthRefusal);
@@ -718,6 +817,7 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
         }
         case 'F':
             pending_sets_.push_back(std::nullopt);
+            may_commit_ = true;  // a function call may do anything
             forward();
             return;
         case 'S':
@@ -738,6 +838,10 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
                 }
             }
             if (m && pc_.mode == PoolMode::Transaction && may_change_session(m->query)) srv_->broken = true;
+            if (m && pc_.mode == PoolMode::Session && (pins_session(m->query) || may_change_session(m->query)))
+                carriable_ = false;
+            if (!m) unnamed_may_end_ = true;
+            else if (m->name.empty()) unnamed_may_end_ = may_end_transaction(m->query);
             if (!m || m->name.empty()) return forward();
             auto st = pools_.statements().intern(m->query, m->param_types);
             stmts_.add(m->name, st);
@@ -759,11 +863,16 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
         case 'B': {
             ++unsynced_;
             auto m = protocol::pool::decode_bind(body);
-            if (!m || m->statement.empty()) return forward();
+            if (!m || m->statement.empty()) {
+                may_commit_ = may_commit_ || outside_block() || unnamed_may_end_;
+                return forward();
+            }
             if (auto st = stmts_.find(m->statement)) {
+                may_commit_ = may_commit_ || outside_block() || may_end_transaction(st->query);
                 ensure_prepared(*st, out);
                 protocol::pool::encode_bind(out, m->portal, st->server_name, m->rest);
             } else {
+                may_commit_ = true;  // a statement pgrelay does not know (SQL PREPARE)
                 protocol::pool::encode_bind(out, m->portal, unknown_statement(m->statement), m->rest);
             }
             tracker_->sent('B', Origin::Client);
@@ -880,6 +989,97 @@ asio::awaitable<bool> PooledSession::answer_prepare_locally(size_t upto) {
     co_return true;
 }
 
+// The held server went away: it died, its connection broke, or lost_role()
+// cut it. pgrelay never sends a request again that reached a server, so what
+// was in flight fails, but the client keeps its connection: every request
+// it awaits gets an ErrorResponse and a ReadyForQuery 'I' (the transaction
+// is over), and its next one goes to whichever member has the role then.
+// - 08007 (transaction_resolution_unknown) when a request in flight could
+//   have committed: an autocommit statement, or one that ends a transaction.
+// - 40001 (serialization_failure: retryable) inside a transaction block,
+//   where nothing can have committed.
+// - Nothing in flight outside a block: nothing to say; inside one, the next
+//   request learns it (lost_block_).
+// The client's stream must be at a message boundary to be told, and its
+// session must be one pgrelay can carry; else it ends with 08006 (FATAL).
+asio::awaitable<void> PooledSession::server_gone(ServerConn* s, const std::string& why) {
+    s->broken = true;
+    const bool cut = cut_;
+    cut_ = false;
+    log::warn("[{}] client={} server #{} on {} {}: {}", role_name(), client_.peer(), s->id, member, cut ? "cut" : "lost", why);
+    if (stopping_ || !carriable_ || !down_boundary_) {
+        server_lost_ = true;
+        stop();
+        co_return;
+    }
+    gone_ = true;
+    const size_t requests = tracker_->client_requests();
+    const bool in_block = !outside_block();
+    std::string out;
+    if (requests > 0 || unsynced_ > 0) {
+        const bool unknown = may_commit_ || !in_block;
+        const char* code = unknown ? "08007" : "40001";
+        const std::string prefix =
+            std::string("pgrelay ") + role_name() + ": the connection to server " + member + " (" + why + ") was lost ";
+        const std::string message = unknown ? prefix + "while a request was running; it may or may not have committed"
+                                            : prefix + "inside a transaction block; the transaction was rolled back";
+        const std::string hint = unknown ? "Check whether it took effect before retrying. This connection is still usable."
+                                         : "Retry the transaction. This connection is still usable.";
+        const size_t errors = requests + (unsynced_ > 0 ? 1 : 0);
+        for (size_t i = 0; i < requests; ++i) {
+            protocol::encode_error_response(out, protocol::Severity::Error, code, message, hint);
+            protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+        }
+        if (unsynced_ > 0) {
+            // The client has not sent the Sync of its last batch yet: it gets
+            // its error now and its ReadyForQuery at the Sync.
+            protocol::encode_error_response(out, protocol::Severity::Error, code, message, hint);
+            skip_until_sync_ = true;
+        }
+        for (size_t i = 0; i < errors; ++i) metrics::Registry::instance().count_error("pgrelay", code);
+    } else if (in_block) {
+        lost_block_ = true;
+    }
+    pending_sets_.clear();
+    error_since_ready_ = false;
+    unsynced_ = 0;
+    may_commit_ = false;
+    if (!out.empty()) {
+        auto [wec, wn] = co_await client_.write(asio::buffer(out));
+        if (wec) {
+            if (wn > 0) down_boundary_ = false;
+            if (wec != asio::error::operation_aborted) client_closed_ = true;
+            stop();
+        }
+    }
+    if (srv_.get() == s) release_server(false);
+}
+
+// The first batch after the server went away inside the client's
+// transaction block: a lone ROLLBACK succeeds (the block is over, as it
+// asked); anything else gets 40001 and ReadyForQuery 'I'.
+asio::awaitable<bool> PooledSession::answer_lost_block(size_t upto) {
+    lost_block_ = false;
+    const uint32_t len = protocol::read_u32(cin_.data() + 1);
+    if (cin_[0] == 'Q' && size_t(len) + 1 == upto) {
+        std::string_view sql(reinterpret_cast<const char*>(cin_.data() + 5), len > 4 ? len - 5 : 0);
+        while (!sql.empty() && (sql.back() == ';' || std::isspace(static_cast<unsigned char>(sql.back())))) sql.remove_suffix(1);
+        if ((starts_with_word(sql, "ROLLBACK") || starts_with_word(sql, "ABORT")) && after_word(sql).empty()) {
+            std::string out;
+            protocol::append_message(out, 'C', [](std::string& o) { o.append("ROLLBACK", 9); });
+            protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+            consume(upto);
+            co_return co_await client_.write_bounded(out);
+        }
+    }
+    LoginError e = login_error("40001", std::string("pgrelay ") + role_name() +
+                                            ": the connection to the server was lost inside this transaction block; "
+                                            "the transaction was rolled back");
+    co_await refuse_batch(upto, e);
+    consume(upto);
+    co_return true;
+}
+
 asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
     BufferLease lease;
     std::vector<uint8_t>& buf = lease.buf;
@@ -888,17 +1088,13 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
     for (const char t : std::string_view("123CEIKNASZnstTGHWVcvR")) scanner.watch(t);
     std::string out;
     bool ended = false;
+    std::string fatal;  // a FATAL ErrorResponse the server ended with, kept from the client
     while (!ended && srv_.get() == s && !stopping_) {
         if (len == buf.size()) buf.resize(std::min<size_t>(buf.size() * 2, kMaxWatchedServer + net::kRelayBuffer));
         auto [ec, n] = co_await s->read(asio::buffer(buf.data() + len, buf.size() - len));
         if (srv_.get() != s) break;
         if (ec) {
-            if (ec != asio::error::operation_aborted) {
-                server_lost_ = true;
-                s->broken = true;
-                log::warn("[{}] client={} server #{} on {} lost: {}", role_name(), client_.peer(), s->id, member, ec.message());
-                stop();
-            }
+            if (ec != asio::error::operation_aborted) co_await server_gone(s, ec.message());
             break;
         }
         len += n;
@@ -920,6 +1116,7 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
             const auto body = f.complete ? f.body({buf.data(), len}) : std::span<uint8_t>();
             if (f.type == 'Z' && f.complete) status = protocol::decode_ready_for_query(body);
             const auto r = tracker_->received(f.type, status);
+            if (f.type == 'Z' && tracker_->client_requests() == 0) may_commit_ = false;  // nothing of the client's in flight
             if (r.unexpected) {
                 log::warn("[{}] client={} server #{}: unexpected '{}' from the server", role_name(), client_.peer(), s->id,
                           f.type);
@@ -949,7 +1146,19 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
                 error_since_ready_ = true;
                 if (auto e = protocol::decode_error_fields(body)) {
                     metrics::Registry::instance().count_error("backend", e->sqlstate);
-                    if (e->severity == "FATAL" || e->severity == "PANIC") s->broken = true;
+                    if (e->severity == "FATAL" || e->severity == "PANIC") {
+                        s->broken = true;
+                        if (carriable_) {
+                            // The server is ending this connection (shutdown,
+                            // pg_terminate_backend, a timeout): that is pgrelay's
+                            // business, not the client's, who keeps its
+                            // connection (server_gone).
+                            fatal = std::string(e->sqlstate) + " " + std::string(e->message);
+                            out.append(reinterpret_cast<const char*>(buf.data() + copied), f.offset - copied);
+                            copied = f.offset + f.wire_size();
+                            break;
+                        }
+                    }
                 }
             } else if (f.type == 'Z' && r.verdict == Verdict::Forward && status) {
                 on_client_ready(*status);
@@ -976,6 +1185,10 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
             }
             down_boundary_ = scanner.at_boundary();
         }
+        if (!fatal.empty()) {
+            co_await server_gone(s, "it said: " + fatal);
+            break;
+        }
         std::memmove(buf.data(), buf.data() + pos, len - pos);
         len -= pos;
         if (srv_.get() != s) break;
@@ -987,6 +1200,7 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
         }
         if (len == 0 && buf.size() > 4 * net::kRelayBuffer) std::vector<uint8_t>(net::kRelayBuffer).swap(buf);
     }
+    gone_ = false;
     reader_running_ = false;
     reader_done_.cancel();
 }
@@ -1047,7 +1261,26 @@ asio::awaitable<void> PooledSession::client_loop() {
             upto += size_t(len) + 1;
         }
         if (upto > 0) {
+            // A server that went away first answers what was in flight.
+            while (gone_ && reader_running_) co_await reader_done_.async_wait(use_tuple);
+            if (stopping_) co_return;
             std::string out;
+            if (!srv_) {
+                // After a server was lost in COPY FROM STDIN, the client's
+                // CopyData/CopyDone/CopyFail are dropped, as PostgreSQL drops
+                // them after a failed COPY.
+                size_t at = 0;
+                while (at < upto && (cin_[at] == 'd' || cin_[at] == 'c' || cin_[at] == 'f'))
+                    at += size_t(protocol::read_u32(cin_.data() + at + 1)) + 1;
+                if (at > 0) {
+                    consume(at);
+                    continue;
+                }
+            }
+            if (!srv_ && lost_block_) {
+                if (!co_await answer_lost_block(upto)) co_return;
+                continue;
+            }
             if (!srv_ && skip_until_sync_) {
                 // pgrelay refused the start of this extended batch: like the
                 // server, skip the rest of it up to its Sync.
@@ -1092,11 +1325,13 @@ asio::awaitable<void> PooledSession::client_loop() {
             // The server may have answered everything, and gone back to the
             // pool, before this write's completion ran: then `s` is not ours.
             if (wec && srv_.get() == s) {
-                if (wec != asio::error::operation_aborted) {
-                    server_lost_ = true;
-                    s->broken = true;
-                }
-                co_return;
+                if (stopping_ || wec == asio::error::operation_aborted) co_return;
+                // The server reader answers what was in flight (server_gone);
+                // the shutdown makes sure it wakes up.
+                s->broken = true;
+                gone_ = true;
+                boost::system::error_code ignored;
+                s->socket().shutdown(tcp::socket::shutdown_both, ignored);
             }
             continue;
         }
@@ -1140,6 +1375,19 @@ asio::awaitable<void> PooledSession::admin_loop() {
         std::string out;
         if (type == 'Q') {
             std::string_view sql(reinterpret_cast<const char*>(body.data()), body.empty() ? 0 : body.size() - 1);
+            if (admin_console_command(sql) == "PAUSE") {
+                // Answers once the transactions running now have ended (at
+                // most 5 minutes: then it says how many servers are still in use).
+                pools_.pause();
+                log::info("[{}] admin {}: PAUSE ({} server connections in use)", role_name(), client_.peer(),
+                          pools_.servers_in_use());
+                asio::steady_timer tick(client_.socket().get_executor());
+                const auto until = steady_clock::now() + std::chrono::minutes(5);
+                while (pools_.paused() && pools_.servers_in_use() > 0 && steady_clock::now() < until && !stopping_) {
+                    tick.expires_after(std::chrono::milliseconds(20));
+                    co_await tick.async_wait(use_tuple);
+                }
+            }
             out = admin_console_answer(sql, shared_);
         } else {
             protocol::encode_error_response(out, protocol::Severity::Error, "0A000",

@@ -108,6 +108,7 @@ public:
     Clock::time_point created{Clock::now()};
     Clock::time_point idle_since{Clock::now()};
     uint64_t id = 0;  // for logs and SHOW SERVERS
+    uint64_t generation = 0;  // PoolManager::generation() when opened
     bool broken = false;  // out of step or failed: close, never reuse
 
 private:

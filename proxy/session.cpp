@@ -536,7 +536,7 @@ void apply_topology_change(WorkerShared& shared, const topology::Topology& after
     for (SessionHandle* s : shared.sessions) {
         if (s->pooled && s->member.empty()) continue;  // between transactions: its next one routes anew
         std::string why = lost_role_reason(*s, after);
-        if (!why.empty()) s->terminate("57P01", std::move(why));
+        if (!why.empty()) s->lost_role(std::move(why));
     }
 }
 

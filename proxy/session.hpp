@@ -40,6 +40,11 @@ public:
     // Ends the session with a FATAL ErrorResponse (sent only at a message
     // boundary of the client stream) and closes both sides.
     virtual void terminate(const char* sqlstate, std::string message) = 0;
+    // Its server's member lost the role it was routed for (`why`, from
+    // lost_role_reason). A passthrough session ends with 57P01; a pooled
+    // client whose session pgrelay can carry only loses that server, and its
+    // next transaction goes to the member that has the role now.
+    virtual void lost_role(std::string why) { terminate("57P01", std::move(why)); }
     // Pooled clients describe themselves for the admin console.
     virtual bool client_info(ClientInfo&) const { return false; }
 

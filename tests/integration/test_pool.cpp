@@ -46,7 +46,7 @@ constexpr const char* kFailedLogins = "pgrelay_pool_logins_total{port=\"rw\",out
 const std::vector<std::pair<std::string, std::string>> kPoolUsers = {
     {"pool_bench", "benchpass"}, {"pool_drivers", "driverspass"}, {"pool_iso", "isopass"},
     {"pool_wait", "waitpass"},   {"pool_life", "lifepass"},       {"pool_kill", "killpass"},
-    {"pool_sess", "sesspass"},
+    {"pool_sess", "sesspass"},   {"pool_lost", "lostpass"},
 };
 std::string password_of(const std::string& user) {
     for (const auto& [u, p] : kPoolUsers)
@@ -1124,4 +1124,142 @@ TEST_CASE("session pool: a client keeps its backend; DISCARD ALL cleans it for t
     PgConn watch = direct_primary();
     REQUIRE(watch.ok());
     CHECK(backends_of(watch.conn, user) <= 2);
+}
+
+// ------------------------------------------------- a server lost under a client
+
+namespace {
+// The pid of `user`'s backend in `state` running something like `like`, once
+// there is exactly one.
+std::string backend_pid(PGconn* watch, const std::string& user, const std::string& state, const std::string& like = "%") {
+    std::string pid;
+    const std::string sql = "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE usename = '" + user +
+                            "' AND state = '" + state + "' AND query LIKE '" + like + "'";
+    eventually([&] {
+        pid = value(watch, sql);
+        return !pid.empty() && pid.find(',') == std::string::npos;
+    }, 10s);
+    return pid;
+}
+void kill_backend(PGconn* watch, const std::string& user, const std::string& pid) {
+    REQUIRE(!pid.empty());
+    CHECK(value(watch, "SELECT pg_terminate_backend(" + pid + ")") == "t");
+    REQUIRE(eventually([&] { return value(watch, "SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid) == "0"; }, 10s));
+    (void)user;
+}
+}  // namespace
+
+TEST_CASE("a pooled server lost under its client: 08007 or 40001, and the same connection goes on", "[pool]") {
+    const std::string user = "pool_lost";
+    relays();  // makes the users
+    admin_value("CREATE TABLE IF NOT EXISTS pool_lost_t(x int)");
+    admin_value("GRANT ALL ON pool_lost_t TO pool_lost");
+    // COMMIT that takes a while: a deferred constraint trigger sleeps in it.
+    admin_value("CREATE OR REPLACE FUNCTION pool_lost_slow() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$");
+    admin_value("DROP TRIGGER IF EXISTS pool_lost_slow_commit ON pool_lost_t");
+    admin_value("CREATE CONSTRAINT TRIGGER pool_lost_slow_commit AFTER INSERT ON pool_lost_t DEFERRABLE INITIALLY DEFERRED "
+                "FOR EACH ROW WHEN (NEW.x = 99) EXECUTE FUNCTION pool_lost_slow()");
+    admin_value("TRUNCATE pool_lost_t");
+    PgConn watch = direct_primary();
+    REQUIRE(watch.ok());
+    auto still_usable = [&](PGconn* c) {
+        CHECK(PQstatus(c) == CONNECTION_OK);
+        CHECK(PQtransactionStatus(c) == PQTRANS_IDLE);
+        std::string one;
+        CHECK_NOTHROW(one = value(c, "SELECT 1"));
+        CHECK(one == "1");
+    };
+    auto expect_error = [](const Outcome& o, const std::string& sqlstate) {
+        INFO(o.describe());
+        CHECK(o.finished);
+        CHECK(o.status == PGRES_FATAL_ERROR);
+        CHECK(o.sqlstate == sqlstate);
+        CHECK(o.severity == "ERROR");  // not FATAL: the connection stays
+    };
+
+    SECTION("transaction mode") {
+        PgConn c = login(relays().main(), user);
+        REQUIRE(c.ok());
+        {
+            INFO("an autocommit statement in flight: it may have committed, 08007");
+            REQUIRE(PQsendQuery(c.conn, "SELECT pg_sleep(30)"));
+            kill_backend(watch.conn, user, backend_pid(watch.conn, user, "active", "SELECT pg_sleep%"));
+            expect_error(await_results(c.conn, 10s), "08007");
+            still_usable(c.conn);
+        }
+        {
+            INFO("a statement in flight inside a transaction block: rolled back, 40001");
+            REQUIRE(run(c.conn, "BEGIN").ok());
+            REQUIRE(run(c.conn, "INSERT INTO pool_lost_t VALUES (1)").ok());
+            REQUIRE(PQsendQuery(c.conn, "SELECT pg_sleep(30)"));
+            kill_backend(watch.conn, user, backend_pid(watch.conn, user, "active", "SELECT pg_sleep%"));
+            expect_error(await_results(c.conn, 10s), "40001");
+            still_usable(c.conn);
+        }
+        {
+            INFO("a COMMIT in flight: it may have committed, 08007");
+            REQUIRE(run(c.conn, "BEGIN").ok());
+            REQUIRE(run(c.conn, "INSERT INTO pool_lost_t VALUES (99)").ok());
+            REQUIRE(PQsendQuery(c.conn, "COMMIT"));
+            kill_backend(watch.conn, user, backend_pid(watch.conn, user, "active", "COMMIT%"));
+            expect_error(await_results(c.conn, 10s), "08007");
+            still_usable(c.conn);
+        }
+        {
+            INFO("idle inside a block when the server goes: the next statement gets 40001");
+            REQUIRE(run(c.conn, "BEGIN").ok());
+            REQUIRE(run(c.conn, "INSERT INTO pool_lost_t VALUES (2)").ok());
+            kill_backend(watch.conn, user, backend_pid(watch.conn, user, "idle in transaction"));
+            expect_error(run(c.conn, "INSERT INTO pool_lost_t VALUES (3)"), "40001");
+            still_usable(c.conn);
+        }
+        {
+            INFO("idle inside a block when the server goes: a ROLLBACK just succeeds");
+            REQUIRE(run(c.conn, "BEGIN").ok());
+            REQUIRE(run(c.conn, "INSERT INTO pool_lost_t VALUES (4)").ok());
+            kill_backend(watch.conn, user, backend_pid(watch.conn, user, "idle in transaction"));
+            const Outcome r = run(c.conn, "ROLLBACK");
+            INFO(r.describe());
+            CHECK(r.ok());
+            still_usable(c.conn);
+        }
+        {
+            INFO("an extended-protocol statement in flight: 08007");
+            REQUIRE(PQsendQueryParams(c.conn, "SELECT pg_sleep($1::int)", 1, nullptr,
+                                      std::vector<const char*>{"30"}.data(), nullptr, nullptr, 0));
+            kill_backend(watch.conn, user, backend_pid(watch.conn, user, "active", "SELECT pg_sleep($1%"));
+            expect_error(await_results(c.conn, 10s), "08007");
+            still_usable(c.conn);
+        }
+        // Nothing any of these transactions wrote was committed.
+        CHECK(admin_value("SELECT count(*) FROM pool_lost_t") == "0");
+    }
+
+    SECTION("session mode: settings and prepared statements move to the next server") {
+        PgConn c = login(relays().session(), user);
+        REQUIRE(c.ok());
+        REQUIRE(run(c.conn, "SET TimeZone = 'Asia/Tokyo'").ok());
+        REQUIRE(prepare(c.conn, "lost_stmt", "SELECT $1::int * 2").ok());
+        const std::string pid = value(c.conn, "SELECT pg_backend_pid()");
+        kill_backend(watch.conn, user, pid);
+        const Outcome e = exec_prepared(c.conn, "lost_stmt", "21");
+        INFO(e.describe());
+        CHECK(e.ok());
+        CHECK(e.row == std::vector<std::string>{"42"});
+        CHECK(param(c.conn, "TimeZone") == "Asia/Tokyo");
+        CHECK(value(c.conn, "SHOW TimeZone") == "Asia/Tokyo");
+        CHECK(value(c.conn, "SELECT pg_backend_pid()") != pid);
+    }
+
+    SECTION("session mode: a client that ran LISTEN cannot move, and ends as in passthrough") {
+        PgConn c = login(relays().session(), user);
+        REQUIRE(c.ok());
+        REQUIRE(run(c.conn, "LISTEN pool_lost_channel").ok());
+        kill_backend(watch.conn, user, value(c.conn, "SELECT pg_backend_pid()"));
+        const Outcome o = run(c.conn, "SELECT 1", 10s);
+        INFO(o.describe());
+        CHECK(!o.ok());
+        CHECK(PQstatus(c.conn) == CONNECTION_BAD);
+    }
 }
