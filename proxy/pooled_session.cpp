@@ -213,6 +213,12 @@ bool pins_session(std::string_view sql) {
     return false;
 }
 
+// A statement whose effect pgrelay carries from server to server.
+std::optional<protocol::pool::SetCommand> carried_set(std::string_view sql) {
+    if (auto r = parse_role(sql)) return r;
+    return protocol::pool::parse_set(sql);
+}
+
 // A server reader's buffer, lent by the thread: one reader runs per
 // transaction, and a fresh 16 KiB (zeroed) each time costs more than the
 // relay itself.
@@ -384,6 +390,9 @@ private:
     // Per request answered by ReadyForQuery. Vectors, not deques: an empty
     // std::deque allocates, and idle clients are many.
     std::vector<std::optional<protocol::pool::SetCommand>> pending_sets_;
+    // Extended protocol: the SET the unnamed statement / the last bound
+    // portal holds, and the one executed since the last Sync.
+    std::optional<protocol::pool::SetCommand> unnamed_set_, portal_set_, batch_set_;
     bool error_since_ready_ = false;
     uint32_t unsynced_ = 0;        // extended-protocol messages since the last Sync
     bool skip_until_sync_ = false;  // pgrelay refused a batch that had no Sync yet
@@ -463,7 +472,10 @@ asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet
         co_return false;
     }
     const topology::TopologyPtr topo = shared_.topology.current();
-    AuthStore::Lookup found = co_await shared_.auth->lookup(role, user_, db_, *shared_.router, topo.get());
+    // auth_query runs in the database the client asked for; the admin
+    // console's is virtual, so its users are looked up in "postgres".
+    const std::string lookup_db = db_ == kAdminDatabase ? std::string("postgres") : db_;
+    AuthStore::Lookup found = co_await shared_.auth->lookup(role, user_, lookup_db, *shared_.router, topo.get());
     if (!found.error.empty()) {
         log::warn("[{}] client={} user={}: cannot look up the password: {}", role_name(), client_.peer(), who, found.error);
         reg.count_login(role, "error");
@@ -686,6 +698,14 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
                 continue;
             }
             failure = a.error;
+            if (hold.held()) {
+                // Held for a primary that never took connections: to the
+                // client this is no primary in time, as in a leaderless window.
+                failure->sqlstate = "57P03";
+                failure->message = std::string("pgrelay ") + role_name() + ": no primary could take the transaction (" +
+                                   failure->message + "; held " + std::to_string(hold.held_ms()) +
+                                   " ms, hold_timeout reached)";
+            }
             break;
         }
         if (a.waited > 0.001 && client_gone()) {
@@ -783,8 +803,7 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
     switch (type) {
         case 'Q': {
             std::string_view sql(reinterpret_cast<const char*>(body.data()), body.empty() ? 0 : body.size() - 1);
-            pending_sets_.push_back(parse_role(sql));
-            if (!pending_sets_.back()) pending_sets_.back() = protocol::pool::parse_set(sql);
+            pending_sets_.push_back(carried_set(sql));
             may_commit_ = may_commit_ || outside_block() || may_end_transaction(sql);
             if (pc_.mode == PoolMode::Session && carriable_ &&
                 (pins_session(sql) || (!pending_sets_.back() && may_change_session(sql))))
@@ -821,7 +840,8 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             forward();
             return;
         case 'S':
-            pending_sets_.push_back(std::nullopt);
+            pending_sets_.push_back(std::move(batch_set_));
+            batch_set_.reset();
             unsynced_ = 0;
             forward();
             return;
@@ -837,11 +857,15 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
                     return;
                 }
             }
-            if (m && pc_.mode == PoolMode::Transaction && may_change_session(m->query)) srv_->broken = true;
-            if (m && pc_.mode == PoolMode::Session && (pins_session(m->query) || may_change_session(m->query)))
+            // A lone SET (or SET ROLE) is carried as in a simple Query, once
+            // a Sync after its Execute has seen it succeed.
+            auto set = m ? carried_set(m->query) : std::nullopt;
+            if (m && pc_.mode == PoolMode::Transaction && !set && may_change_session(m->query)) srv_->broken = true;
+            if (m && pc_.mode == PoolMode::Session && (pins_session(m->query) || (!set && may_change_session(m->query))))
                 carriable_ = false;
             if (!m) unnamed_may_end_ = true;
             else if (m->name.empty()) unnamed_may_end_ = may_end_transaction(m->query);
+            if (!m || m->name.empty()) unnamed_set_ = std::move(set);
             if (!m || m->name.empty()) return forward();
             auto st = pools_.statements().intern(m->query, m->param_types);
             stmts_.add(m->name, st);
@@ -865,10 +889,13 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             auto m = protocol::pool::decode_bind(body);
             if (!m || m->statement.empty()) {
                 may_commit_ = may_commit_ || outside_block() || unnamed_may_end_;
+                portal_set_ = unnamed_set_;
                 return forward();
             }
+            portal_set_.reset();
             if (auto st = stmts_.find(m->statement)) {
                 may_commit_ = may_commit_ || outside_block() || may_end_transaction(st->query);
+                portal_set_ = carried_set(st->query);
                 ensure_prepared(*st, out);
                 protocol::pool::encode_bind(out, m->portal, st->server_name, m->rest);
             } else {
@@ -905,6 +932,9 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             return;
         }
         case 'E':
+            ++unsynced_;
+            if (portal_set_) batch_set_ = portal_set_;
+            return forward();
         case 'H':
             ++unsynced_;
             return forward();
@@ -1041,6 +1071,7 @@ asio::awaitable<void> PooledSession::server_gone(ServerConn* s, const std::strin
         lost_block_ = true;
     }
     pending_sets_.clear();
+    batch_set_.reset();
     error_since_ready_ = false;
     unsynced_ = 0;
     may_commit_ = false;

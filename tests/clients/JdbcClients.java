@@ -4,6 +4,13 @@
 // Run (Java 11+ single-file source launch, no build step):
 //   java -cp /usr/share/java/postgresql.jar tests/clients/JdbcClients.java \
 //       HOST PORT USER PASSWORD DBNAME [--clients 20] [--iterations 50] [--timeout 120]
+//   ... HOST PORT USER PASSWORD DBNAME --steady SECONDS [--expect-move]
+//
+// --steady: one connection for SECONDS, across whatever happens meanwhile (a
+// switchover), with two PreparedStatements (server-side from their first use)
+// run every 0.2 s and their results checked. Errors a failover may cause
+// (08007, 40001, 57P03) are counted; a lost connection, a wrong result, or
+// (with --expect-move) never reaching a second server fails.
 //
 // The URL carries prepareThreshold=1, so every PreparedStatement becomes a
 // named server-side statement (Parse S_n once, then only Bind/Execute of S_n)
@@ -43,6 +50,8 @@ public class JdbcClients {
     static String host, user, password, dbname;
     static int port, clients = 20, iterations = 50;
     static double timeoutS = 120;
+    static double steadyS = 0;
+    static boolean expectMove = false;
     static String table;
     static volatile boolean stop = false;  // set by the first client that fails: the others stop early
 
@@ -58,6 +67,10 @@ public class JdbcClients {
         try {
             for (int i = 0; i < argv.length; i++) {
                 String a = argv[i];
+                if (a.equals("--expect-move")) {
+                    expectMove = true;
+                    continue;
+                }
                 if (a.startsWith("--")) {
                     String name = a, val;
                     int eq = a.indexOf('=');
@@ -72,6 +85,7 @@ public class JdbcClients {
                         case "--clients": clients = Integer.parseInt(val); break;
                         case "--iterations": iterations = Integer.parseInt(val); break;
                         case "--timeout": timeoutS = Double.parseDouble(val); break;
+                        case "--steady": steadyS = Double.parseDouble(val); break;
                         default: usage("unknown option " + name);
                     }
                 } else {
@@ -304,8 +318,59 @@ public class JdbcClients {
         }
     }
 
+    static int steady() throws Exception {
+        long deadline = System.nanoTime() + (long) (steadyS * 1e9);
+        int ok = 0, errors = 0;
+        List<Integer> ports = new ArrayList<>();
+        try (Connection c = connect("steady_jdbc");
+             PreparedStatement add = c.prepareStatement("SELECT ?::int + ?::int");
+             PreparedStatement where = c.prepareStatement("SELECT inet_server_port()")) {
+            for (int i = 0; System.nanoTime() < deadline; i++) {
+                Thread.sleep(200);
+                try {
+                    add.setInt(1, i);
+                    add.setInt(2, 1);
+                    int sum, port;
+                    try (ResultSet r = add.executeQuery()) {
+                        r.next();
+                        sum = r.getInt(1);
+                    }
+                    try (ResultSet r = where.executeQuery()) {
+                        r.next();
+                        port = r.getInt(1);
+                    }
+                    if (sum != i + 1) {
+                        System.err.println(PROG + ": FAIL: " + i + " + 1 = " + sum);
+                        return 1;
+                    }
+                    ok++;
+                    if (ports.isEmpty() || ports.get(ports.size() - 1) != port) ports.add(port);
+                } catch (SQLException e) {
+                    String st = e.getSQLState();
+                    if (c.isClosed()) {
+                        System.err.println(PROG + ": FAIL: the connection was lost: " + describe(e));
+                        return 1;
+                    }
+                    if ("08007".equals(st) || "40001".equals(st) || "57P03".equals(st)) {
+                        errors++;
+                        continue;
+                    }
+                    System.err.println(PROG + ": FAIL: " + describe(e));
+                    return 1;
+                }
+            }
+        }
+        System.out.println("steady: " + ok + " queries, " + errors + " errors, server ports " + ports);
+        if (ok == 0 || (expectMove && ports.size() < 2)) {
+            System.err.println(PROG + ": FAIL: " + ok + " queries, server ports " + ports);
+            return 1;
+        }
+        return 0;
+    }
+
     public static void main(String[] argv) throws Exception {
         parseArgs(argv);
+        if (steadyS > 0) System.exit(steady());
         long start = System.nanoTime();
         long deadline = start + (long) (timeoutS * 1e9);
         Thread watchdog = new Thread(() -> {

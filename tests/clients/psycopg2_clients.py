@@ -15,6 +15,13 @@ iteration adds a transaction that fails (22012, then 25P02) and is rolled back.
 Usage: psycopg2_clients.py HOST PORT USER PASSWORD DBNAME
            [--clients 20] [--iterations 50] [--timeout 120]
            [--appname-via startup|options]
+       psycopg2_clients.py HOST PORT USER PASSWORD DBNAME --steady SECONDS
+
+--steady: one connection for SECONDS, across whatever happens meanwhile (a
+switchover): SET TimeZone once, then every 0.2 s a query that checks the
+setting is still there and notes the server port. Errors a failover may
+cause (08007, 40001, 57P03) are counted; a lost connection, a lost setting,
+or (with --expect-move) never reaching a second server fails.
 Exit status: 0 all checks passed, 1 a check or query failed, 2 usage,
 3 total timeout exceeded.
 
@@ -71,6 +78,8 @@ def parse_args():
                    help="send application_name as its own startup parameter "
                         "(default) or inside the 'options' startup parameter "
                         "(-c application_name=...)")
+    p.add_argument("--steady", type=float, default=0.0)
+    p.add_argument("--expect-move", action="store_true")
     a = p.parse_args()
     if a.clients < 1 or a.iterations < 1 or a.timeout <= 0:
         p.error("--clients, --iterations and --timeout must be positive")
@@ -225,8 +234,45 @@ class Client(threading.Thread):
         conn.commit()
 
 
+def steady(args):
+    deadline = time.monotonic() + args.steady
+    conn = connect(args, "steady_py")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SET TimeZone = 'Asia/Tokyo'")
+    ok = errors = 0
+    ports = []
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            cur.execute("SELECT current_setting('TimeZone'), inet_server_port()")
+            tz, port = cur.fetchone()
+        except psycopg2.Error as e:
+            if conn.closed:
+                log("FAIL: the connection was lost: %s" % str(e).strip())
+                return 1
+            if e.pgcode in ("08007", "40001", "57P03"):
+                errors += 1
+                continue
+            log("FAIL: %s %s" % (e.pgcode, str(e).strip()))
+            return 1
+        if tz != "Asia/Tokyo":
+            log("FAIL: TimeZone is %r on server port %s, not Asia/Tokyo" % (tz, port))
+            return 1
+        ok += 1
+        if not ports or ports[-1] != port:
+            ports.append(port)
+    print("steady: %d queries, %d errors, server ports %s" % (ok, errors, ports))
+    if ok == 0 or (args.expect_move and len(ports) < 2):
+        log("FAIL: %d queries, server ports %s" % (ok, ports))
+        return 1
+    return 0
+
+
 def main():
     args = parse_args()
+    if args.steady > 0:
+        return steady(args)
     start = time.monotonic()
     deadline = start + args.timeout
 

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <future>
 #include <random>
 #include <algorithm>
 #include <map>
@@ -155,10 +156,11 @@ private:
 // it, and ports change only in the order of the leaders: no write committed
 // on a node after a later leader took over.
 void check_no_lost_writes(const std::vector<std::pair<int64_t, std::string>>& acked, int64_t first_id,
-                          const std::string& final_leader, const std::vector<std::string>& leader_ports_in_order) {
+                          const std::string& final_leader, const std::vector<std::string>& leader_ports_in_order,
+                          const std::string& table = "failover_writes") {
     PgConn d = pg_connect(PatroniCluster::shared().direct(final_leader));
     REQUIRE(d.ok());
-    PGresult* res = PQexec(d.conn, ("SELECT id, port FROM failover_writes WHERE id >= " + std::to_string(first_id) +
+    PGresult* res = PQexec(d.conn, ("SELECT id, port FROM " + table + " WHERE id >= " + std::to_string(first_id) +
                                     " ORDER BY id")
                                        .c_str());
     REQUIRE(PQresultStatus(res) == PGRES_TUPLES_OK);
@@ -185,32 +187,64 @@ void check_no_lost_writes(Writer& w, const std::string& final_leader,
     check_no_lost_writes(w.acked_rows(), w.first_id(), final_leader, leader_ports_in_order);
 }
 
-// pgrelay with rw in transaction pool mode: it authenticates scramuser itself
-// (auth_file, plain secret) and logs into the members with the pool's keys.
-Pgrelay& pooled_relay() {
+// Pooled clients log in as pooluser (a role of their own, so that the
+// members' pg_stat_activity tells pgrelay's pooled server connections apart).
+constexpr int kPooledSize = 10;
+std::string pooled_conninfo(uint16_t port, const std::string& extra = {}) {
+    return "host=127.0.0.1 port=" + std::to_string(port) +
+           " user=pooluser password=poolpass dbname=postgres connect_timeout=90 sslmode=disable" + extra;
+}
+// An auth_file with pooluser's secret (plain), and the role on the cluster.
+const std::string& pooled_users() {
     static TempDir dir("pgrelay-pooled-users");
-    static const std::string users = [] {
-        const std::string path = dir.path() + "/users.txt";
-        std::ofstream(path) << "\"scramuser\" \"scrampass\"\n";
-        return path;
+    static const std::string path = [] {
+        auto& cluster = PatroniCluster::shared();
+        PgConn d = pg_connect(cluster.direct(cluster.leader()));
+        REQUIRE(d.ok());
+        exec(d.conn, "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pooluser') THEN "
+                     "CREATE ROLE pooluser SUPERUSER LOGIN PASSWORD 'poolpass'; END IF; END $$");
+        const std::string p = dir.path() + "/users.txt";
+        std::ofstream(p) << "\"pooluser\" \"poolpass\"\n";
+        return p;
     }();
-    static Pgrelay r(PatroniCluster::shared(), "hold_timeout = \"60s\"\n",
-                     PgrelayOptions{.extra_sections = "[pool.rw]\npool_mode = \"transaction\"\npool_size = 10\n"
-                                                      "auth_file = \"" + users + "\"\n"});
+    return path;
+}
+PgrelayOptions pooled_options() {
+    return PgrelayOptions{.extra_sections = "[pool.rw]\npool_mode = \"transaction\"\npool_size = " +
+                                            std::to_string(kPooledSize) + "\nauth_file = \"" + pooled_users() + "\"\n"};
+}
+// pgrelay with rw in transaction pool mode: it authenticates pooluser itself
+// and logs into the members with the pool's keys.
+Pgrelay& pooled_relay() {
+    static Pgrelay r(PatroniCluster::shared(), "hold_timeout = \"60s\"\n", pooled_options());
     return r;
+}
+// The same with a 2 s hold_timeout, to see it run out.
+Pgrelay& short_hold_relay() {
+    static Pgrelay r(PatroniCluster::shared(), "hold_timeout = \"2s\"\n", pooled_options());
+    return r;
+}
+std::string pooled_port_via(uint16_t port) {
+    PgConn c = pg_connect(pooled_conninfo(port));
+    if (!c.ok()) return "error " + c.sqlstate + ": " + c.error;
+    try {
+        return query_value(c.conn, "SELECT inet_server_port()");
+    } catch (const std::exception& e) {
+        return std::string("error ") + e.what();
+    }
 }
 
 // Long-lived clients that each write a row every 0.3-1.2 s on one
 // connection, never reconnecting unless the connection itself is gone.
 class SteadyClients {
 public:
-    SteadyClients(uint16_t port, int n) : port_(port) {
-        PgConn c = pg_connect(user_conninfo(port_));
+    SteadyClients(std::string conninfo, int n) : conninfo_(std::move(conninfo)) {
+        PgConn c = pg_connect(conninfo_);
         REQUIRE(c.ok());
         exec(c.conn,
-             "CREATE TABLE IF NOT EXISTS failover_writes(id bigint PRIMARY KEY, "
+             "CREATE TABLE IF NOT EXISTS pooled_writes(id bigint PRIMARY KEY, "
              "port int NOT NULL DEFAULT inet_server_port(), at timestamptz DEFAULT clock_timestamp())");
-        next_ = first_id_ = std::stoll(query_value(c.conn, "SELECT coalesce(max(id), 0) + 1 FROM failover_writes"));
+        next_ = first_id_ = std::stoll(query_value(c.conn, "SELECT coalesce(max(id), 0) + 1 FROM pooled_writes"));
         for (int i = 0; i < n; ++i) threads_.emplace_back([this, i] { loop(i); });
     }
     ~SteadyClients() { stop(); }
@@ -246,17 +280,17 @@ private:
     void loop(int i) {
         const auto deadline = Clock::now() + 600s;  // bounded whatever happens
         std::minstd_rand rng(static_cast<unsigned>(i) * 7919u + 1);
-        PgConn c = pg_connect(user_conninfo(port_));
+        PgConn c = pg_connect(conninfo_);
         while (!stop_ && Clock::now() < deadline) {
             std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 900));
             if (!c.ok()) {
                 ++reconnects_;
-                c = pg_connect(user_conninfo(port_));
+                c = pg_connect(conninfo_);
                 if (!c.ok()) continue;
             }
             const int64_t id = next_++;
             const auto t0 = Clock::now();
-            PGresult* res = PQexec(c.conn, ("INSERT INTO failover_writes(id) VALUES (" + std::to_string(id) +
+            PGresult* res = PQexec(c.conn, ("INSERT INTO pooled_writes(id) VALUES (" + std::to_string(id) +
                                             ") RETURNING port")
                                                .c_str());
             const double took = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -271,7 +305,7 @@ private:
             PQclear(res);
         }
     }
-    uint16_t port_;
+    std::string conninfo_;
     std::atomic<int64_t> next_{1};
     int64_t first_id_ = 1;
     std::atomic<bool> stop_{false};
@@ -533,17 +567,70 @@ TEST_CASE("switchover under a write loop: old sessions get 57P01, new ones are h
     check_no_lost_writes(writer, new_leader, {pg_port_of(old_leader), pg_port_of(new_leader)});
 }
 
-TEST_CASE("kill -9 of the leader's Patroni and PostgreSQL: rw follows the new leader, no acknowledged write lost",
+TEST_CASE("kill -9 of the leader's Patroni and PostgreSQL: rw follows the new leader, pooled clients stay, a herd is "
+          "held, no acknowledged write lost",
           "[patroni]") {
     auto& cluster = PatroniCluster::shared();
     wait_healthy();
     const std::string old_leader = cluster.leader();
     REQUIRE(eventually([&] { return port_via(relay().rw_port()) == pg_port_of(old_leader); }, 30s));
+    REQUIRE(eventually([&] { return pooled_port_via(pooled_relay().rw_port()) == pg_port_of(old_leader); }, 30s));
+    REQUIRE(eventually([&] { return pooled_port_via(short_hold_relay().rw_port()) == pg_port_of(old_leader); }, 30s));
     Writer writer(relay().rw_port());
+    SteadyClients pooled(pooled_conninfo(pooled_relay().rw_port()), 20);
     REQUIRE(writer.wait_more(50, 30s));
+    REQUIRE(pooled.wait_more(40, 30s));
+    // A pooled client behind a 2 s hold_timeout.
+    PgConn short_hold = pg_connect(pooled_conninfo(short_hold_relay().rw_port()));
+    REQUIRE(short_hold.ok());
+    REQUIRE(query_value(short_hold.conn, "SELECT 1") == "1");
 
     cluster.run("kill " + old_leader);
-    // The leader key lives until Patroni's ZooKeeper session expires (ttl 10 s).
+    // A herd: 300 new pooled connections while there is no primary, each
+    // logging in and asking whether it may write.
+    constexpr int kHerd = 300;
+    std::vector<std::string> herd(kHerd);
+    std::vector<std::thread> herders;
+    for (int t = 0; t < 10; ++t)
+        herders.emplace_back([&, t] {
+            std::vector<PgConn> mine;
+            for (int i = t; i < kHerd; i += 10) {
+                mine.push_back(pg_connect(pooled_conninfo(pooled_relay().rw_port(), " application_name=herd")));
+                if (!mine.back().ok()) herd[size_t(i)] = "connect " + mine.back().sqlstate + " " + mine.back().error;
+            }
+            // All logged in (held or not): now every one sends its query.
+            for (auto& c : mine) (void)PQsendQuery(c.conn, "SELECT pg_is_in_recovery()");
+            for (size_t k = 0; k < mine.size(); ++k) {
+                const int i = t + int(k) * 10;
+                if (!herd[size_t(i)].empty()) continue;
+                PGresult* r = nullptr;
+                std::string outcome = "no result";
+                while (PGresult* next = PQgetResult(mine[k].conn)) {
+                    if (!r) r = next;
+                    else PQclear(next);
+                }
+                if (r) {
+                    outcome = PQresultStatus(r) == PGRES_TUPLES_OK ? (std::string(PQgetvalue(r, 0, 0)) == "f" ? "writable" : "read-only")
+                                                                   : "error " + std::string(PQresultErrorMessage(r));
+                    PQclear(r);
+                }
+                herd[size_t(i)] = outcome;
+            }
+        });
+    // The short-hold client's transaction starts in the leaderless window and
+    // waits 2 s for a primary: 57P03, and its connection stays.
+    {
+        PGresult* r = PQexec(short_hold.conn, "SELECT 1");
+        const char* code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        const char* sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+        INFO(PQresultErrorMessage(r));
+        CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR);
+        CHECK(std::string(code ? code : "") == "57P03");
+        CHECK(std::string(sev ? sev : "") == "ERROR");
+        PQclear(r);
+        CHECK(PQstatus(short_hold.conn) == CONNECTION_OK);
+    }
+    // The leader key lives until Patroni's DCS session expires (ttl 10 s).
     const std::string new_leader = [&] {
         std::string l = cluster.run("leader --wait 90 --not " + old_leader, 120);
         while (!l.empty() && (l.back() == '\n' || l.back() == ' ')) l.pop_back();
@@ -552,15 +639,56 @@ TEST_CASE("kill -9 of the leader's Patroni and PostgreSQL: rw follows the new le
     REQUIRE(new_leader != old_leader);
     CHECK(new_leader != "pg3");  // nofailover
     CHECK(eventually([&] { return port_via(relay().rw_port()) == pg_port_of(new_leader); }, 60s));
+    // The new primary never sees more than pool_size pooled server
+    // connections, herd or not.
+    PgConn watch = pg_connect(cluster.direct(new_leader));
+    REQUIRE(watch.ok());
+    int most = 0, samples = 0;
+    bool herd_done = false;
+    for (const auto until = Clock::now() + 90s; !herd_done && Clock::now() < until; ++samples) {
+        most = std::max(most, std::stoi(query_value(
+                                  watch.conn, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pooluser'")));
+        herd_done = std::all_of(herd.begin(), herd.end(), [](const std::string& h) { return !h.empty(); });
+        std::this_thread::sleep_for(50ms);
+    }
+    for (auto& t : herders) t.join();
+    std::map<std::string, int> outcomes;
+    for (const auto& h : herd) ++outcomes[h];
+    for (const auto& [o, n] : outcomes) {
+        INFO("herd: " << n << " x " << o);
+        CHECK(o == "writable");
+    }
+    WARN("herd of " << kHerd << " after kill -9: at most " << most << " pooled server connections on the new primary ("
+                    << samples << " samples)");
+    // Two pgrelays pool to it: pooled_relay and short_hold_relay.
+    CHECK(most <= 2 * kPooledSize);
+    // The same short-hold connection works on the new primary.
+    CHECK(eventually([&] {
+        PGresult* r = PQexec(short_hold.conn, "SELECT pg_is_in_recovery()");
+        const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && std::string(PQgetvalue(r, 0, 0)) == "f";
+        PQclear(r);
+        return ok;
+    }, 30s));
+    CHECK(PQstatus(short_hold.conn) == CONNECTION_OK);
+
     CHECK(writer.wait_more(50, 60s));
+    CHECK(pooled.wait_more(40, 60s));
     writer.stop();
+    pooled.stop();
     WARN("crash of " << old_leader << " -> " << new_leader << ": longest write outage " << writer.longest_outage_s()
-                     << " s");
+                     << " s; 20 pooled clients: " << pooled.errors().size() << " errors, " << pooled.reconnects()
+                     << " reconnects, slowest write " << pooled.slowest_write_s() << " s");
     check_no_lost_writes(writer, new_leader, {pg_port_of(old_leader), pg_port_of(new_leader)});
+    // The pooled clients kept their connections through the crash.
+    CHECK(pooled.reconnects() == 0);
+    for (const auto& e : pooled.errors()) CHECK(e.rfind("08007", 0) == 0);
+    check_no_lost_writes(pooled.acked_rows(), pooled.first_id(), new_leader, {pg_port_of(old_leader), pg_port_of(new_leader)},
+                         "pooled_writes");
 
     cluster.run("start " + old_leader);
     wait_healthy();
     CHECK(relay().running());
+    CHECK(pooled_relay().running());
 }
 
 TEST_CASE("transaction pool through 3 switchovers: 40 clients stay connected, only requests in flight fail, no write lost",
@@ -569,8 +697,8 @@ TEST_CASE("transaction pool through 3 switchovers: 40 clients stay connected, on
     wait_healthy();
     Pgrelay& relay = pooled_relay();
     std::vector<std::string> ports{pg_port_of(cluster.leader())};
-    REQUIRE(eventually([&] { return port_via(relay.rw_port()) == ports.back(); }, 30s));
-    SteadyClients clients(relay.rw_port(), 40);
+    REQUIRE(eventually([&] { return pooled_port_via(relay.rw_port()) == ports.back(); }, 30s));
+    SteadyClients clients(pooled_conninfo(relay.rw_port()), 40);
     REQUIRE(clients.wait_more(80, 30s));
     std::vector<size_t> errors_per_switchover;
     for (int round = 0; round < 3; ++round) {
@@ -603,8 +731,40 @@ TEST_CASE("transaction pool through 3 switchovers: 40 clients stay connected, on
     for (size_t n : errors_per_switchover) CHECK(n <= 10);  // a handful, not one per client
     // Every acknowledged write is on the final primary, and none was committed
     // on a member after a later leader took over.
-    check_no_lost_writes(clients.acked_rows(), clients.first_id(), cluster.leader(), ports);
+    check_no_lost_writes(clients.acked_rows(), clients.first_id(), cluster.leader(), ports, "pooled_writes");
     CHECK(relay.running());
+}
+
+TEST_CASE("session state survives a switchover: pgJDBC prepared statements and psycopg2's SET TimeZone, no reconnect",
+          "[patroni]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    Pgrelay& relay = pooled_relay();
+    const std::string before = cluster.leader();
+    REQUIRE(eventually([&] { return pooled_port_via(relay.rw_port()) == pg_port_of(before); }, 30s));
+    const std::string clients = source_dir() + "/tests/clients/";
+    const std::string args = " 127.0.0.1 " + std::to_string(relay.rw_port()) + " pooluser poolpass postgres --steady 45 --expect-move";
+    auto launch = [](const std::string& cmd) {
+        return std::async(std::launch::async, [cmd] {
+            std::string out;
+            const int rc = run_command("timeout 120 " + cmd + " 2>&1", &out);
+            return std::make_pair(rc, out);
+        });
+    };
+    auto py = launch("/usr/bin/python3 " + clients + "psycopg2_clients.py" + args);
+    auto jdbc = launch("java -cp /usr/share/java/postgresql.jar " + clients + "JdbcClients.java" + args);
+    std::this_thread::sleep_for(12s);  // both connected and running (java compiles the source first)
+    const std::string out = cluster.run("switchover");
+    INFO(out);
+    REQUIRE(cluster.leader() != before);
+    for (auto* job : {&py, &jdbc}) {
+        const auto [rc, text] = job->get();
+        INFO(text);
+        CHECK(rc == 0);
+        CHECK_THAT(text, Catch::Contains("steady:"));
+        WARN(text);
+    }
+    wait_healthy();
 }
 
 namespace {

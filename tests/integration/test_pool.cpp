@@ -46,7 +46,7 @@ constexpr const char* kFailedLogins = "pgrelay_pool_logins_total{port=\"rw\",out
 const std::vector<std::pair<std::string, std::string>> kPoolUsers = {
     {"pool_bench", "benchpass"}, {"pool_drivers", "driverspass"}, {"pool_iso", "isopass"},
     {"pool_wait", "waitpass"},   {"pool_life", "lifepass"},       {"pool_kill", "killpass"},
-    {"pool_sess", "sesspass"},   {"pool_lost", "lostpass"},
+    {"pool_sess", "sesspass"},   {"pool_lost", "lostpass"},   {"pool_admin", "adminpass"},
 };
 std::string password_of(const std::string& user) {
     for (const auto& [u, p] : kPoolUsers)
@@ -206,7 +206,9 @@ public:
     const std::string& file_users() const { return file_users_; }
 
     // Transaction mode, pool_size 20, secrets through auth_query.
-    Pgrelay& main() { return start(main_, pool_toml("transaction", 20, "query_wait_timeout = \"30s\"\n")); }
+    Pgrelay& main() {
+        return start(main_, pool_toml("transaction", 20, "query_wait_timeout = \"30s\"\nadmin_users = [\"pool_admin\"]\n"));
+    }
     // Transaction mode, secrets from auth_file only (no auth_user).
     Pgrelay& file() {
         return start(file_, "[pool]\npool_mode = \"transaction\"\npool_size = 5\nauth_file = \"" + file_users_ + "\"\n");
@@ -1262,4 +1264,104 @@ TEST_CASE("a pooled server lost under its client: 08007 or 40001, and the same c
         CHECK(!o.ok());
         CHECK(PQstatus(c.conn) == CONNECTION_BAD);
     }
+}
+
+// ------------------------------------------------------------- admin console
+
+namespace {
+PgConn admin_login(const Pgrelay& relay, const std::string& user) {
+    return pg_connect(relay.conninfo(relay.rw_port(), user, password_of(user)) + " dbname=pgrelay");
+}
+// Every row of a SHOW, as "col=value" joined by spaces, one string per row.
+std::vector<std::string> show(PGconn* c, const std::string& cmd) {
+    std::vector<std::string> rows;
+    PGresult* r = PQexec(c, cmd.c_str());
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+        for (int i = 0; i < PQntuples(r); ++i) {
+            std::string row;
+            for (int j = 0; j < PQnfields(r); ++j) row += std::string(PQfname(r, j)) + "=" + PQgetvalue(r, i, j) + " ";
+            rows.push_back(row);
+        }
+    } else {
+        rows.push_back(std::string("error ") + PQresultErrorMessage(r));
+    }
+    PQclear(r);
+    return rows;
+}
+std::string command(PGconn* c, const std::string& cmd) {
+    PGresult* r = PQexec(c, cmd.c_str());
+    std::string out = PQresultStatus(r) == PGRES_COMMAND_OK ? std::string(PQcmdStatus(r)) : "error " + std::string(PQresultErrorMessage(r));
+    PQclear(r);
+    return out;
+}
+bool any_contains(const std::vector<std::string>& rows, const std::string& a, const std::string& b = {}) {
+    return std::any_of(rows.begin(), rows.end(), [&](const std::string& r) {
+        return r.find(a) != std::string::npos && r.find(b) != std::string::npos;
+    });
+}
+}  // namespace
+
+TEST_CASE("admin console: SHOW commands, PAUSE and RESUME under pgbench with no failed transaction, RECONNECT", "[pool]") {
+    Pgrelay& relay = relays().main();
+    auto& cluster = relays().cluster();
+    const std::string user = "pool_bench";
+    {
+        PgConn refused = admin_login(relay, user);
+        CHECK(!refused.ok());
+        CHECK(refused.sqlstate == "28000");
+    }
+    PgConn admin = admin_login(relay, "pool_admin");
+    REQUIRE(admin.ok());
+    PgConn c = login(relay, user);
+    REQUIRE(c.ok());
+    const std::string pid = value(c.conn, "SELECT pg_backend_pid()");
+
+    CHECK(any_contains(show(admin.conn, "SHOW POOLS"), "user=" + user, "pool_size=20"));
+    CHECK(any_contains(show(admin.conn, "show clients;"), "user=" + user, "state=idle"));
+    CHECK(any_contains(show(admin.conn, "SHOW SERVERS"), "user=" + user, "backend_pid=" + pid));
+    CHECK(any_contains(show(admin.conn, "SHOW STATS"), "user=" + user));
+    CHECK(any_contains(show(admin.conn, "SHOW CONFIG"), "key=pool.rw.pool_mode", "value=transaction"));
+    CHECK(any_contains(show(admin.conn, "SHOW HELP"), "command=RECONNECT"));
+    CHECK(command(admin.conn, "SHOW NONSENSE").find("unknown command") != std::string::npos);
+
+    // RECONNECT: the idle server closes; the next transaction runs on a new one.
+    CHECK(command(admin.conn, "RECONNECT") == "RECONNECT");
+    CHECK(value(c.conn, "SELECT pg_backend_pid()") != pid);
+
+    // PAUSE while pgbench runs: it answers once no transaction is running, and
+    // then PostgreSQL has no server connection of the pool's users; pgbench's
+    // transactions wait, and RESUME lets them go on. None fails.
+    std::string out;
+    REQUIRE(run_command("PGPASSWORD=postgres timeout 120 pgbench -i -q -s 1 -h 127.0.0.1 -p " +
+                            std::to_string(cluster.primary().port) + " -U postgres postgres",
+                        &out) == 0);
+    admin_value("GRANT SELECT, INSERT, UPDATE, DELETE ON pgbench_accounts, pgbench_branches, pgbench_tellers, "
+                "pgbench_history TO pool_bench");
+    c = PgConn{};
+    auto bench = std::async(std::launch::async, [&] {
+        std::string o;
+        const int rc = run_command("PGPASSWORD=" + password_of(user) + " timeout 120 pgbench -n -c 8 -j 2 -T 10 -M extended -h 127.0.0.1 -p " +
+                                       std::to_string(relay.rw_port()) + " -U " + user + " postgres",
+                                   &o);
+        return std::make_pair(rc, o);
+    });
+    std::this_thread::sleep_for(3s);
+    PgConn watch = direct_primary();
+    REQUIRE(watch.ok());
+    CHECK(backends_of(watch.conn, user) > 0);
+    CHECK(command(admin.conn, "PAUSE") == "PAUSE");
+    CHECK(eventually([&] { return backends_of(watch.conn, user) == 0; }, 5s));
+    std::this_thread::sleep_for(2s);
+    CHECK(backends_of(watch.conn, user) == 0);  // still paused: nothing reopened
+    CHECK(any_contains(show(admin.conn, "SHOW CLIENTS"), "user=" + user, "state=waiting"));
+    CHECK(command(admin.conn, "RESUME") == "RESUME");
+    const auto [rc, bench_out] = bench.get();
+    INFO(bench_out);
+    CHECK(rc == 0);
+    std::smatch failed, processed;
+    REQUIRE(std::regex_search(bench_out, failed, std::regex(R"(number of failed transactions: (\d+))")));
+    REQUIRE(std::regex_search(bench_out, processed, std::regex(R"(number of transactions actually processed: (\d+))")));
+    CHECK(std::stol(failed[1]) == 0);
+    CHECK(std::stol(processed[1]) > 0);
+    CHECK(relay.running());
 }
