@@ -19,18 +19,27 @@ Per switchover and target:
   outage  = first commit on the new primary - last commit on the old one
 and Patroni's own leaderless window = leader znode deleted -> created (both
 as seen by the watch).
+
+Beside each write loop, a crowd (--crowd, quick/full 40, smoke 5) of
+long-lived, mostly idle connections, as an application's connection pool
+holds them: each writes a row every 0.3-1.2 s and keeps its connection
+unless the connection itself is gone. Per target: client errors per
+switchover, connections that had to reconnect, and the slowest single write.
+One more target takes part here only: pgrelay-tx, a second pgrelay whose rw
+port pools in transaction mode (started for this scenario).
 """
 
 import array
 import base64
 import bisect
 import json
+import random
 import socket
 import threading
 import time
 import urllib.parse
 
-from . import common, services
+from . import common, pooled, services
 from .common import BenchError, say
 
 WRITE_SQL = "INSERT INTO bench_failover (target) VALUES (%s) RETURNING inet_server_port()"
@@ -39,6 +48,9 @@ CREATE TABLE IF NOT EXISTS bench_failover (
     id bigserial PRIMARY KEY,
     target text NOT NULL,
     at timestamptz NOT NULL DEFAULT clock_timestamp())"""
+DSN_OPTS = dict(connect_timeout=10, application_name="pgrelay-bench-failover",
+                keepalives=1, keepalives_idle=5, keepalives_interval=1, keepalives_count=3,
+                options="'-c statement_timeout=5000'", sslmode="disable")
 REROUTE_WAIT = 90        # a target that has not written to the new primary by then failed
 SUCCESS_PAUSE = 0.001    # between writes, to leave CPU to the cluster
 ERROR_PAUSE = 0.01
@@ -465,13 +477,88 @@ class WriteLoop(threading.Thread):
         return msgs
 
 
+class Crowd:
+    """n long-lived connections to one target, each writing a row every
+    0.3-1.2 s and reconnecting only when its connection is gone."""
+
+    def __init__(self, name, dsn, n, deadline):
+        self.target, self.dsn, self.deadline = name, dsn, deadline
+        self.lock = threading.Lock()
+        self.errors = []          # (wall time, SQLSTATE or first line)
+        self.reconnects = 0
+        self.writes = 0
+        self.slowest = 0.0
+        self.failed_connects = 0
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True,
+                                         name="crowd-%s-%d" % (name, i)) for i in range(n)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(30)
+
+    def _run(self, i):
+        import psycopg2
+        rng = random.Random(i * 7919 + 1)
+        conn = None
+        ever = False
+        while not self.stopping.is_set() and time.monotonic() < self.deadline:
+            time.sleep(rng.uniform(0.3, 1.2))
+            try:
+                if conn is None or conn.closed:
+                    if ever:
+                        with self.lock:
+                            self.reconnects += 1
+                    conn = psycopg2.connect(self.dsn)
+                    conn.autocommit = True
+                    ever = True
+                cur = conn.cursor()
+                t0 = time.monotonic()
+                cur.execute(WRITE_SQL, (self.target + "-crowd",))
+                cur.fetchone()
+                took = time.monotonic() - t0
+                with self.lock:
+                    self.writes += 1
+                    self.slowest = max(self.slowest, took)
+            except psycopg2.Error as e:
+                what = e.pgcode or (str(e).strip().splitlines() or ["?"])[0][:60]
+                with self.lock:
+                    self.errors.append((time.time(), what))
+                if conn is None:
+                    with self.lock:
+                        self.failed_connects += 1
+        if conn is not None and not conn.closed:
+            conn.close()
+
+    def summary(self, switch_times):
+        """Errors per switchover: those from one switchover's start to the
+        next one's (the last to the end)."""
+        with self.lock:
+            errors = list(self.errors)
+            out = {"clients": len(self.threads), "writes": self.writes,
+                   "reconnects": self.reconnects, "slowest_write_ms": ms(self.slowest)}
+        per = [0] * len(switch_times)
+        kinds = {}
+        for t, what in errors:
+            k = bisect.bisect_right(switch_times, t) - 1
+            if k >= 0:
+                per[k] += 1
+            kinds[what] = kinds.get(what, 0) + 1
+        out["errors_per_switchover"] = per
+        out["errors"] = kinds
+        return out
+
+
 def write_dsns(bench):
     """rw DSN per failover target. direct is libpq's own client-side failover:
     every member listed, target_session_attrs=read-write. PgBouncer points at a
     fixed host and cannot follow a switchover, so it is not measured."""
-    opts = dict(connect_timeout=10, application_name="pgrelay-bench-failover",
-                keepalives=1, keepalives_idle=5, keepalives_interval=1, keepalives_count=3,
-                options="'-c statement_timeout=5000'", sslmode="disable")
+    opts = DSN_OPTS
     dsns = {}
     for t in bench.targets:
         if t.name == "pgbouncer":
@@ -512,6 +599,15 @@ def failover(bench):
     cluster = bench.cluster
     port_of = {n: v["pg_port"] for n, v in cluster.nodes.items()}
     dsns = write_dsns(bench)
+    pooled_tx = pooled.start_pgrelay_pooled(bench, "transaction")
+    try:
+        return run_failover(bench, o, admin, cluster, port_of, dsns, pooled_tx)
+    finally:
+        pooled.stop_all(bench, [pooled_tx])
+
+
+def run_failover(bench, o, admin, cluster, port_of, dsns, pooled_tx):
+    dsns["pgrelay-tx"] = pooled_tx.rw.dsn(**DSN_OPTS)
     runs, errors, switchovers = [], [], []
     etcd = getattr(cluster, "dcs", "zookeeper") == "etcd"
     if etcd:
@@ -524,8 +620,12 @@ def failover(bench):
                   "the ZooKeeper watch saw no deletion of the leader znode")
     deadline = time.monotonic() + o.switchovers * 240 + 120
     loops = {name: WriteLoop(name, dsn, deadline) for name, dsn in dsns.items()}
+    crowds = {name: Crowd(name, dsn, o.crowd, deadline) for name, dsn in dsns.items()}
+    switch_times = []
     for lp in loops.values():
         lp.start()
+    for c in crowds.values():
+        c.start()
     try:
         time.sleep(2.0)
         for name, lp in loops.items():
@@ -534,6 +634,7 @@ def failover(bench):
                                  % (name, lp.errors[-1:] or "no error"))
         for i in range(1, o.switchovers + 1):
             started = time.time()
+            switch_times.append(started)
             metric0 = reroute_metric(admin)
             old, new, secs = cluster.switchover()
             old_port, new_port = port_of[old], port_of[new]
@@ -602,19 +703,30 @@ def failover(bench):
                 record_failover(runs, r, errors)
             say("  switchover %d %s -> %s: leaderless %s ms; %s" % (
                 i, old, new, sw["leaderless_ms"], "; ".join(line)))
+        time.sleep(3.0)  # the crowds' writes after the last switchover
     finally:
         for lp in loops.values():
             lp.stopping.set()
+        for c in crowds.values():
+            c.stopping.set()
         for lp in loops.values():
             lp.join(30)
+        for c in crowds.values():
+            c.stop()
         watch.stop()
+    crowd = {name: c.summary(switch_times) for name, c in crowds.items()}
+    for name, c in crowd.items():
+        say("  crowd of %d through %s: errors per switchover %s, %d reconnects, slowest write %s ms"
+            % (c["clients"], name, c["errors_per_switchover"], c["reconnects"], c["slowest_write_ms"]))
     totals = {name: {"writes": len(lp.times), "errors": lp.error_count}
               for name, lp in loops.items()}
     config = {"switchovers": o.switchovers, "targets": list(dsns),
               "excluded": {"pgbouncer": "its [databases] entry names one fixed host, "
                                         "so it keeps sending writes to the old primary"}}
+    config["crowd"] = o.crowd
+    config["pgrelay-tx"] = "a second pgrelay, rw in transaction pool mode (pool_size %d)" % services.POOL_SIZE
     out = {"config": config, "switchovers": switchovers, "runs": runs, "writes": totals,
-           "errors": errors}
+           "errors": errors, "crowd": crowd}
     if etcd:
         config["dcs"] = "etcd"
         config["leader_watch"] = ("independent etcd watch (JSON gateway) on %s; reroute from "

@@ -36,13 +36,13 @@ MODES = {
     # logins take a few seconds of it, left out of TPS and CPU).
     "smoke": dict(rounds=1, duration=3, conn_duration=2, warmup=0, scale=1,
                   connections=200, mem_rounds=1, mem_batch=100, copy_mb=10, switchovers=1,
-                  pool_clients=30, pool_duration=2),
+                  pool_clients=30, pool_duration=2, crowd=5),
     "quick": dict(rounds=2, duration=6, conn_duration=4, warmup=2, scale=10,
                   connections=2000, mem_rounds=1, mem_batch=200, copy_mb=200, switchovers=3,
-                  pool_clients=500, pool_duration=15),
+                  pool_clients=500, pool_duration=15, crowd=40),
     "full": dict(rounds=3, duration=20, conn_duration=10, warmup=3, scale=10,
                  connections=10000, mem_rounds=3, mem_batch=250, copy_mb=1000, switchovers=10,
-                 pool_clients=500, pool_duration=20),
+                 pool_clients=500, pool_duration=20, crowd=40),
 }
 
 
@@ -72,7 +72,7 @@ def parse_args(argv):
     for key, typ in (("rounds", int), ("duration", int), ("conn-duration", int),
                      ("warmup", int), ("scale", int), ("connections", int),
                      ("mem-rounds", int), ("copy-mb", int), ("switchovers", int),
-                     ("pool-clients", int), ("pool-duration", int)):
+                     ("pool-clients", int), ("pool-duration", int), ("crowd", int)):
         p.add_argument("--" + key, type=typ, help="override the mode's %s" % key)
     p.add_argument("--time-limit", type=int,
                    help="stop (and clean up) after this many seconds; default: smoke 540, "

@@ -187,7 +187,40 @@ def summarize(results):
                          % fmt_ms(median(list(gap.values()))), "unit": "ms", "fmt": None,
                          "cells": {t: {"value": extra[t]} for t in TARGETS if t in extra},
                          "target": "", "met": None})
+    rows += crowd_rows(results)
     rows += pooled_rows(results)
+    return rows
+
+
+def crowd_text(c):
+    per = " / ".join(str(n) for n in c["errors_per_switchover"])
+    return "%s; %d reconnects; slowest %s ms" % (per, c["reconnects"], fmt_ms(c["slowest_write_ms"]))
+
+
+def crowd_rows(results):
+    """The failover scenario's crowds: long-lived clients through each target
+    (pgrelay passthrough in its column), and through pgrelay's transaction
+    pool mode in a row of its own."""
+    fo = results["scenarios"].get("failover")
+    if not fo or not fo.get("crowd"):
+        return []
+    crowd = fo["crowd"]
+    n = fo["config"].get("crowd", 0)
+    rows = [{"scenario": "6. failover", "metric": "%d long-lived clients per target, each writing "
+             "every 0.3-1.2 s: client errors per switchover; reconnects; slowest write" % n,
+             "unit": "", "fmt": None,
+             "cells": {t: {"value": crowd_text(crowd[t])} for t in TARGETS if t in crowd},
+             "target": "", "met": None}]
+    tx = crowd.get("pgrelay-tx")
+    if tx:
+        inflight = all(k in ("08007", "40001") for k in tx.get("errors", {}))
+        met = tx["reconnects"] == 0 and inflight
+        rows.append({"scenario": "6. failover", "metric": "the same %d clients through pgrelay's rw "
+                     "in transaction pool mode (errors: %s)"
+                     % (n, ", ".join("%s x %d" % kv for kv in sorted(tx.get("errors", {}).items())) or "none"),
+                     "unit": "", "fmt": None, "cells": {"pgrelay": {"value": crowd_text(tx)}},
+                     "target": "0 reconnects; errors only for requests in flight (08007/40001)",
+                     "met": met})
     return rows
 
 
