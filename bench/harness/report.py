@@ -9,7 +9,7 @@ PROXIES = ["pgrelay", "haproxy", "pgbouncer"]
 TITLES = {"select_rw": "select-only, rw", "select_ro": "select-only, ro",
           "tpcb_rw": "tpcb-like, rw"}
 COLORS = {"direct": "#888888", "pgrelay": "#1f77b4", "haproxy": "#ff7f0e",
-          "pgbouncer": "#2ca02c"}
+          "pgbouncer": "#2ca02c", "pgrelay-tx": "#17becf"}
 # The failover scenario's wording per DCS (results without "dcs" are ZooKeeper's).
 DCS_TEXTS = {
     "zookeeper": {

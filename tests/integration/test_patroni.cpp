@@ -743,7 +743,7 @@ TEST_CASE("session state survives a switchover: pgJDBC prepared statements and p
     const std::string before = cluster.leader();
     REQUIRE(eventually([&] { return pooled_port_via(relay.rw_port()) == pg_port_of(before); }, 30s));
     const std::string clients = source_dir() + "/tests/clients/";
-    const std::string args = " 127.0.0.1 " + std::to_string(relay.rw_port()) + " pooluser poolpass postgres --steady 45 --expect-move";
+    const std::string args = " 127.0.0.1 " + std::to_string(relay.rw_port()) + " pooluser poolpass postgres --steady 32 --expect-move";
     auto launch = [](const std::string& cmd) {
         return std::async(std::launch::async, [cmd] {
             std::string out;
