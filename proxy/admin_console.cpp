@@ -137,6 +137,7 @@ void show_config(std::string& out, const Config& c) {
     t.row({"threads", std::to_string(c.effective_threads())});
     t.row({"connect_timeout", ms(c.connect_timeout)});
     t.row({"hold_timeout", ms(c.hold_timeout)});
+    t.row({"switchover_hold", ms(c.switchover_hold)});
     t.row({"topology.source", c.topology_source});
     for (const PortRole r : {PortRole::ReadWrite, PortRole::ReadOnly}) {
         const PoolConfig& p = c.pool(r);

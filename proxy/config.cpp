@@ -268,8 +268,9 @@ public:
 
         if (const toml::table* r = table(root, "routing")) {
             only_keys(*r, "[routing]", {"ro_fallback_to_primary", "ro_balance", "max_replica_lag", "weights", "exclude",
-                                        "hold_timeout", "allow_standby_leader"});
+                                        "hold_timeout", "switchover_hold", "allow_standby_leader"});
             c.hold_timeout = get_duration(*r, "hold_timeout", c.hold_timeout);
+            c.switchover_hold = get_duration(*r, "switchover_hold", c.switchover_hold);
             c.allow_standby_leader = get_bool(*r, "allow_standby_leader", false);
             c.routing.ro_fallback_to_primary = get_bool(*r, "ro_fallback_to_primary", true);
             const std::string bal = get_string(*r, "ro_balance", "round_robin");

@@ -105,6 +105,11 @@ struct Config {
     // How long a new connection waits for a primary (rw) or for a first
     // topology (both ports) before it gets 57P03. 0 = refuse at once.
     std::chrono::milliseconds hold_timeout{30000};
+    // Patroni's failover key announces a switchover: new rw connections and
+    // transactions wait (within hold_timeout) for the leader to move, at most
+    // this long after the key appeared; then they go to the old primary
+    // (Patroni may refuse the switchover). 0 = do not wait for it.
+    std::chrono::milliseconds switchover_hold{15000};
     bool allow_standby_leader = false;
     std::map<std::string, uint32_t> weights;  // member name -> weight
     std::vector<std::string> exclude;         // member names never routed to

@@ -10,6 +10,7 @@
 #include "proxy/log.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/session.hpp"
+#include "topology/topology.hpp"
 
 namespace pgrelay {
 
@@ -18,8 +19,15 @@ using namespace asio::experimental::awaitable_operators;
 using net::tcp;
 using net::use_tuple;
 
-Hold::Hold(ClientConn& client, WorkerShared& shared, std::string_view user)
-    : client_(client), shared_(shared), user_(log::printable(user)), until_(since_ + client.config().hold_timeout) {}
+std::chrono::milliseconds switchover_wait(const topology::Topology* topo, bool rw, const Config& cfg) {
+    if (!rw || !topo || !topo->switchover_pending || cfg.switchover_hold.count() <= 0) return {};
+    const auto left = topo->switchover_since + cfg.switchover_hold - Hold::Clock::now();
+    if (left <= Hold::Clock::duration::zero()) return {};
+    return std::chrono::duration_cast<std::chrono::milliseconds>(left) + std::chrono::milliseconds(1);
+}
+
+Hold::Hold(ClientConn& client, WorkerShared& shared, std::string_view user, bool quiet)
+    : client_(client), shared_(shared), user_(user), until_(since_ + client.config().hold_timeout), quiet_(quiet) {}
 
 Hold::~Hold() {
     if (!held_) return;
@@ -34,7 +42,11 @@ long long Hold::held_ms() const noexcept {
 }
 
 void Hold::released(const std::string& member) const {
-    if (held_) log::info("[{}] client={} released after {} ms: routing to {}", client_.role_name(), client_.peer(), held_ms(), member);
+    if (!held_) return;
+    if (quiet_)
+        log::debug("[{}] client={} released after {} ms: routing to {}", client_.role_name(), client_.peer(), held_ms(), member);
+    else
+        log::info("[{}] client={} released after {} ms: routing to {}", client_.role_name(), client_.peer(), held_ms(), member);
 }
 
 asio::awaitable<bool> Hold::wait(const std::string& why, std::chrono::milliseconds retry) {
@@ -43,8 +55,12 @@ asio::awaitable<bool> Hold::wait(const std::string& why, std::chrono::millisecon
         client_.stats().held_now.fetch_add(1, std::memory_order_relaxed);
         client_.stats().held_total.fetch_add(1, std::memory_order_relaxed);
         const int64_t n = metrics::Registry::instance().held_now();
-        log::info("[{}] client={} user={} held: {} ({} connection{} held)", client_.role_name(), client_.peer(), user_, why,
-                  n, n == 1 ? "" : "s");
+        if (quiet_)
+            log::debug("[{}] client={} user={} held: {} ({} held)", client_.role_name(), client_.peer(), log::printable(user_),
+                       why, n);
+        else
+            log::info("[{}] client={} user={} held: {} ({} connection{} held)", client_.role_name(), client_.peer(),
+                      log::printable(user_), why, n, n == 1 ? "" : "s");
     }
     asio::steady_timer deadline(client_.socket().get_executor(), until_);
     if (retry.count() > 0 && Clock::now() + retry < until_) deadline.expires_after(retry);

@@ -15,12 +15,26 @@ namespace pgrelay {
 
 class ClientConn;
 struct WorkerShared;
+struct Config;
+namespace topology {
+struct Topology;
+}
+
+// How long a new rw connection or transaction should still wait for an
+// announced switchover (Topology::switchover_pending, switchover_hold) before
+// it may go to the current leader; zero when it need not.
+std::chrono::milliseconds switchover_wait(const topology::Topology* topo, bool rw, const Config& cfg);
 
 class Hold {
 public:
     using Clock = std::chrono::steady_clock;
-    // The hold window starts now and lasts hold_timeout (of the client's config).
-    Hold(ClientConn& client, WorkerShared& shared, std::string_view user);
+    // The hold window starts now and lasts hold_timeout (of the client's
+    // config). `user` (for the log) must outlive the Hold. Constructing one
+    // costs no allocation: pooled clients make one per transaction.
+    // `quiet`: log at debug level (pooled clients hold per transaction, which
+    // at thousands of transactions a second would flood the log; the
+    // pgrelay_held_* metrics count them all the same).
+    Hold(ClientConn& client, WorkerShared& shared, std::string_view user, bool quiet = false);
     ~Hold();
     Hold(const Hold&) = delete;
     Hold& operator=(const Hold&) = delete;
@@ -40,10 +54,11 @@ public:
 private:
     ClientConn& client_;
     WorkerShared& shared_;
-    std::string user_;
+    std::string_view user_;
     Clock::time_point since_ = Clock::now();
     Clock::time_point until_;
     bool held_ = false;
+    bool quiet_ = false;
     bool watch_client_ = true;
 };
 

@@ -624,7 +624,7 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
     const bool at_login = pool_ == nullptr && !have_key_;
     // As a passthrough connection is held before it connects (hold.hpp), a
     // transaction that starts while the port has nowhere to go waits here.
-    Hold hold(client_, shared_, user_);
+    Hold hold(client_, shared_, user_, /*quiet=*/!at_login);
     std::optional<LoginError> failure;
     for (;;) {
         if (pools_.paused()) {
@@ -644,6 +644,20 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
             continue;
         }
         const topology::TopologyPtr topo = shared_.topology.current();
+        if (const auto wait = switchover_wait(topo.get(), role == PortRole::ReadWrite, *cfg_);
+            wait.count() > 0 && hold.open()) {
+            // A planned switchover is under way: no new transaction on the
+            // old primary, which Patroni is about to stop.
+            waiting_ = true;
+            const bool stayed = co_await hold.wait("switchover from " + topo->leader + " announced (failover key)", wait);
+            waiting_ = false;
+            if (!stayed) {
+                client_closed_ = true;
+                stop();
+            }
+            if (!stayed || stopping_) co_return false;
+            continue;
+        }
         RouteDecision d = shared_.router->route(role, topo.get());
         if (d.candidates.empty()) {
             if (hold.open() && (role == PortRole::ReadWrite || !topo)) {

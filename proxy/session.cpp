@@ -200,6 +200,13 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
     Hold hold(client_, shared_, packet.parameter("user"));
     for (;;) {
         const topology::TopologyPtr topo = shared_.topology.current();
+        if (const auto wait = switchover_wait(topo.get(), role == PortRole::ReadWrite, *cfg_);
+            wait.count() > 0 && hold.open()) {
+            // A planned switchover is under way: not a new session on the
+            // old primary, which Patroni is about to stop.
+            if (!co_await hold.wait("switchover from " + topo->leader + " announced (failover key)", wait)) co_return false;
+            continue;
+        }
         RouteDecision d = shared_.router->route(role, topo.get());
         if (d.candidates.empty()) {
             if (hold.open() && (role == PortRole::ReadWrite || !topo)) {

@@ -147,7 +147,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
         if (!now.count("leader")) apply("leader", nullptr, at);
         for (const auto& name : follower->member_names())
             if (!now.count("members/" + name)) follower->member_gone(name);
-        for (const char* k : {"status", "optime/leader", "sync"})
+        for (const char* k : {"status", "optime/leader", "sync", "failover"})
             if (!now.count(k)) apply(k, nullptr, at);
         for (const auto& [rel, value] : now) apply(rel, value, at);
         ledger.reset(r.kvs);

@@ -207,11 +207,53 @@ std::optional<std::string> parse_sync_standby(std::string_view text) {
     return std::string(s->get_string());
 }
 
+std::optional<FailoverKey> parse_failover(std::string_view value) {
+    while (!value.empty() && (value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
+    if (value.empty()) return std::nullopt;
+    FailoverKey f;
+    if (value.front() == '[' || value.front() == '"') return std::nullopt;  // JSON, but not an object
+    if (value.front() != '{') {
+        // "leader:member" (either part may be empty)
+        const size_t colon = value.find(':');
+        auto trim = [](std::string_view v) {
+            while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
+            while (!v.empty() && v.back() == ' ') v.remove_suffix(1);
+            return v;
+        };
+        const std::string_view l = trim(value.substr(0, colon));
+        const std::string_view m = colon == std::string_view::npos ? std::string_view() : trim(value.substr(colon + 1));
+        if (!l.empty()) f.leader = std::string(l);
+        if (!m.empty()) f.candidate = std::string(m);
+        return f;
+    }
+    boost::system::error_code ec;
+    const json::value v = json::parse(json::string_view(value.data(), value.size()), ec);
+    if (ec || !v.is_object()) return std::nullopt;
+    const auto& o = v.get_object();
+    auto str = [&](const char* k) -> std::optional<std::string> {
+        const json::value* x = o.if_contains(k);
+        if (!x || !x->is_string() || x->get_string().empty()) return std::nullopt;
+        return std::string(x->get_string());
+    };
+    f.leader = str("leader");
+    f.candidate = str("member");
+    const json::value* at = o.if_contains("scheduled_at");
+    f.scheduled = at && !at->is_null();
+    return f;
+}
+
 std::shared_ptr<Topology> build_topology(const ClusterState& s, const BuildOptions& o, const std::string& probe_member,
                                          ProbeStatus probe) {
     auto t = std::make_shared<Topology>();
     t->source = "patroni";  // the follower names its store
     if (s.leader) t->leader = *s.leader;
+    // A switchover (or failover) asked for now, away from the current leader.
+    if (s.failover && !s.failover->scheduled && s.leader && (!s.failover->leader || *s.failover->leader == *s.leader) &&
+        (!s.failover->candidate || *s.failover->candidate != *s.leader)) {
+        t->switchover_pending = true;
+        t->switchover_to = s.failover->candidate.value_or("");
+        t->switchover_since = s.failover_seen;
+    }
     for (const auto& [name, mi] : s.members) {
         Member m;
         m.name = name;

@@ -5,9 +5,12 @@
 //   status          {"optime": <leader WAL position>, "slots": {...}}
 //   optime/leader   legacy clusters: the leader WAL position as a decimal string
 //   sync            {"leader": ..., "sync_standby": ...}
+//   failover        {"leader": ..., "member": ..., "scheduled_at": ...}: a
+//                   switchover or failover asked for (patronictl, REST)
 // No I/O here: parsers take znode contents, unit-tested on recorded data.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -51,6 +54,15 @@ std::optional<uint64_t> parse_legacy_optime(std::string_view text);
 // `sync`'s sync_standby, if any.
 std::optional<std::string> parse_sync_standby(std::string_view json);
 
+// `failover`: who is to hand over (leader, when named) to whom (member, when
+// named), and whether it is scheduled for later. Patroni also accepts the
+// old plain form "leader:member". nullopt for an empty or unreadable value.
+struct FailoverKey {
+    std::optional<std::string> leader, candidate;
+    bool scheduled = false;  // scheduled_at set: not under way yet
+};
+std::optional<FailoverKey> parse_failover(std::string_view value);
+
 // Patroni's REST `GET /cluster` (patroni/utils.py cluster_as_json): who holds
 // the leader key and every member. Its "role" comes from the leader key, not
 // from the member's PostgreSQL: the leader is "leader" while it may still be
@@ -75,6 +87,8 @@ struct ClusterState {
     std::map<std::string, MemberInfo> members;  // parsed members/<name>
     std::optional<uint64_t> optime;             // status.optime or legacy optime/leader
     std::optional<std::string> sync_standby;
+    std::optional<FailoverKey> failover;
+    std::chrono::steady_clock::time_point failover_seen{};  // when `failover` appeared
     // From pgrelay's own probes (fresher than Patroni's loop_wait updates):
     std::optional<uint64_t> leader_wal;          // the leader's pg_current_wal_lsn(), in bytes
     std::map<std::string, uint64_t> replayed;    // replica -> pg_last_wal_replay_lsn(), in bytes

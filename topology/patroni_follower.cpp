@@ -62,6 +62,13 @@ bool PatroniFollower::apply_key(std::string_view key, const std::string* value) 
         legacy_optime_ = value ? patroni::parse_legacy_optime(*value) : std::nullopt;
     } else if (key == "sync") {
         state_.sync_standby = value ? patroni::parse_sync_standby(*value) : std::nullopt;
+    } else if (key == "failover") {
+        auto f = value ? patroni::parse_failover(*value) : std::nullopt;
+        if (f && !state_.failover) state_.failover_seen = Clock::now();
+        if (f && (!state_.failover || state_.failover->leader != f->leader || state_.failover->candidate != f->candidate))
+            log::info("{}: failover key: {} -> {}{}", opts_.source, f->leader.value_or("(the leader)"),
+                      f->candidate.value_or("(any member)"), f->scheduled ? " (scheduled)" : "");
+        state_.failover = std::move(f);
     } else if (key.rfind("members/", 0) == 0 && key.size() > 8 && key.find('/', 8) == std::string_view::npos) {
         const std::string name(key.substr(8));
         if (!value) {
@@ -227,6 +234,7 @@ std::string PatroniFollower::summarize(const Topology& t, bool with_lag) const {
         first = false;
     }
     os << "]";
+    if (t.switchover_pending) os << " switchover=>" << (t.switchover_to.empty() ? "any" : t.switchover_to);
     return os.str();
 }
 

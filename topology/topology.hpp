@@ -3,6 +3,7 @@
 // router reads. Routing decisions are pure functions of a snapshot (routing.hpp).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -44,6 +45,12 @@ struct Topology {
     std::string leader;                   // who holds the write authority (Patroni's leader key, or the
                                           // static primary), even before it can take writes
     std::string primary_reason;           // why there is no primary, when there is none
+    // A planned switchover away from `leader` is under way: Patroni wrote its
+    // failover key (before it stops the old primary), naming `switchover_to`
+    // ("" when any member may take over), first seen at `switchover_since`.
+    bool switchover_pending = false;
+    std::string switchover_to;
+    std::chrono::steady_clock::time_point switchover_since{};
 
     const Member* primary_member() const noexcept {
         return primary ? &members[*primary] : nullptr;

@@ -35,7 +35,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     asio::io_context& ctx;
     SnapshotHub& hub;
     ZkSourceOptions opts;
-    std::string leader_path, members_path, status_path, legacy_optime_path, sync_path;
+    std::string leader_path, members_path, status_path, legacy_optime_path, sync_path, failover_path;
 
     zhandle_t* zh = nullptr;
     std::unique_ptr<HandleCtx> handle;
@@ -62,6 +62,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         status_path = opts.base + "/status";
         legacy_optime_path = opts.base + "/optime/leader";
         sync_path = opts.base + "/sync";
+        failover_path = opts.base + "/failover";
     }
 
     // ---- ZooKeeper C callbacks: ZooKeeper's threads, copy and post only ----
@@ -212,6 +213,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         read(status_path);
         read(legacy_optime_path);
         read(sync_path);
+        read(failover_path);
     }
 
     void read(const std::string& path) {

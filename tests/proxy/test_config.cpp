@@ -81,6 +81,7 @@ ro_fallback_to_primary = false
 ro_balance = "least_conn"
 max_replica_lag = 1048576
 exclude = ["pg3"]
+switchover_hold = "4s"
 
 [routing.weights]
 pg1 = 3
@@ -135,6 +136,7 @@ TEST_CASE("a full config parses to the expected values", "[config]") {
     CHECK_FALSE(c.routing.ro_fallback_to_primary);
     CHECK(c.routing.ro_balance == pgrelay::topology::Balance::LeastConn);
     CHECK(c.routing.max_replica_lag == 1048576);
+    CHECK(c.switchover_hold == 4s);
     CHECK(c.weights == std::map<std::string, uint32_t>{{"pg1", 3}, {"pg2", 0}});
     CHECK(c.exclude == std::vector<std::string>{"pg3"});
 
@@ -184,6 +186,7 @@ TEST_CASE("a minimal config gets the documented defaults", "[config]") {
     CHECK(c.routing.ro_fallback_to_primary);
     CHECK(c.routing.ro_balance == pgrelay::topology::Balance::RoundRobin);
     CHECK(c.routing.max_replica_lag == (16ull << 20));
+    CHECK(c.switchover_hold == 15s);
     CHECK(c.weights.empty());
     CHECK(c.exclude.empty());
     CHECK(c.topology_source == "static");

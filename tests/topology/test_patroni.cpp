@@ -559,6 +559,7 @@ TEST_CASE("parse_member: fixed-seed random and mutated znodes never crash", "[pa
         (void)pt::parse_status_optime(input);
         (void)pt::parse_legacy_optime(input);
         (void)pt::parse_sync_standby(input);
+        (void)pt::parse_failover(input);
         if (!ok) {
             ++violations;
             if (first_violation.empty()) first_violation = input;
@@ -647,6 +648,67 @@ TEST_CASE("parse_sync_standby", "[patroni][status]") {
     CHECK_FALSE(pt::parse_sync_standby("pg1").has_value());
     CHECK_FALSE(pt::parse_sync_standby(R"(["pg1"])").has_value());
     CHECK_FALSE(pt::parse_sync_standby(R"({"leader":"pg0","sync_standby":"pg1")").has_value());
+}
+
+TEST_CASE("parse_failover: Patroni's failover key, JSON and the old plain form", "[patroni][status]") {
+    // What patronictl switchover writes (patroni/ctl.py, api.py).
+    auto f = pt::parse_failover(R"({"leader": "pg0", "member": "pg1"})");
+    REQUIRE(f);
+    CHECK(f->leader == std::optional<std::string>("pg0"));
+    CHECK(f->candidate == std::optional<std::string>("pg1"));
+    CHECK_FALSE(f->scheduled);
+    f = pt::parse_failover(R"({"leader": "pg0", "member": "pg1", "scheduled_at": "2026-12-01T14:30:00+00:00"})");
+    REQUIRE(f);
+    CHECK(f->scheduled);
+    f = pt::parse_failover(R"({"member": "pg2"})");  // a failover names only the candidate
+    REQUIRE(f);
+    CHECK_FALSE(f->leader);
+    CHECK(f->candidate == std::optional<std::string>("pg2"));
+    f = pt::parse_failover(R"({"leader": "pg0", "scheduled_at": null})");
+    REQUIRE(f);
+    CHECK_FALSE(f->scheduled);
+    CHECK_FALSE(f->candidate);
+    f = pt::parse_failover("pg0:pg1\n");
+    REQUIRE(f);
+    CHECK(f->leader == std::optional<std::string>("pg0"));
+    CHECK(f->candidate == std::optional<std::string>("pg1"));
+    f = pt::parse_failover(":pg1");
+    REQUIRE(f);
+    CHECK_FALSE(f->leader);
+    CHECK(f->candidate == std::optional<std::string>("pg1"));
+    CHECK_FALSE(pt::parse_failover(""));
+    CHECK_FALSE(pt::parse_failover("{"));
+    CHECK_FALSE(pt::parse_failover(R"(["pg0"])"));
+}
+
+TEST_CASE("build_topology: a failover key away from the leader is a pending switchover", "[patroni][build][switchover]") {
+    auto s = healthy();
+    CHECK_FALSE(pt::build_topology(s, {}, "pg0", pt::ProbeStatus::Unknown)->switchover_pending);
+    s.failover_seen = std::chrono::steady_clock::now();
+    s.failover = pt::parse_failover(R"({"leader": "pg0", "member": "pg1"})");
+    auto t = pt::build_topology(s, {}, "pg0", pt::ProbeStatus::Unknown);
+    CHECK(t->switchover_pending);
+    CHECK(t->switchover_to == "pg1");
+    CHECK(t->switchover_since == s.failover_seen);
+    CHECK(primary_name(*t) == "pg0");  // still routed there: holding is the proxy's call
+    SECTION("a failover naming only the candidate") {
+        s.failover = pt::parse_failover(R"({"member": "pg1"})");
+        CHECK(pt::build_topology(s, {}, "pg0", pt::ProbeStatus::Unknown)->switchover_pending);
+    }
+    SECTION("not pending: scheduled for later, naming another leader (stale), or the candidate already leads") {
+        s.failover = pt::parse_failover(R"({"leader": "pg0", "member": "pg1", "scheduled_at": "2030-01-01T00:00:00Z"})");
+        CHECK_FALSE(pt::build_topology(s, {}, "pg0", pt::ProbeStatus::Unknown)->switchover_pending);
+        s.failover = pt::parse_failover(R"({"leader": "pg2", "member": "pg1"})");
+        CHECK_FALSE(pt::build_topology(s, {}, "pg0", pt::ProbeStatus::Unknown)->switchover_pending);
+        s.failover = pt::parse_failover(R"({"leader": "pg1", "member": "pg0"})");
+        CHECK_FALSE(pt::build_topology(s, {}, "pg0", pt::ProbeStatus::Unknown)->switchover_pending);
+        s.failover = pt::parse_failover(R"({"member": "pg0"})");
+        CHECK_FALSE(pt::build_topology(s, {}, "pg0", pt::ProbeStatus::Unknown)->switchover_pending);
+    }
+    SECTION("no leader key: nothing to hand over (the leaderless window holds instead)") {
+        s.leader.reset();
+        CHECK_FALSE(pt::build_topology(s, {}, "pg0", pt::ProbeStatus::Unknown)->switchover_pending);
+    }
 }
 
 // ============================== build_topology ==============================
