@@ -334,6 +334,19 @@ private:
         return true;
     }
     asio::awaitable<bool> attach(bool& fatal);
+    // One wait of attach() in `hold` (waiting_ set meanwhile, for SHOW
+    // CLIENTS); false when attach must give up: the client left (it is
+    // stopped) or the session is stopping.
+    asio::awaitable<bool> hold_wait(Hold& hold, const std::string& why, std::chrono::milliseconds retry = {}) {
+        waiting_ = true;
+        const bool stayed = co_await hold.wait(why, retry);
+        waiting_ = false;
+        if (!stayed) {
+            client_closed_ = true;
+            stop();
+        }
+        co_return stayed && !stopping_;
+    }
     // After attach: the held server gets the client's session (SETs into
     // `out`, ahead of the client's messages) and its reader starts.
     void start_relay(std::string& out) {
@@ -633,14 +646,7 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
                 failure = login_error("57P03", std::string("pgrelay ") + role_name() + ": paused by the admin console (PAUSE) for longer than hold_timeout");
                 break;
             }
-            waiting_ = true;
-            const bool stayed = co_await hold.wait("paused by the admin console");
-            waiting_ = false;
-            if (!stayed) {
-                client_closed_ = true;
-                stop();
-            }
-            if (!stayed || stopping_) co_return false;
+            if (!co_await hold_wait(hold, "paused by the admin console")) co_return false;
             continue;
         }
         const topology::TopologyPtr topo = shared_.topology.current();
@@ -648,27 +654,13 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
             wait.count() > 0 && hold.open()) {
             // A planned switchover is under way: no new transaction on the
             // old primary, which Patroni is about to stop.
-            waiting_ = true;
-            const bool stayed = co_await hold.wait("switchover from " + topo->leader + " announced (failover key)", wait);
-            waiting_ = false;
-            if (!stayed) {
-                client_closed_ = true;
-                stop();
-            }
-            if (!stayed || stopping_) co_return false;
+            if (!co_await hold_wait(hold, "switchover from " + topo->leader + " announced (failover key)", wait)) co_return false;
             continue;
         }
         RouteDecision d = shared_.router->route(role, topo.get());
         if (d.candidates.empty()) {
             if (hold.open() && (role == PortRole::ReadWrite || !topo)) {
-                waiting_ = true;
-                const bool stayed = co_await hold.wait(d.message);
-                waiting_ = false;
-                if (!stayed) {
-                    client_closed_ = true;
-                    stop();
-                }
-                if (!stayed || stopping_) co_return false;
+                if (!co_await hold_wait(hold, d.message)) co_return false;
                 continue;
             }
             if (hold.held()) d.message += " (held " + std::to_string(hold.held_ms()) + " ms, hold_timeout reached)";
@@ -699,16 +691,9 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
             // does.
             if (a.error && (a.error->unreachable || a.error->sqlstate == "57P03") && !a.error->config_failure &&
                 role == PortRole::ReadWrite && topo && topo->elects_primary() && hold.open()) {
-                waiting_ = true;
-                const bool stayed = co_await hold.wait("primary " + t->member + " cannot take connections: " +
+                if (!co_await hold_wait(hold, "primary " + t->member + " cannot take connections: " +
                                                            a.error->message,
-                                                       std::chrono::milliseconds(100));
-                waiting_ = false;
-                if (!stayed) {
-                    client_closed_ = true;
-                    stop();
-                }
-                if (!stayed || stopping_) co_return false;
+                                                       std::chrono::milliseconds(100))) co_return false;
                 continue;
             }
             failure = a.error;

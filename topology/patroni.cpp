@@ -224,6 +224,7 @@ std::optional<FailoverKey> parse_failover(std::string_view value) {
         const std::string_view m = colon == std::string_view::npos ? std::string_view() : trim(value.substr(colon + 1));
         if (!l.empty()) f.leader = std::string(l);
         if (!m.empty()) f.candidate = std::string(m);
+        if (!f.leader && !f.candidate) return std::nullopt;
         return f;
     }
     boost::system::error_code ec;
@@ -239,6 +240,9 @@ std::optional<FailoverKey> parse_failover(std::string_view value) {
     f.candidate = str("member");
     const json::value* at = o.if_contains("scheduled_at");
     f.scheduled = at && !at->is_null();
+    // The new leader empties the key once a switchover is done (Patroni
+    // writes "{}" rather than deleting it): naming nobody, it asks for nothing.
+    if (!f.leader && !f.candidate) return std::nullopt;
     return f;
 }
 

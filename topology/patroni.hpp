@@ -56,7 +56,8 @@ std::optional<std::string> parse_sync_standby(std::string_view json);
 
 // `failover`: who is to hand over (leader, when named) to whom (member, when
 // named), and whether it is scheduled for later. Patroni also accepts the
-// old plain form "leader:member". nullopt for an empty or unreadable value.
+// old plain form "leader:member". nullopt for an empty or unreadable value,
+// and for one that names neither (what Patroni leaves behind, "{}").
 struct FailoverKey {
     std::optional<std::string> leader, candidate;
     bool scheduled = false;  // scheduled_at set: not under way yet

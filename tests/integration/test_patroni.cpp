@@ -54,28 +54,11 @@ std::string pg_port_of(const std::string& name) { return std::to_string(PatroniC
 // Until the cluster has a leader with every other node streaming again.
 void wait_healthy() { PatroniCluster::shared().run("wait --timeout 120", 150); }
 
-// Writes one row per round trip through rw, reconnecting on any error, and
-// records what the client saw: acknowledged ids with the server port that
-// committed them, and every SQLSTATE of a failure.
-class Writer {
+// The writes a write loop got acknowledged: ids (from the first free one of
+// its table) with the server port that committed them.
+class AckedWrites {
 public:
-    explicit Writer(uint16_t port) : port_(port) {
-        PgConn c = pg_connect(user_conninfo(port_));
-        REQUIRE(c.ok());
-        exec(c.conn,
-             "CREATE TABLE IF NOT EXISTS failover_writes(id bigint PRIMARY KEY, "
-             "port int NOT NULL DEFAULT inet_server_port(), at timestamptz DEFAULT clock_timestamp())");
-        next_ = std::stoll(query_value(c.conn, "SELECT coalesce(max(id), 0) + 1 FROM failover_writes"));
-        first_id_ = next_;
-        thread_ = std::thread([this] { loop(); });
-    }
-    ~Writer() { stop(); }
-
     int64_t first_id() const { return first_id_; }
-    void stop() {
-        stop_ = true;
-        if (thread_.joinable()) thread_.join();
-    }
     size_t acked() {
         std::lock_guard l(mu_);
         return acked_.size();
@@ -84,6 +67,43 @@ public:
         std::lock_guard l(mu_);
         return acked_;
     }
+    // Blocks until `n` more writes were acknowledged (bounded).
+    bool wait_more(size_t n, std::chrono::seconds timeout) {
+        const size_t target = acked() + n;
+        return eventually([&] { return acked() >= target; }, timeout);
+    }
+
+protected:
+    // Makes `table` if needed; ids start after its last one.
+    void prepare(const std::string& conninfo, const std::string& table) {
+        PgConn c = pg_connect(conninfo);
+        REQUIRE(c.ok());
+        exec(c.conn, "CREATE TABLE IF NOT EXISTS " + table +
+                         "(id bigint PRIMARY KEY, port int NOT NULL DEFAULT inet_server_port(), "
+                         "at timestamptz DEFAULT clock_timestamp())");
+        next_ = first_id_ = std::stoll(query_value(c.conn, "SELECT coalesce(max(id), 0) + 1 FROM " + table));
+    }
+    std::atomic<int64_t> next_{1};
+    int64_t first_id_ = 1;
+    std::mutex mu_;
+    std::vector<std::pair<int64_t, std::string>> acked_;
+};
+
+// Writes one row per round trip through rw, reconnecting on any error, and
+// records what the client saw: acknowledged ids with the server port that
+// committed them, and every SQLSTATE of a failure.
+class Writer : public AckedWrites {
+public:
+    explicit Writer(uint16_t port) : port_(port) {
+        prepare(user_conninfo(port_), "failover_writes");
+        thread_ = std::thread([this] { loop(); });
+    }
+    ~Writer() { stop(); }
+
+    void stop() {
+        stop_ = true;
+        if (thread_.joinable()) thread_.join();
+    }
     std::multiset<std::string> errors() {
         std::lock_guard l(mu_);
         return errors_;
@@ -91,11 +111,6 @@ public:
     double longest_outage_s() {
         std::lock_guard l(mu_);
         return longest_outage_;
-    }
-    // Blocks until `n` more writes were acknowledged (bounded).
-    bool wait_more(size_t n, std::chrono::seconds timeout) {
-        const size_t target = acked() + n;
-        return eventually([&] { return acked() >= target; }, timeout);
     }
 
 private:
@@ -142,12 +157,8 @@ private:
     }
 
     uint16_t port_;
-    int64_t next_ = 1;
-    int64_t first_id_ = 1;
     std::atomic<bool> stop_{false};
     std::thread thread_;
-    std::mutex mu_;
-    std::vector<std::pair<int64_t, std::string>> acked_;
     std::multiset<std::string> errors_;
     double longest_outage_ = 0;
 };
@@ -236,15 +247,10 @@ std::string pooled_port_via(uint16_t port) {
 
 // Long-lived clients that each write a row every 0.3-1.2 s on one
 // connection, never reconnecting unless the connection itself is gone.
-class SteadyClients {
+class SteadyClients : public AckedWrites {
 public:
     SteadyClients(std::string conninfo, int n) : conninfo_(std::move(conninfo)) {
-        PgConn c = pg_connect(conninfo_);
-        REQUIRE(c.ok());
-        exec(c.conn,
-             "CREATE TABLE IF NOT EXISTS pooled_writes(id bigint PRIMARY KEY, "
-             "port int NOT NULL DEFAULT inet_server_port(), at timestamptz DEFAULT clock_timestamp())");
-        next_ = first_id_ = std::stoll(query_value(c.conn, "SELECT coalesce(max(id), 0) + 1 FROM pooled_writes"));
+        prepare(conninfo_, "pooled_writes");
         for (int i = 0; i < n; ++i) threads_.emplace_back([this, i] { loop(i); });
     }
     ~SteadyClients() { stop(); }
@@ -252,15 +258,6 @@ public:
         stop_ = true;
         for (auto& t : threads_)
             if (t.joinable()) t.join();
-    }
-    int64_t first_id() const { return first_id_; }
-    size_t acked() {
-        std::lock_guard l(mu_);
-        return acked_.size();
-    }
-    std::vector<std::pair<int64_t, std::string>> acked_rows() {
-        std::lock_guard l(mu_);
-        return acked_;
     }
     std::vector<std::string> errors() {
         std::lock_guard l(mu_);
@@ -270,10 +267,6 @@ public:
     double slowest_write_s() {
         std::lock_guard l(mu_);
         return slowest_;
-    }
-    bool wait_more(size_t n, std::chrono::seconds timeout) {
-        const size_t target = acked() + n;
-        return eventually([&] { return acked() >= target; }, timeout);
     }
 
 private:
@@ -306,13 +299,9 @@ private:
         }
     }
     std::string conninfo_;
-    std::atomic<int64_t> next_{1};
-    int64_t first_id_ = 1;
     std::atomic<bool> stop_{false};
     std::atomic<size_t> reconnects_{0};
     std::vector<std::thread> threads_;
-    std::mutex mu_;
-    std::vector<std::pair<int64_t, std::string>> acked_;
     std::vector<std::string> errors_;
     double slowest_ = 0;
 };
@@ -562,6 +551,10 @@ TEST_CASE("switchover under a write loop: old sessions get 57P01, new ones are h
     // then released is asserted from pgrelay's log below.
     WARN(in_window << " connection attempts started inside the leaderless window");
     CHECK_THAT(relay().log(), Catch::Contains("held:") && Catch::Contains("released after"));
+    // The failover key was seen, and is over once the new leader has it
+    // (Patroni leaves "{}" behind, which announces nothing).
+    CHECK_THAT(relay().log(), Catch::Contains("failover key: " + old_leader + " -> " + new_leader));
+    CHECK(eventually([&] { return relay().http_get("/topology").second.find("switchover_to") == std::string::npos; }, 10s));
     CHECK_THAT(relay().log(), Catch::Contains("ms after the " + cluster.leader_event()));
 
     check_no_lost_writes(writer, new_leader, {pg_port_of(old_leader), pg_port_of(new_leader)});

@@ -677,6 +677,9 @@ TEST_CASE("parse_failover: Patroni's failover key, JSON and the old plain form",
     CHECK_FALSE(f->leader);
     CHECK(f->candidate == std::optional<std::string>("pg1"));
     CHECK_FALSE(pt::parse_failover(""));
+    CHECK_FALSE(pt::parse_failover("{}"));  // what the new leader leaves behind
+    CHECK_FALSE(pt::parse_failover(R"({"leader": "", "member": null})"));
+    CHECK_FALSE(pt::parse_failover(":"));
     CHECK_FALSE(pt::parse_failover("{"));
     CHECK_FALSE(pt::parse_failover(R"(["pg0"])"));
 }
