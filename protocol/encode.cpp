@@ -1,6 +1,8 @@
 // Message encoders (see encode.hpp).
 #include "protocol/encode.hpp"
 
+#include "protocol/startup.hpp"
+
 namespace pgrelay::protocol {
 
 namespace {
@@ -39,6 +41,28 @@ void encode_backend_key_data(std::string& out, CancelKey key) {
     append_u32(out, 12);
     append_u32(out, static_cast<uint32_t>(key.pid));
     append_u32(out, static_cast<uint32_t>(key.secret));
+}
+
+void encode_negotiate_protocol_version(std::string& out, uint32_t newest_minor,
+                                       const std::vector<std::string_view>& unrecognized) {
+    const size_t start = begin_message(out, static_cast<char>(BackendType::NegotiateProtocolVersion));
+    append_u32(out, (3u << 16) | newest_minor);
+    append_u32(out, static_cast<uint32_t>(unrecognized.size()));
+    for (std::string_view name : unrecognized) {
+        out.append(name);
+        out.push_back('\0');
+    }
+    end_message(out, start);
+}
+
+std::string negotiate_for(const StartupPacket& packet) {
+    std::vector<std::string_view> options;
+    for (const auto& [name, value] : packet.parameters)
+        if (name.rfind("_pq_.", 0) == 0) options.push_back(name);
+    const uint32_t minor = packet.protocol_version & 0xffff;
+    std::string out;
+    if (minor > 0 || !options.empty()) encode_negotiate_protocol_version(out, 0, options);
+    return out;
 }
 
 }  // namespace pgrelay::protocol

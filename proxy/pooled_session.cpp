@@ -506,6 +506,10 @@ asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet
     const std::optional<protocol::auth::Secret> secret = found.secret;
     protocol::FrontendAuth fa(user_, secret, opts);
     protocol::LoginStep step = fa.start();
+    // pgrelay speaks protocol 3.0 to pooled clients, as PostgreSQL would to
+    // one that asks for a newer minor or sends protocol options: it says so
+    // first (PostgreSQL 19's libpq aborts on a server that does not).
+    step.bytes.insert(0, protocol::negotiate_for(packet));
     while (step.kind == protocol::LoginStep::Kind::Send) {
         if (!co_await client_.write_bounded(step.bytes)) co_return false;
         char type = 0;
@@ -550,6 +554,7 @@ asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet
     std::vector<std::pair<std::string, std::string>> asked;
     for (const auto& [k, v] : packet.parameters) {
         if (k == "user" || k == "database" || k == "replication") continue;
+        if (k.rfind("_pq_.", 0) == 0) continue;  // protocol options, not parameters (declined above)
         if (k == "options") {
             for (auto& kv : protocol::pool::parse_startup_options(v)) asked.push_back(std::move(kv));
             continue;

@@ -526,12 +526,12 @@ bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds tim
     }
 }
 
-std::string startup_message(const std::map<std::string, std::string>& params) {
+std::string startup_message(const std::map<std::string, std::string>& params, uint32_t version) {
     std::string body;
     auto put32 = [](std::string& s, uint32_t v) {
         for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
     };
-    put32(body, 196608);
+    put32(body, version);
     for (const auto& [k, v] : params) {
         body += k;
         body.push_back('\0');

@@ -253,7 +253,8 @@ std::optional<ErrorInfo> first_error(const std::string& bytes);
 // Polls `pred` every 50 ms until it returns true or `timeout` passes.
 bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 
-std::string startup_message(const std::map<std::string, std::string>& params);
+// A StartupMessage; `version` is major << 16 | minor (196608: 3.0).
+std::string startup_message(const std::map<std::string, std::string>& params, uint32_t version = 196608);
 
 // Backend messages (type, body) in `bytes`, up to the last complete one.
 std::vector<std::pair<char, std::string>> frames_of(const std::string& bytes);

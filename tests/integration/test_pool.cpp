@@ -1365,3 +1365,31 @@ TEST_CASE("admin console: SHOW commands, PAUSE and RESUME under pgbench with no 
     CHECK(std::stol(processed[1]) > 0);
     CHECK(relay.running());
 }
+
+// ------------------------------------------------------ protocol negotiation
+
+TEST_CASE("a grease startup (3.9999 with a _pq_ option) gets NegotiateProtocolVersion 3.0, pooled and passthrough",
+          "[pool]") {
+    auto check = [](uint16_t port, const std::string& user) {
+        Wire w(port);
+        REQUIRE(w.connected());
+        // What PostgreSQL 19's libpq sends by default.
+        w.send(startup_message({{"user", user}, {"database", "postgres"}, {"_pq_.test_protocol_negotiation", ""}},
+                               (3u << 16) | 9999));
+        auto m = w.next(10s);
+        REQUIRE(m);
+        CHECK(m->first == 'v');
+        REQUIRE(m->second.size() >= 8);
+        CHECK(get32(m->second, 0) == 196608);  // newest version: 3.0 (major << 16 | minor, as PostgreSQL sends it)
+        CHECK(get32(m->second, 4) == 1);  // one option not recognized:
+        CHECK(m->second.substr(8) == std::string("_pq_.test_protocol_negotiation") + '\0');
+        m = w.next(10s);
+        REQUIRE(m);
+        CHECK(m->first == 'R');  // then authentication, as from PostgreSQL
+    };
+    SECTION("pooled: pgrelay answers") { check(relays().main().rw_port(), "pool_iso"); }
+    SECTION("passthrough: PostgreSQL answers, through pgrelay") {
+        Pgrelay plain(relays().cluster());
+        check(plain.rw_port(), "scramuser");
+    }
+}

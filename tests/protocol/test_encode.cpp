@@ -177,3 +177,19 @@ TEST_CASE("ssl_answer", "[protocol][encode]") {
     CHECK(ssl_answer(true) == 'S');
     CHECK(ssl_answer(false) == 'N');
 }
+
+TEST_CASE("negotiate_for: NegotiateProtocolVersion for a newer minor or _pq_ options, else nothing", "[encode]") {
+    using namespace pgrelay::protocol;
+    StartupPacket p;
+    p.protocol_version = 3u << 16;
+    p.parameters = {{"user", "u"}, {"database", "d"}};
+    CHECK(negotiate_for(p).empty());
+    p.protocol_version = (3u << 16) | 2;  // libpq 18, max_protocol_version=3.2
+    CHECK(negotiate_for(p) == std::string("v\0\0\0\x0c\0\x03\0\0\0\0\0\0", 13));
+    p.protocol_version = (3u << 16) | 9999;  // libpq 19's grease
+    p.parameters.emplace_back("_pq_.test_protocol_negotiation", "");
+    const std::string v = negotiate_for(p);
+    CHECK(v == std::string("v\0\0\0\x2b\0\x03\0\0\0\0\0\x01", 13) + "_pq_.test_protocol_negotiation" + std::string(1, '\0'));
+    p.protocol_version = 3u << 16;  // an option alone asks for negotiation too
+    CHECK(negotiate_for(p) == v);
+}
