@@ -1393,3 +1393,36 @@ TEST_CASE("a grease startup (3.9999 with a _pq_ option) gets NegotiateProtocolVe
         check(plain.rw_port(), "scramuser");
     }
 }
+
+TEST_CASE("a pooled ro client whose replica leaves the read set moves to another one, keeping its session", "[pool]") {
+    auto& cluster = relays().cluster();
+    const auto replicas = cluster.replicas();
+    REQUIRE(replicas.size() >= 2);
+    Pgrelay relay(cluster, PgrelayOptions{.ro_fallback_to_primary = false,
+                                          .extra_sections = "[pool.ro]\npool_mode = \"session\"\npool_size = 4\nauth_file = \"" +
+                                                            relays().file_users() + "\"\n"});
+    PgConn c = pg_connect(relay.conninfo(relay.ro_port(), "scramuser", "scrampass"));
+    REQUIRE(c.ok());
+    REQUIRE(run(c.conn, "SET TimeZone = 'Asia/Tokyo'").ok());
+    REQUIRE(prepare(c.conn, "ro_stmt", "SELECT $1::int * 3").ok());
+    const std::string first = value(c.conn, "SELECT inet_server_port()");
+    std::string first_name;
+    for (const auto& n : replicas)
+        if (std::to_string(n.port) == first) first_name = n.name;
+    REQUIRE(!first_name.empty());
+    // The replica is excluded in config: it leaves the read set, and the
+    // client's server there is cut while the client stays.
+    relay.reload("exclude = [\"" + first_name + "\"]");
+    REQUIRE(eventually([&] { return relay.log().find("the client stays") != std::string::npos; }, 10s));
+    const Outcome o = run(c.conn, "SELECT inet_server_port(), current_setting('TimeZone'), pg_is_in_recovery()");
+    INFO(o.describe());
+    REQUIRE(o.ok());
+    CHECK(o.row[0] != first);
+    CHECK(o.row[1] == "Asia/Tokyo");
+    CHECK(o.row[2] == "t");  // another replica, not the primary
+    const Outcome e = exec_prepared(c.conn, "ro_stmt", "14");
+    INFO(e.describe());
+    CHECK(e.ok());
+    CHECK(e.row == std::vector<std::string>{"42"});
+    CHECK(PQstatus(c.conn) == CONNECTION_OK);
+}
