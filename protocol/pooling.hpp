@@ -73,6 +73,8 @@ public:
     // The client's own Query, Sync and FunctionCall messages still awaiting
     // their ReadyForQuery: what the client waits for.
     size_t client_requests() const noexcept;
+    // In COPY FROM STDIN: the server asked for data, the client has not ended it.
+    bool in_copy_in() const noexcept { return copy_in_; }
     std::optional<TxStatus> last_status() const noexcept { return last_status_; }
     void reset() noexcept;
 

@@ -92,6 +92,13 @@ asio::awaitable<Pool::Acquired> Pool::acquire(const Target& target) {
             ok.waited = waited();
             co_return ok;
         }
+        if (mgr_.paused()) {
+            // PAUSE came while this client waited: it opens nothing now.
+            Acquired held;
+            held.paused = true;
+            held.waited = waited();
+            co_return held;
+        }
         if (can_open()) {
             auto a = co_await open_one(target);
             if (a.server) ++acquired;
@@ -185,7 +192,7 @@ void Pool::tick(Clock::time_point now) {
         mgr_.executor(),
         [this]() -> asio::awaitable<void> {
             const size_t want = mgr_.config(key_.role).min_pool_size;
-            while (!retired && total() < want && can_open()) {
+            while (!retired && !mgr_.paused() && total() < want && can_open()) {
                 auto a = co_await open_one(last_target);
                 if (!a.server) break;
                 release(std::move(a.server), true);

@@ -63,6 +63,7 @@ public:
         std::unique_ptr<ServerConn> server;
         std::optional<LoginError> error;  // set when no server: timeout (53300-ish) or login failure
         double waited = 0;                // seconds spent waiting
+        bool paused = false;              // the pools were paused meanwhile: hold, then ask again
     };
     // A server for `target` (the member this pool is for), waiting up to
     // query_wait_timeout when pool_size are in use.

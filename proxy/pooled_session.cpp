@@ -171,15 +171,20 @@ bool may_change_session(std::string_view sql) {
     return false;
 }
 
-// `sql` might end a transaction, or run in one of its own: a cut-off request
-// with any of these words may have committed. Whole words, case-insensitive;
-// a false positive only turns a retryable error into 08007.
+// `sql` has a statement that might end a transaction, or run in one of its
+// own (procedures and DO blocks may commit): a cut-off request with one may
+// have committed. Statements are found at the start and after each ';' (a
+// ';' inside a literal can only add a false positive, which turns a
+// retryable error into 08007).
 bool may_end_transaction(std::string_view sql) {
     static constexpr std::array<std::string_view, 7> words = {"COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE", "CALL", "DO"};
-    for (size_t i = 0; i < sql.size(); ++i) {
-        if (i > 0 && (std::isalnum(static_cast<unsigned char>(sql[i - 1])) || sql[i - 1] == '_')) continue;
+    for (size_t i = 0; i <= sql.size();) {
+        const std::string_view rest = sql.substr(i);
         for (const std::string_view w : words)
-            if (starts_with_word(sql.substr(i), w)) return true;
+            if (starts_with_word(rest, w)) return true;
+        const size_t semi = sql.find(';', i);
+        if (semi == std::string_view::npos) break;
+        i = semi + 1;
     }
     return false;
 }
@@ -286,6 +291,7 @@ public:
         log::info("[{}] client={} server #{} on {}: {}; the client stays, its next transaction goes to the new member",
                   role_name(), client_.peer(), srv_->id, member, why);
         cut_ = true;
+        srv_->broken = true;
         boost::system::error_code ec;
         srv_->socket().shutdown(tcp::socket::shutdown_both, ec);
     }
@@ -294,6 +300,22 @@ public:
 
 private:
     const char* role_name() const { return client_.role_name(); }
+    // A change of session state pgrelay cannot carry: in transaction mode the
+    // server is not lent to anyone else afterwards; in session mode the
+    // session can no longer move to another server.
+    void uncarried_session_change() {
+        if (pc_.mode == PoolMode::Transaction) srv_->broken = true;
+        else carriable_ = false;
+    }
+    // Bind of a statement holding `set` (or none) into `portal`. Only the
+    // unnamed portal's SET is carried (what drivers use); one bound into a
+    // named portal is not.
+    void set_portal(std::string_view portal, std::optional<protocol::pool::SetCommand> set) {
+        portal_set_.reset();
+        if (!set) return;
+        if (portal.empty()) portal_set_ = std::move(set);
+        else uncarried_session_change();
+    }
     // No transaction block open on the held server (as of its last
     // ReadyForQuery; a fresh server is outside one).
     bool outside_block() const {
@@ -689,6 +711,7 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
             if (a.server) pool.release(std::move(a.server), true);
             co_return false;
         }
+        if (!a.server && a.paused) continue;  // back to the PAUSE hold above
         if (!a.server) {
             // A primary that refuses connections (unreachable, or 57P03:
             // shutting down, starting up) is restarting or about to lose the
@@ -702,7 +725,7 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
                 continue;
             }
             failure = a.error;
-            if (hold.held()) {
+            if (hold.held() && role == PortRole::ReadWrite && (failure->unreachable || failure->sqlstate == "57P03")) {
                 // Held for a primary that never took connections: to the
                 // client this is no primary in time, as in a leaderless window.
                 failure->sqlstate = "57P03";
@@ -720,6 +743,7 @@ asio::awaitable<bool> PooledSession::attach(bool& fatal) {
             co_return false;
         }
         hold.released(t->member);
+        cut_ = false;
         srv_ = std::move(a.server);
         pool_ = &pool;
         member = t->member;
@@ -893,13 +917,13 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
             auto m = protocol::pool::decode_bind(body);
             if (!m || m->statement.empty()) {
                 may_commit_ = may_commit_ || outside_block() || unnamed_may_end_;
-                portal_set_ = unnamed_set_;
+                set_portal(m ? m->portal : std::string_view(), unnamed_set_);
                 return forward();
             }
             portal_set_.reset();
             if (auto st = stmts_.find(m->statement)) {
                 may_commit_ = may_commit_ || outside_block() || may_end_transaction(st->query);
-                portal_set_ = carried_set(st->query);
+                set_portal(m->portal, carried_set(st->query));
                 ensure_prepared(*st, out);
                 protocol::pool::encode_bind(out, m->portal, st->server_name, m->rest);
             } else {
@@ -937,7 +961,13 @@ void PooledSession::transform(char type, std::span<const uint8_t> body, std::spa
         }
         case 'E':
             ++unsynced_;
-            if (portal_set_) batch_set_ = portal_set_;
+            if (portal_set_) {
+                // One SET per Sync is carried; a second one is not, and the
+                // server keeps it: it is not lent again (or, in session mode,
+                // the session cannot move).
+                if (batch_set_) uncarried_session_change();
+                else batch_set_ = portal_set_;
+            }
             return forward();
         case 'H':
             ++unsynced_;
@@ -1049,6 +1079,12 @@ asio::awaitable<void> PooledSession::server_gone(ServerConn* s, const std::strin
     gone_ = true;
     const size_t requests = tracker_->client_requests();
     const bool in_block = !outside_block();
+    // Extended COPY FROM STDIN: the server dropped the batch's Sync (it
+    // ignores Sync until CopyDone); the client's next Sync awaits the answer.
+    if (tracker_->in_copy_in() && unsynced_ == 0) unsynced_ = 1;
+    // The server already sent this request's ErrorResponse: the client gets
+    // no second one for it, only the ReadyForQuery it awaits.
+    const bool already_failed = error_since_ready_;
     std::string out;
     if (requests > 0 || unsynced_ > 0) {
         const bool unknown = may_commit_ || !in_block;
@@ -1059,15 +1095,22 @@ asio::awaitable<void> PooledSession::server_gone(ServerConn* s, const std::strin
                                             : prefix + "inside a transaction block; the transaction was rolled back";
         const std::string hint = unknown ? "Check whether it took effect before retrying. This connection is still usable."
                                          : "Retry the transaction. This connection is still usable.";
-        const size_t errors = requests + (unsynced_ > 0 ? 1 : 0);
+        size_t errors = 0;
         for (size_t i = 0; i < requests; ++i) {
-            protocol::encode_error_response(out, protocol::Severity::Error, code, message, hint);
+            if (i > 0 || !already_failed) {
+                protocol::encode_error_response(out, protocol::Severity::Error, code, message, hint);
+                ++errors;
+            }
             protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
         }
         if (unsynced_ > 0) {
             // The client has not sent the Sync of its last batch yet: it gets
-            // its error now and its ReadyForQuery at the Sync.
-            protocol::encode_error_response(out, protocol::Severity::Error, code, message, hint);
+            // its error now (unless the server sent it one) and its
+            // ReadyForQuery at the Sync.
+            if (requests > 0 || !already_failed) {
+                protocol::encode_error_response(out, protocol::Severity::Error, code, message, hint);
+                ++errors;
+            }
             skip_until_sync_ = true;
         }
         for (size_t i = 0; i < errors; ++i) metrics::Registry::instance().count_error("pgrelay", code);
@@ -1090,22 +1133,75 @@ asio::awaitable<void> PooledSession::server_gone(ServerConn* s, const std::strin
     if (srv_.get() == s) release_server(false);
 }
 
+// `sql` is a lone ROLLBACK or ABORT (blanks and a ';' allowed).
+bool lone_rollback(std::string_view sql) {
+    while (!sql.empty() && (sql.back() == ';' || sql.back() == '\0' || std::isspace(static_cast<unsigned char>(sql.back()))))
+        sql.remove_suffix(1);
+    return (starts_with_word(sql, "ROLLBACK") || starts_with_word(sql, "ABORT")) && after_word(sql).empty();
+}
+
+// The answers a server would give to cin_[0, upto) if it is nothing but a
+// ROLLBACK: a simple Query, or Parse/Bind/Describe/Execute/Sync of one (as
+// pgJDBC and Npgsql send it). Empty when the batch is anything else.
+std::string answer_rollback_batch(const std::vector<uint8_t>& cin, size_t upto) {
+    std::string out;
+    bool parsed = false;
+    char last = 0;
+    for (size_t at = 0; at < upto;) {
+        const char type = static_cast<char>(cin[at]);
+        const uint32_t len = protocol::read_u32(cin.data() + at + 1);
+        const std::span<const uint8_t> body(cin.data() + at + 5, len - 4);
+        at += size_t(len) + 1;
+        last = type;
+        auto done = [&] { protocol::append_message(out, 'C', [](std::string& o) { o.append("ROLLBACK", 9); }); };
+        switch (type) {
+            case 'Q':
+                if (upto != at || !lone_rollback({reinterpret_cast<const char*>(body.data()), body.size()})) return {};
+                done();
+                protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+                break;
+            case 'P': {
+                auto m = protocol::pool::decode_parse(body);
+                if (!m || !lone_rollback(m->query)) return {};
+                parsed = true;
+                out.append("1\0\0\0\4", 5);  // ParseComplete
+                break;
+            }
+            case 'B':
+                if (!parsed) return {};
+                out.append("2\0\0\0\4", 5);  // BindComplete
+                break;
+            case 'D':
+                if (!parsed) return {};
+                if (!body.empty() && body[0] == 'S') out.append("t\0\0\0\6\0\0", 7);  // no parameters
+                out.append("n\0\0\0\4", 5);  // NoData
+                break;
+            case 'E':
+                if (!parsed) return {};
+                done();
+                break;
+            case 'S':
+                protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
+                break;
+            case 'H':
+                break;
+            default:
+                return {};
+        }
+    }
+    if (last != 'S' && last != 'Q') return {};
+    return out;
+}
+
 // The first batch after the server went away inside the client's
 // transaction block: a lone ROLLBACK succeeds (the block is over, as it
 // asked); anything else gets 40001 and ReadyForQuery 'I'.
 asio::awaitable<bool> PooledSession::answer_lost_block(size_t upto) {
     lost_block_ = false;
-    const uint32_t len = protocol::read_u32(cin_.data() + 1);
-    if (cin_[0] == 'Q' && size_t(len) + 1 == upto) {
-        std::string_view sql(reinterpret_cast<const char*>(cin_.data() + 5), len > 4 ? len - 5 : 0);
-        while (!sql.empty() && (sql.back() == ';' || std::isspace(static_cast<unsigned char>(sql.back())))) sql.remove_suffix(1);
-        if ((starts_with_word(sql, "ROLLBACK") || starts_with_word(sql, "ABORT")) && after_word(sql).empty()) {
-            std::string out;
-            protocol::append_message(out, 'C', [](std::string& o) { o.append("ROLLBACK", 9); });
-            protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
-            consume(upto);
-            co_return co_await client_.write_bounded(out);
-        }
+    const std::string rollback = answer_rollback_batch(cin_, upto);
+    if (!rollback.empty()) {
+        consume(upto);
+        co_return co_await client_.write_bounded(rollback);
     }
     LoginError e = login_error("40001", std::string("pgrelay ") + role_name() +
                                             ": the connection to the server was lost inside this transaction block; "
@@ -1151,7 +1247,8 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
             const auto body = f.complete ? f.body({buf.data(), len}) : std::span<uint8_t>();
             if (f.type == 'Z' && f.complete) status = protocol::decode_ready_for_query(body);
             const auto r = tracker_->received(f.type, status);
-            if (f.type == 'Z' && tracker_->client_requests() == 0) may_commit_ = false;  // nothing of the client's in flight
+            if (f.type == 'Z' && tracker_->client_requests() == 0 && unsynced_ == 0)
+                may_commit_ = false;  // nothing of the client's in flight
             if (r.unexpected) {
                 log::warn("[{}] client={} server #{}: unexpected '{}' from the server", role_name(), client_.peer(), s->id,
                           f.type);
@@ -1178,12 +1275,14 @@ asio::awaitable<void> PooledSession::server_reader(ServerConn* s) {
             if (f.type == 'S' && f.complete) {
                 if (auto p = protocol::decode_parameter_status(body)) on_server_parameter(p->name, p->value);
             } else if (f.type == 'E' && f.complete && r.verdict == Verdict::Forward) {
+                const bool had_error = error_since_ready_;
                 error_since_ready_ = true;
                 if (auto e = protocol::decode_error_fields(body)) {
                     metrics::Registry::instance().count_error("backend", e->sqlstate);
                     if (e->severity == "FATAL" || e->severity == "PANIC") {
                         s->broken = true;
                         if (carriable_) {
+                            error_since_ready_ = had_error;  // the client never sees this one
                             // The server is ending this connection (shutdown,
                             // pg_terminate_backend, a timeout): that is pgrelay's
                             // business, not the client's, who keeps its

@@ -64,10 +64,14 @@ bool PatroniFollower::apply_key(std::string_view key, const std::string* value) 
         state_.sync_standby = value ? patroni::parse_sync_standby(*value) : std::nullopt;
     } else if (key == "failover") {
         auto f = value ? patroni::parse_failover(*value) : std::nullopt;
-        if (f && !state_.failover) state_.failover_seen = Clock::now();
-        if (f && (!state_.failover || state_.failover->leader != f->leader || state_.failover->candidate != f->candidate))
+        // A new request (or one rewritten in place) starts its own
+        // switchover_hold.
+        if (f && (!state_.failover || state_.failover->leader != f->leader || state_.failover->candidate != f->candidate ||
+                  state_.failover->scheduled != f->scheduled)) {
+            state_.failover_seen = Clock::now();
             log::info("{}: failover key: {} -> {}{}", opts_.source, f->leader.value_or("(the leader)"),
                       f->candidate.value_or("(any member)"), f->scheduled ? " (scheduled)" : "");
+        }
         state_.failover = std::move(f);
     } else if (key.rfind("members/", 0) == 0 && key.size() > 8 && key.find('/', 8) == std::string_view::npos) {
         const std::string name(key.substr(8));

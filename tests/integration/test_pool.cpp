@@ -659,6 +659,42 @@ TEST_CASE("transaction pool isolation: SETs and prepared statements stay with th
         CHECK(value(a.conn, "SELECT pg_backend_pid()") == server);
     }
 
+    SECTION("pool_size 1: SETs through the extended protocol: one per Sync travels, two retire the server") {
+        Pgrelay& relay = relays().one();
+        PgConn a = login(relay, user), b = login(relay, user);
+        REQUIRE(a.ok());
+        REQUIRE(b.ok());
+        const std::string default_path = value(b.conn, "SHOW search_path");
+        // One SET, extended protocol (Parse/Bind/Execute/Sync): carried like a simple one.
+        REQUIRE(sent_or_error(a.conn, PQsendQueryParams(a.conn, "SET work_mem = '3MB'", 0, nullptr, nullptr, nullptr, nullptr, 0),
+                              10s).ok());
+        const std::string server = value(a.conn, "SELECT pg_backend_pid()");
+        CHECK(value(b.conn, "SELECT pg_backend_pid()") == server);
+        CHECK(value(b.conn, "SHOW work_mem") != "3MB");
+        CHECK(value(a.conn, "SHOW work_mem") == "3MB");
+        // Two SETs before one Sync (a pipeline): the server keeps both, so it
+        // is closed rather than lent to B; A keeps the first on its next server.
+        REQUIRE(PQenterPipelineMode(a.conn) == 1);
+        REQUIRE(PQsendQueryParams(a.conn, "SET search_path = pool_iso_x", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1);
+        REQUIRE(PQsendQueryParams(a.conn, "SET statement_timeout = '77s'", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1);
+        REQUIRE(PQpipelineSync(a.conn) == 1);
+        for (int results = 0; results < 3;) {  // two commands, then the sync
+            PGresult* r = PQgetResult(a.conn);
+            if (!r) continue;  // between the pipeline's results
+            const ExecStatusType st = PQresultStatus(r);
+            INFO(PQresultErrorMessage(r));
+            CHECK((st == PGRES_COMMAND_OK || st == PGRES_PIPELINE_SYNC));
+            PQclear(r);
+            ++results;
+        }
+        REQUIRE(PQexitPipelineMode(a.conn) == 1);
+        const std::string next = value(b.conn, "SELECT pg_backend_pid()");
+        CHECK(next != server);
+        CHECK(value(b.conn, "SHOW search_path") == default_path);
+        CHECK(value(b.conn, "SHOW statement_timeout") != "77s");
+        CHECK(value(a.conn, "SHOW search_path") == "pool_iso_x");
+        CHECK(value(a.conn, "SHOW work_mem") == "3MB");
+    }
     SECTION("pool_size 1: SET ROLE travels with A and never reaches B; SET SESSION AUTHORIZATION is refused") {
         Pgrelay& relay = relays().one();
         PgConn a = login(relay, user), b = login(relay, user);
@@ -1222,6 +1258,16 @@ TEST_CASE("a pooled server lost under its client: 08007 or 40001, and the same c
             REQUIRE(run(c.conn, "INSERT INTO pool_lost_t VALUES (4)").ok());
             kill_backend(watch.conn, user, backend_pid(watch.conn, user, "idle in transaction"));
             const Outcome r = run(c.conn, "ROLLBACK");
+            INFO(r.describe());
+            CHECK(r.ok());
+            still_usable(c.conn);
+        }
+        {
+            INFO("idle inside a block when the server goes: an extended-protocol ROLLBACK (as pgJDBC sends it) succeeds");
+            REQUIRE(run(c.conn, "BEGIN").ok());
+            REQUIRE(run(c.conn, "INSERT INTO pool_lost_t VALUES (5)").ok());
+            kill_backend(watch.conn, user, backend_pid(watch.conn, user, "idle in transaction"));
+            const Outcome r = sent_or_error(c.conn, PQsendQueryParams(c.conn, "ROLLBACK", 0, nullptr, nullptr, nullptr, nullptr, 0), 10s);
             INFO(r.describe());
             CHECK(r.ok());
             still_usable(c.conn);
