@@ -318,6 +318,16 @@ TEST_CASE("rw reaches the Patroni leader and ro round-robins over the load-balan
     REQUIRE(replicas.size() == 2);
 
     REQUIRE(eventually([&] { return port_via(relay().rw_port()) == pg_port_of(leader); }, 30s));
+    // On a fresh cluster a replica's lag is unknown until pgrelay's probes
+    // have seen it, and a replica with unknown lag takes no ro connections:
+    // wait until pgrelay counts both load-balanced replicas in.
+    REQUIRE(eventually([&] {
+        const std::string body = relay().http_get("/topology").second;
+        size_t n = 0;
+        for (size_t at = body.find("\"ro_eligible\":true"); at != std::string::npos; at = body.find("\"ro_eligible\":true", at + 1))
+            ++n;
+        return n == 2;
+    }, 30s));
     std::vector<std::string> seen;
     for (int i = 0; i < 12; ++i) seen.push_back(port_via(relay().ro_port()));
     for (size_t i = 0; i < seen.size(); ++i) {
