@@ -27,6 +27,8 @@ RO_PORT=${RO_PORT:-6433}
 ADMIN_PORT=${ADMIN_PORT:-9187}
 CLUSTER=(python3 "$ROOT/tests/fixtures/patroni_cluster.py")
 cleanup() {
+  # A second Ctrl-C must not cut the cleanup short and leave the cluster running.
+  trap '' INT TERM
   [[ -n ${WRITES_PID:-} ]] && kill "$WRITES_PID" 2>/dev/null && wait "$WRITES_PID" 2>/dev/null || true
   [[ -n ${PGRELAY_PID:-} ]] && kill "$PGRELAY_PID" 2>/dev/null && wait "$PGRELAY_PID" 2>/dev/null || true
   "${CLUSTER[@]}" down --dir "$DEMO_DIR/cluster" >/dev/null 2>&1 || true
