@@ -29,18 +29,18 @@ void encode_error_response(std::string& out, Severity severity, std::string_view
     end_message(out, start);
 }
 
-void encode_cancel_request(std::string& out, CancelKey key) {
-    append_u32(out, 16);
+void encode_cancel_request(std::string& out, const CancelKey& key) {
+    append_u32(out, static_cast<uint32_t>(12 + key.secret.size()));
     append_u32(out, kCancelRequestCode);
     append_u32(out, static_cast<uint32_t>(key.pid));
-    append_u32(out, static_cast<uint32_t>(key.secret));
+    out.append(key.secret);
 }
 
-void encode_backend_key_data(std::string& out, CancelKey key) {
+void encode_backend_key_data(std::string& out, const CancelKey& key) {
     out.push_back(static_cast<char>(BackendType::BackendKeyData));
-    append_u32(out, 12);
+    append_u32(out, static_cast<uint32_t>(8 + key.secret.size()));
     append_u32(out, static_cast<uint32_t>(key.pid));
-    append_u32(out, static_cast<uint32_t>(key.secret));
+    out.append(key.secret);
 }
 
 void encode_negotiate_protocol_version(std::string& out, uint32_t newest_minor,
@@ -55,14 +55,15 @@ void encode_negotiate_protocol_version(std::string& out, uint32_t newest_minor,
     end_message(out, start);
 }
 
-std::string negotiate_for(const StartupPacket& packet) {
+Negotiated negotiate_for(const StartupPacket& packet, uint32_t newest) {
     std::vector<std::string_view> options;
     for (const auto& [name, value] : packet.parameters)
         if (name.rfind("_pq_.", 0) == 0) options.push_back(name);
-    const uint32_t minor = packet.protocol_version & 0xffff;
-    std::string out;
-    if (minor > 0 || !options.empty()) encode_negotiate_protocol_version(out, 0, options);
-    return out;
+    Negotiated n;
+    n.version = std::min(packet.protocol_version, newest);
+    if (packet.protocol_version > newest || !options.empty())
+        encode_negotiate_protocol_version(n.message, n.version & 0xffff, options);
+    return n;
 }
 
 }  // namespace pgrelay::protocol

@@ -19,7 +19,7 @@ enum class Severity { Error, Fatal };
 void encode_error_response(std::string& out, Severity severity, std::string_view sqlstate,
                            std::string_view message, std::string_view hint = {});
 
-void encode_cancel_request(std::string& out, CancelKey key);
+void encode_cancel_request(std::string& out, const CancelKey& key);
 
 // NegotiateProtocolVersion ('v'): the newest 3.x version supported, as the
 // whole version number (major << 16 | minor: PostgreSQL sends 196608 for 3.0,
@@ -27,13 +27,20 @@ void encode_cancel_request(std::string& out, CancelKey key);
 // protocol options (`_pq_.` startup parameters) not recognized.
 void encode_negotiate_protocol_version(std::string& out, uint32_t newest_minor,
                                        const std::vector<std::string_view>& unrecognized);
-// What a server that speaks protocol 3.0 and knows no protocol option must
-// answer to `packet`'s StartupMessage: a NegotiateProtocolVersion when it asks
-// for a newer minor (PostgreSQL 18 clients ask for 3.2; PostgreSQL 19's libpq
-// "greases" with 3.9999) or sends `_pq_.` options; else nothing.
+// What a server whose newest protocol is `newest` (and that knows no protocol
+// option) answers to `packet`'s StartupMessage, as PostgreSQL 18 does: the
+// version spoken from then on, min(asked, newest), and a
+// NegotiateProtocolVersion when the client asked for more than `newest`
+// (PostgreSQL 19's libpq "greases" with 3.9999) or sent `_pq_.` options,
+// else no message. Protocol 3.2 differs from 3.0 only in the cancel key's
+// length (BackendKeyData and CancelRequest).
 struct StartupPacket;
-std::string negotiate_for(const StartupPacket& packet);
-void encode_backend_key_data(std::string& out, CancelKey key);
+struct Negotiated {
+    uint32_t version = kProtocolV3;
+    std::string message;  // a NegotiateProtocolVersion to send first, or empty
+};
+Negotiated negotiate_for(const StartupPacket& packet, uint32_t newest = kProtocolV3_2);
+void encode_backend_key_data(std::string& out, const CancelKey& key);
 inline char ssl_answer(bool accept) noexcept { return accept ? 'S' : 'N'; }
 
 }  // namespace pgrelay::protocol

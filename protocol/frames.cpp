@@ -40,15 +40,17 @@ FrameScanner::Status FrameScanner::next(std::span<const uint8_t> buf, size_t& po
     return Status::Frame;
 }
 
-std::optional<CancelKey> decode_backend_key_data(std::span<const uint8_t> body) noexcept {
-    if (body.size() != 8) return std::nullopt;
-    return CancelKey{static_cast<int32_t>(read_u32(body.data())), static_cast<int32_t>(read_u32(body.data() + 4))};
+std::optional<CancelKey> decode_backend_key_data(std::span<const uint8_t> body) {
+    if (body.size() < 4 + kMinCancelSecret || body.size() > 4 + kMaxCancelSecret) return std::nullopt;
+    return CancelKey{static_cast<int32_t>(read_u32(body.data())),
+                     std::string(reinterpret_cast<const char*>(body.data() + 4), body.size() - 4)};
 }
 
-void rewrite_backend_key_data(std::span<uint8_t> body, CancelKey key) noexcept {
-    if (body.size() != 8) return;
+bool rewrite_backend_key_data(std::span<uint8_t> body, const CancelKey& key) noexcept {
+    if (body.size() != 4 + key.secret.size()) return false;
     write_u32(body.data(), static_cast<uint32_t>(key.pid));
-    write_u32(body.data() + 4, static_cast<uint32_t>(key.secret));
+    std::memcpy(body.data() + 4, key.secret.data(), key.secret.size());
+    return true;
 }
 
 std::optional<std::string> sasl_without_mechanism(std::span<const uint8_t> body, std::string_view mechanism) {

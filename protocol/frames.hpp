@@ -74,7 +74,8 @@ private:
 };
 
 // Decoders for the backend messages pgrelay tracks. Each takes a frame body.
-std::optional<CancelKey> decode_backend_key_data(std::span<const uint8_t> body) noexcept;
+// BackendKeyData: a pid and a secret of 4 (protocol 3.0) to 256 bytes (3.2).
+std::optional<CancelKey> decode_backend_key_data(std::span<const uint8_t> body);
 std::optional<TxStatus> decode_ready_for_query(std::span<const uint8_t> body) noexcept;
 
 struct ErrorFields {
@@ -92,8 +93,9 @@ struct ParameterStatus {
 };
 std::optional<ParameterStatus> decode_parameter_status(std::span<const uint8_t> body) noexcept;
 
-// In-place rewrite of a BackendKeyData body (pgrelay hands out its own keys).
-void rewrite_backend_key_data(std::span<uint8_t> body, CancelKey key) noexcept;
+// In-place rewrite of a BackendKeyData body (pgrelay hands out its own keys);
+// false, and nothing written, unless `key` has the body's secret length.
+bool rewrite_backend_key_data(std::span<uint8_t> body, const CancelKey& key) noexcept;
 
 // AuthenticationSASL (R, code 10) lists mechanisms as NUL-terminated names
 // closed by an empty one. Returns the whole message (type byte included)

@@ -76,9 +76,14 @@ std::string_view to_string(FrontendType t) noexcept;
 enum class TxStatus : char { Idle = 'I', InTransaction = 'T', Failed = 'E' };
 
 // The (process id, secret key) pair of BackendKeyData and CancelRequest.
+// Protocol 3.0 has a 4-byte secret; 3.2 (PostgreSQL 18) one of 4 to 256
+// bytes, the server choosing (PostgreSQL sends 32).
+inline constexpr size_t kMinCancelSecret = 4;
+inline constexpr size_t kMaxCancelSecret = 256;  // pqcomm.h: MAX_CANCEL_KEY_LENGTH
+inline constexpr uint32_t kProtocolV3_2 = (3u << 16) | 2;
 struct CancelKey {
     int32_t pid = 0;
-    int32_t secret = 0;
+    std::string secret;  // the raw bytes, kMinCancelSecret..kMaxCancelSecret of them
     friend bool operator==(const CancelKey&, const CancelKey&) = default;
 };
 

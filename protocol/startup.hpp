@@ -44,7 +44,8 @@ struct StartupParse {
 // Parses the packet at the start of `in`. Never consumes a partial packet: on
 // NeedMore nothing is used, on Ok exactly packet.length bytes are.
 // Rules follow postmaster.c's ProcessStartupPacket: 8 <= length <= 10000,
-// SSL/GSSENC requests exactly 8 bytes, CancelRequest exactly 16, protocol major 3
+// SSL/GSSENC requests exactly 8 bytes, CancelRequest 16 (protocol 3.0) to 268
+// (3.2's longest secret), protocol major 3
 // (any minor: the backend answers a newer minor with NegotiateProtocolVersion),
 // parameters as NUL-terminated name/value pairs closed by a lone NUL, `user`
 // required (28000, as PostgreSQL).

@@ -51,8 +51,27 @@ std::string pools_json() {
     return boost::json::serialize(o);
 }
 
-std::string topology_json(const topology::Topology* t, const topology::RoutingOptions& routing) {
+namespace {
+boost::json::object instance_object(const topology::InstanceInfo& i) {
+    boost::json::object j;
+    j["id"] = i.id;
+    j["peer_address"] = i.peer_address;
+    j["version"] = i.version;
+    j["started"] = i.started;
+    j["cancel_tag"] = topology::instance_tag(i.id);
+    return j;
+}
+}  // namespace
+
+std::string topology_json(const topology::Topology* t, const topology::RoutingOptions& routing,
+                          const topology::PeerDirectory* peers) {
     boost::json::object o;
+    if (peers) {
+        o["instance"] = instance_object(peers->self());
+        boost::json::array list;
+        for (const auto& p : peers->peers()) list.emplace_back(instance_object(p));
+        o["peers"] = std::move(list);
+    }
     if (!t) {
         o["known"] = false;
         return boost::json::serialize(o);
@@ -95,6 +114,8 @@ struct AdminServer::Impl : std::enable_shared_from_this<Impl> {
     tcp::acceptor acceptor;
     const topology::SnapshotHub& hub;
     std::function<topology::RoutingOptions()> routing;
+    const topology::PeerDirectory* peers = nullptr;
+    bool draining = false;
 
     Impl(asio::io_context& c, const std::string& host, uint16_t port, const topology::SnapshotHub& h,
          std::function<topology::RoutingOptions()> r)
@@ -113,6 +134,8 @@ struct AdminServer::Impl : std::enable_shared_from_this<Impl> {
         if (path == "/metrics")
             return {200, "text/plain; version=0.0.4; charset=utf-8",
                     metrics::Registry::instance().render(snap.get(), opts)};
+        if (draining && (path == "/health" || path == "/health/ro"))
+            return {503, "text/plain", "unavailable: this pgrelay instance is shutting down\n"};
         if (path == "/health") {
             if (snap && snap->primary)
                 return {200, "text/plain", "ok: rw routes to " + snap->members[*snap->primary].name + "\n"};
@@ -126,7 +149,7 @@ struct AdminServer::Impl : std::enable_shared_from_this<Impl> {
             }
             return {503, "text/plain", snap ? "unavailable: no eligible replica\n" : "unavailable: no topology yet\n"};
         }
-        if (path == "/topology") return {200, "application/json", topology_json(snap.get(), opts) + "\n"};
+        if (path == "/topology") return {200, "application/json", topology_json(snap.get(), opts, peers) + "\n"};
         if (path == "/pools") return {200, "application/json", pools_json() + "\n"};
         return {404, "text/plain", "not found; try /metrics, /health, /health/ro, /topology, /pools\n"};
     }
@@ -181,6 +204,9 @@ void AdminServer::stop() {
     boost::system::error_code ec;
     if (impl_) impl_->acceptor.close(ec);
 }
+
+void AdminServer::set_peers(const topology::PeerDirectory* peers) { impl_->peers = peers; }
+void AdminServer::set_draining() { impl_->draining = true; }
 
 AdminServer::Reply AdminServer::handle(const std::string& target) const { return impl_->handle(target); }
 

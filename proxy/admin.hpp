@@ -10,6 +10,7 @@
 #include <string>
 
 #include "proxy/config.hpp"
+#include "topology/peers.hpp"
 #include "topology/source.hpp"
 
 namespace pgrelay {
@@ -24,6 +25,11 @@ public:
     ~AdminServer();
     void start();
     void stop();
+    // This instance and its peers, for /topology (null: not shown).
+    void set_peers(const topology::PeerDirectory* peers);
+    // SIGTERM: /health and /health/ro answer 503 from now on, so outer
+    // balancers move new connections elsewhere while sessions drain.
+    void set_draining();
 
     // Exposed for tests: the body and status for a path.
     struct Reply {
@@ -38,7 +44,9 @@ private:
     std::shared_ptr<Impl> impl_;
 };
 
-// The snapshot as /topology renders it.
-std::string topology_json(const topology::Topology* t, const topology::RoutingOptions& routing);
+// The snapshot as /topology renders it, with this instance and its live
+// peers when `peers` is set.
+std::string topology_json(const topology::Topology* t, const topology::RoutingOptions& routing,
+                          const topology::PeerDirectory* peers = nullptr);
 
 }  // namespace pgrelay

@@ -158,7 +158,22 @@ asio::awaitable<bool> ClientConn::startup(std::string& startup_bytes, protocol::
     }
 }
 
-asio::awaitable<void> ClientConn::forward_cancel(protocol::CancelKey key) {
+asio::awaitable<void> ClientConn::forward_cancel(const protocol::CancelKey& key) {
+    // Another instance's key (a name with several instances behind it sent
+    // the cancel here): on to that instance, once. It sees its own tag and
+    // looks the key up itself, so a request is never passed on twice.
+    if (const uint16_t tag = CancelRegistry::tag_of(key); tag != cancels_.tag()) {
+        std::vector<topology::InstanceInfo> to;
+        if (cancels_.peers()) to = cancels_.peers()->peers_for_tag(tag);
+        if (to.empty()) {
+            metrics::Registry::instance().cancel_unknown_key.fetch_add(1, std::memory_order_relaxed);
+            log::info("[{}] client={} cancel request with unknown key ignored (no live instance has its tag {})",
+                      role_name(), peer_, tag);
+            co_return;
+        }
+        for (const auto& p : to) co_await send_cancel_to_peer(key, p);
+        co_return;
+    }
     auto target = cancels_.find(key);
     if (!target) {
         // PostgreSQL ignores unknown keys silently too: nothing to tell an
@@ -186,6 +201,31 @@ asio::awaitable<void> ClientConn::forward_cancel(protocol::CancelKey key) {
     co_await (sock.async_read_some(asio::buffer(dummy), use_tuple) || t2.async_wait(use_tuple));
     metrics::Registry::instance().cancel_forwarded.fetch_add(1, std::memory_order_relaxed);
     log::info("[{}] client={} cancel forwarded to {} ({})", role_name(), peer_, t.member, t.address());
+}
+
+asio::awaitable<void> ClientConn::send_cancel_to_peer(const protocol::CancelKey& key, const topology::InstanceInfo& p) {
+    auto& reg = metrics::Registry::instance();
+    const auto hp = topology::parse_host_port(p.peer_address);  // checked when the entry was read
+    tcp::socket sock(sock_.get_executor());
+    boost::system::error_code ec;
+    const Target t{p.id, hp ? hp->host : std::string(), hp ? hp->port : uint16_t(0)};
+    if (!hp || !co_await net::connect_with_timeout(sock, t, cfg_->connect_timeout, ec)) {
+        reg.cancel_peer_unreachable.fetch_add(1, std::memory_order_relaxed);
+        log::warn("[{}] client={} cancel: cannot reach instance {} ({}): {}", role_name(), peer_, p.id, p.peer_address,
+                  hp ? ec.message() : std::string("bad address"));
+        co_return;
+    }
+    std::string out;
+    protocol::encode_cancel_request(out, key);
+    co_await asio::async_write(sock, asio::buffer(out), use_tuple);
+    // The peer closes once its backend has read the request: waiting for
+    // that keeps the cancel ordered before the client's next query, as for
+    // a local one.
+    asio::steady_timer t2(sock.get_executor(), cfg_->connect_timeout * 2);
+    uint8_t dummy[16];
+    co_await (sock.async_read_some(asio::buffer(dummy), use_tuple) || t2.async_wait(use_tuple));
+    reg.cancel_to_peer.fetch_add(1, std::memory_order_relaxed);
+    log::info("[{}] client={} cancel sent on to instance {} ({})", role_name(), peer_, p.id, p.peer_address);
 }
 
 asio::awaitable<void> ClientConn::linger_close() {

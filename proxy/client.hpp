@@ -72,7 +72,8 @@ public:
     void close() noexcept;
 
 private:
-    boost::asio::awaitable<void> forward_cancel(protocol::CancelKey key);
+    boost::asio::awaitable<void> forward_cancel(const protocol::CancelKey& key);
+    boost::asio::awaitable<void> send_cancel_to_peer(const protocol::CancelKey& key, const topology::InstanceInfo& peer);
 
     net::tcp::socket sock_;
     std::unique_ptr<net::TlsStream> tls_stream_;  // after sock_: holds a reference to it

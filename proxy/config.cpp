@@ -4,6 +4,8 @@
 #include "proxy/config.hpp"
 #include "topology/http.hpp"
 
+#include <unistd.h>
+
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -213,9 +215,74 @@ public:
     }
 
     Config load(const toml::table& root) {
+        Config c = load_main(root);
+        load_instance(table(root, "instance"), c);
+        return c;
+    }
+
+    // [instance]: who this pgrelay is among the instances behind one name.
+    void load_instance(const toml::table* t, Config& c) {
+        Config::Instance& in = c.instance;
+        const ListenConfig& l = c.rw.enabled ? c.rw : c.ro;
+        const bool wildcard = l.host == "0.0.0.0" || l.host == "::";
+        const std::string hostname = host_name();
+        const std::string listen = (l.host.find(':') != std::string::npos ? "[" + l.host + "]" : l.host) + ":" +
+                                   std::to_string(l.port);
+        in.id = hostname + ":" + listen;
+        in.peer_address = wildcard ? hostname + ":" + std::to_string(l.port) : listen;
+        const std::string scope = c.topology_source == "zookeeper" ? c.zookeeper.scope
+                                  : c.topology_source == "etcd"    ? c.etcd.scope
+                                                                   : std::string();
+        in.registry_path = "/pgrelay/" + scope + "/instances";
+        if (!t) return;
+        only_keys(*t, "[instance]", {"id", "peer_address", "peers", "register", "registry_path", "ttl"});
+        in.id = get_string(*t, "id", in.id);
+        if (in.id.empty() || in.id.size() > 200 || in.id.find_first_of("/\"\\\n") != std::string::npos)
+            fail(t->get("id"), "[instance] id must be 1 to 200 characters without '/', quotes, backslashes or newlines");
+        in.peer_address = get_string(*t, "peer_address", in.peer_address);
+        if (!topology::parse_host_port(in.peer_address))
+            fail(t->get("peer_address"), "[instance] peer_address must be \"host:port\" (\"[v6]:port\"), got \"" +
+                                             in.peer_address + "\"");
+        in.register_ = get_bool(*t, "register", in.register_);
+        in.registry_path = get_string(*t, "registry_path", in.registry_path);
+        while (in.registry_path.size() > 1 && in.registry_path.back() == '/') in.registry_path.pop_back();
+        if (in.registry_path.empty() || in.registry_path.front() != '/')
+            fail(t->get("registry_path"), "[instance] registry_path must start with '/'");
+        const std::string patroni_base = c.topology_source == "zookeeper" ? c.zookeeper.base()
+                                         : c.topology_source == "etcd"    ? c.etcd.base()
+                                                                          : std::string();
+        if (!patroni_base.empty() && (in.registry_path + "/").rfind(patroni_base + "/", 0) == 0)
+            fail(t->get("registry_path"), "[instance] registry_path must not be inside Patroni's keys (" + patroni_base + ")");
+        in.ttl = get_duration(*t, "ttl", in.ttl);
+        if (in.ttl < std::chrono::seconds(2)) fail(t->get("ttl"), "[instance] ttl must be at least 2s");
+        std::set<std::string> ids{in.id};
+        if (const toml::node* n = t->get("peers")) {
+            for (const std::string& s : get_string_list(*t, "peers", "[instance]")) {
+                const size_t at = s.rfind('@');
+                topology::InstanceInfo p;
+                if (at != std::string::npos) {
+                    p.id = s.substr(0, at);
+                    p.peer_address = s.substr(at + 1);
+                }
+                if (p.id.empty() || !topology::parse_host_port(p.peer_address))
+                    fail(n, "[instance] peers entries are \"id@host:port\" (the peer's [instance] id and "
+                            "peer_address), got \"" + s + "\"");
+                if (!ids.insert(p.id).second) fail(n, "[instance] peers: id '" + p.id + "' appears twice (or is this instance's)");
+                in.peers.push_back(std::move(p));
+            }
+        }
+    }
+
+    static std::string host_name() {
+        char buf[256] = {};
+        if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "localhost";
+        return buf;
+    }
+
+    Config load_main(const toml::table& root) {
         Config c;
         c.path = path_;
-        only_keys(root, "the top level", {"server", "listen", "routing", "topology", "admin", "tls", "pool"});
+        only_keys(root, "the top level", {"server", "listen", "routing", "topology", "admin", "tls", "pool", "instance"});
 
         if (const toml::table* s = table(root, "server")) {
             only_keys(*s, "[server]",

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "proxy/log.hpp"
+#include "topology/peers.hpp"
 #include "topology/routing.hpp"
 #include "topology/topology.hpp"
 
@@ -154,6 +155,16 @@ struct Config {
         std::chrono::milliseconds interval{1000};
         std::chrono::milliseconds connect_timeout{2000};
     } probe;
+
+    // [instance]: this pgrelay among the instances behind one name.
+    struct Instance {
+        std::string id;            // default: "<host name>:<rw listen address>"
+        std::string peer_address;  // where the other instances reach this one: default the rw listen address
+        std::vector<topology::InstanceInfo> peers;  // static peers ("id@host:port"), without a DCS
+        bool register_ = true;      // register in the DCS followed (zookeeper, etcd)
+        std::string registry_path;  // default "/pgrelay/<scope>/instances"
+        std::chrono::milliseconds ttl{10000};  // etcd lease TTL (ZooKeeper: its session timeout)
+    } instance;
 
     unsigned effective_threads() const noexcept;
 };

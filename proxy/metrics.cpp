@@ -241,6 +241,25 @@ std::string Registry::render(const topology::Topology* t, const topology::Routin
     out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"forwarded\"}} {}\n", get(cancel_forwarded));
     out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"unknown_key\"}} {}\n", get(cancel_unknown_key));
     out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"backend_unreachable\"}} {}\n", get(cancel_failed));
+    out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"to_peer\"}} {}\n", get(cancel_to_peer));
+    out += fmt::format("pgrelay_cancel_requests_total{{outcome=\"peer_unreachable\"}} {}\n", get(cancel_peer_unreachable));
+
+    if (peers) {
+        const topology::InstanceInfo self = peers->self();
+        const std::vector<topology::InstanceInfo> list = peers->peers();
+        head(out, "pgrelay_instance_info", "gauge", "This pgrelay instance: its id, the address peers use, its version.");
+        out += fmt::format("pgrelay_instance_info{{id=\"{}\",peer_address=\"{}\",version=\"{}\",cancel_tag=\"{}\"}} 1\n",
+                           esc(self.id), esc(self.peer_address), esc(self.version), topology::instance_tag(self.id));
+        head(out, "pgrelay_peers", "gauge", "Other pgrelay instances registered live (in the DCS, or listed in [instance] peers).");
+        out += fmt::format("pgrelay_peers {}\n", list.size());
+        head(out, "pgrelay_peer_info", "gauge", "One series per live peer instance.");
+        for (const auto& p : list)
+            out += fmt::format("pgrelay_peer_info{{id=\"{}\",peer_address=\"{}\",version=\"{}\"}} 1\n", esc(p.id),
+                               esc(p.peer_address), esc(p.version));
+        head(out, "pgrelay_peer_tag_conflicts", "gauge",
+             "Live peers whose cancel-key tag equals this instance's (their ids collide): cancels between them are not forwarded.");
+        out += fmt::format("pgrelay_peer_tag_conflicts {}\n", peers->tag_conflicts());
+    }
 
     head(out, "pgrelay_topology_changes_total", "counter", "Topology snapshots published.");
     out += fmt::format("pgrelay_topology_changes_total {}\n", get(topology_changes));

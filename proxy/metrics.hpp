@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "proxy/config.hpp"
+#include "topology/peers.hpp"
 #include "topology/source.hpp"
 #include "topology/topology.hpp"
 
@@ -98,6 +99,10 @@ public:
     std::atomic<uint64_t> cancel_forwarded{0};
     std::atomic<uint64_t> cancel_unknown_key{0};
     std::atomic<uint64_t> cancel_failed{0};
+    std::atomic<uint64_t> cancel_to_peer{0};          // another instance's key, sent on to it
+    std::atomic<uint64_t> cancel_peer_unreachable{0};  // ... but the peer could not be reached
+    // This instance and its live peers (set before the admin thread starts).
+    const topology::PeerDirectory* peers = nullptr;
     std::atomic<uint64_t> topology_changes{0};
     std::atomic<uint64_t> primary_changes{0};
     Histogram reroute_seconds{{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5}};

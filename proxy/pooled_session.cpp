@@ -59,6 +59,8 @@ using Verdict = ResponseTracker::Verdict;
 // stands in for ParseComplete when the server already has the statement.
 constexpr std::string_view kNopName = "pgrelay.nop";
 constexpr uint32_t kMaxWatchedServer = 1u << 20;
+// The secret pgrelay gives a protocol 3.2 client, as long as PostgreSQL 18's.
+constexpr uint8_t kLongCancelSecret = 32;
 
 // ParameterStatus values the server decides; never restored on another server.
 bool server_owned(std::string_view name) {
@@ -408,6 +410,7 @@ private:
     protocol::BackendLogin::Credentials creds_;
     std::string ro_member_;  // ro: the replica this client sticks to while it can serve
     protocol::CancelKey key_{};
+    uint8_t key_len_ = protocol::kMinCancelSecret;  // the secret's length: 32 in protocol 3.2
     bool have_key_ = false;
 
     // The server held now, and the pool it came from.
@@ -528,10 +531,16 @@ asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet
     const std::optional<protocol::auth::Secret> secret = found.secret;
     protocol::FrontendAuth fa(user_, secret, opts);
     protocol::LoginStep step = fa.start();
-    // pgrelay speaks protocol 3.0 to pooled clients, as PostgreSQL would to
-    // one that asks for a newer minor or sends protocol options: it says so
-    // first (PostgreSQL 19's libpq aborts on a server that does not).
-    step.bytes.insert(0, protocol::negotiate_for(packet));
+    // pgrelay speaks protocol 3.0 or 3.2 to pooled clients (3.2 differs only
+    // in the cancel key's length, which is pgrelay's own), whatever its
+    // servers speak. A client asking for more, or sending protocol options,
+    // is told first, as PostgreSQL 18 would (PostgreSQL 19's libpq aborts on
+    // a server that does not).
+    {
+        protocol::Negotiated neg = protocol::negotiate_for(packet);
+        if (neg.version >= protocol::kProtocolV3_2) key_len_ = kLongCancelSecret;
+        step.bytes.insert(0, neg.message);
+    }
     while (step.kind == protocol::LoginStep::Kind::Send) {
         if (!co_await client_.write_bounded(step.bytes)) co_return false;
         char type = 0;
@@ -597,7 +606,7 @@ asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet
                  {"DateStyle", "ISO, MDY"}, {"integer_datetimes", "on"}, {"standard_conforming_strings", "on"},
                  {"application_name", std::string(packet.parameter("application_name"))}})
             protocol::pool::encode_parameter_status(out, k, v);
-        key_ = shared_.cancels->add_pooled();
+        key_ = shared_.cancels->add_pooled(key_len_);
         have_key_ = true;
         protocol::encode_backend_key_data(out, key_);
         protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);
@@ -636,7 +645,7 @@ asio::awaitable<bool> PooledSession::login(const protocol::StartupPacket& packet
         auto it = reported_.find(k);
         protocol::pool::encode_parameter_status(out, k, it != reported_.end() ? it->second : v);
     }
-    key_ = shared_.cancels->add_pooled();
+    key_ = shared_.cancels->add_pooled(key_len_);
     have_key_ = true;
     protocol::encode_backend_key_data(out, key_);
     protocol::pool::encode_ready_for_query(out, protocol::TxStatus::Idle);

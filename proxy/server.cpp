@@ -9,6 +9,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <ctime>
 #include <functional>
 #include <thread>
 #include <vector>
@@ -131,11 +132,15 @@ struct Server::Impl {
     std::unique_ptr<topology::Source> source;
     std::unique_ptr<AdminServer> admin;
     std::vector<std::unique_ptr<Worker>> workers;
+    topology::PeerDirectory peers;
     bool draining = false;
+    bool deregistered = false;  // the store answered the deregistration (or it timed out)
+    std::chrono::steady_clock::time_point deregister_deadline;
     std::string last_primary;
 
     Impl(Config c, std::shared_ptr<const TlsContexts> t)
-        : config(std::make_shared<const Config>(std::move(c))), tls(std::move(t)), router(config->routing) {}
+        : config(std::make_shared<const Config>(std::move(c))), tls(std::move(t)), router(config->routing),
+          cancels(topology::instance_tag(config->instance.id)) {}
 
     void post_to_workers(std::function<void(Worker&)> f) {
         for (auto& w : workers) {
@@ -183,6 +188,11 @@ struct Server::Impl {
             cur.patroni_api.cert != next.patroni_api.cert || cur.patroni_api.key != next.patroni_api.key ||
             cur.static_members.size() != next.static_members.size())
             restart.push_back("[topology] source, its store settings or the member list");
+        const auto& ci = cur.instance;
+        const auto& ni = next.instance;
+        if (ci.id != ni.id || ci.peer_address != ni.peer_address || ci.register_ != ni.register_ ||
+            ci.registry_path != ni.registry_path || ci.ttl != ni.ttl)
+            restart.push_back("[instance] id, peer_address or registration");
         for (const auto& what : restart) log::warn("reload: {} changed; it takes effect only after a restart", what);
         // Keep what cannot change now, take the rest.
         next.rw = cur.rw;
@@ -191,6 +201,12 @@ struct Server::Impl {
         next.threads = cur.threads;
         next.pool_rw.mode = cur.pool_rw.mode;
         next.pool_ro.mode = cur.pool_ro.mode;
+        {
+            std::vector<topology::InstanceInfo> static_peers = next.instance.peers;
+            next.instance = cur.instance;
+            next.instance.peers = static_peers;
+            peers.set_static(std::move(static_peers));
+        }
         log::set_level(next.log_level);
         log::set_json(next.log_json);
         router.set_options(next.routing);
@@ -220,8 +236,10 @@ struct Server::Impl {
         log::info("{}: TLS towards backends: backend_tls = {}", when, to_string(c.backend_tls));
     }
 
-    // SIGTERM/SIGINT: stop accepting, let sessions finish for shutdown_grace,
-    // then end the rest with 57P01 and stop. A second signal stops at once.
+    // SIGTERM/SIGINT: leave the store's instance list and answer 503 on
+    // /health (outer balancers and peers move on), stop accepting, let
+    // sessions finish for shutdown_grace, then end the rest with 57P01 and
+    // stop. A second signal stops at once.
     void shutdown(int sig) {
         if (draining) {
             log::warn("received signal {} again, stopping now", sig);
@@ -229,9 +247,13 @@ struct Server::Impl {
             return;
         }
         draining = true;
-        log::info("received signal {}: no new connections; {} session(s) get {} ms to finish", sig, open_sessions(),
-                  config->shutdown_grace.count());
-        if (admin) admin->stop();
+        log::info("received signal {}: draining; no new connections; {} session(s) get {} ms to finish", sig,
+                  open_sessions(), config->shutdown_grace.count());
+        if (admin) admin->set_draining();
+        // The store gets a moment to answer before pgrelay stops, even with
+        // no session left to wait for.
+        deregister_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+        source->deregister([this] { deregistered = true; });
         post_to_workers([](Worker& w) {
             for (auto& [acc, role] : w.acceptors) {
                 boost::system::error_code ec;
@@ -243,7 +265,7 @@ struct Server::Impl {
     }
 
     void drain_step(std::shared_ptr<asio::steady_timer> deadline) {
-        if (open_sessions() == 0) {
+        if (open_sessions() == 0 && (deregistered || std::chrono::steady_clock::now() >= deregister_deadline)) {
             log::info("all sessions finished");
             stop_all();
             return;
@@ -266,6 +288,7 @@ struct Server::Impl {
     }
 
     void stop_all() {
+        if (admin) admin->stop();
         source->stop();
         for (auto& w : workers) w->ctx.stop();
         control.stop();
@@ -280,6 +303,16 @@ int Server::run() {
     Impl& s = *impl_;
     const Config& cfg = *s.config;
     auto& reg = metrics::Registry::instance();
+
+    // Who this instance is among those behind one name; its cancel keys
+    // carry the id's tag, and other instances' keys go to them.
+    s.peers.set_self(topology::InstanceInfo{cfg.instance.id, cfg.instance.peer_address, PGRELAY_VERSION,
+                                            static_cast<int64_t>(std::time(nullptr))});
+    s.peers.set_static(cfg.instance.peers);
+    s.cancels.set_peers(&s.peers);
+    reg.peers = &s.peers;
+    log::info("instance {} (peers reach it at {}; cancel tag {})", cfg.instance.id, cfg.instance.peer_address,
+              topology::instance_tag(cfg.instance.id));
 
     if (cfg.topology_source != "static") {
         // What every Patroni source shares: routing options, probes, the
@@ -297,6 +330,12 @@ int Server::run() {
         fo.probe.sslmode = to_string(cfg.backend_tls);
         fo.probe.sslrootcert = cfg.backend_tls_ca;
         fo.on_reroute = [&reg](double secs) { reg.reroute_seconds.observe(secs); };
+        topology::RegistrationOptions ro;
+        ro.enabled = cfg.instance.register_ && cfg.topology_source != "patroni_api";
+        ro.path = cfg.instance.registry_path;
+        ro.self = s.peers.self();
+        ro.ttl = cfg.instance.ttl;
+        ro.peers = &s.peers;
         reg.dcs_source = cfg.topology_source;
         auto urls = [](const std::vector<std::string>& list, bool default_tls, uint16_t default_port) {
             std::vector<topology::http::Url> out;
@@ -315,6 +354,7 @@ int Server::run() {
             zo.session_timeout = cfg.zookeeper.session_timeout;
             zo.stats = &reg.source;
             zo.follower = std::move(fo);
+            zo.registration = ro;
             s.source = std::make_unique<topology::ZkSource>(s.control, s.hub, std::move(zo));
             log::info("topology: following Patroni in ZooKeeper {} at {}", cfg.zookeeper.hosts, cfg.zookeeper.base());
         } else if (cfg.topology_source == "etcd") {
@@ -330,6 +370,8 @@ int Server::run() {
             eo.check_interval = cfg.etcd.check_interval;
             eo.stats = &reg.source;
             eo.follower = std::move(fo);
+            eo.registration = ro;
+            eo.registration.list_interval = cfg.etcd.check_interval;
             const std::string list = joined(eo.endpoints);
             s.source = std::make_unique<topology::EtcdSource>(s.control, s.hub, std::move(eo));
             log::info("topology: following Patroni in etcd {} at {}{}", list, cfg.etcd.base(),
@@ -396,6 +438,7 @@ int Server::run() {
         try {
             s.admin = std::make_unique<AdminServer>(s.control, cfg.admin.host, cfg.admin.port, s.hub,
                                                     [&s] { return s.router.options(); });
+            s.admin->set_peers(&s.peers);
         } catch (const std::exception& e) {
             throw std::runtime_error("cannot listen on admin port " + cfg.admin.host + ":" +
                                      std::to_string(cfg.admin.port) + ": " + e.what());

@@ -371,12 +371,23 @@ asio::awaitable<void> Session::relay_backend_to_client() {
                     metrics::Registry::instance().count_error("backend", e->sqlstate);
             }
             if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && f.complete) {
+                // The client gets a key of pgrelay's with the backend's secret
+                // length (4 bytes in protocol 3.0, PostgreSQL 18's 32 in 3.2),
+                // so the frame is rewritten in place. A key pgrelay cannot
+                // replace is never passed on: it would show the backend's.
                 auto body = f.body({buf.data(), len});
-                if (auto key = protocol::decode_backend_key_data(body)) {
-                    if (proxy_key_) shared_.cancels->remove(*proxy_key_);
-                    proxy_key_ = shared_.cancels->add(CancelTarget{target_.member, target_.host, target_.port, *key});
-                    protocol::rewrite_backend_key_data(body, *proxy_key_);
+                auto key = protocol::decode_backend_key_data(body);
+                if (!key) {
+                    log::error("[{}] client={} backend {} sent a malformed BackendKeyData ({} bytes); closing",
+                               role_name(), peer_, target_.member, body.size());
+                    backend_closed_ = true;
+                    co_return;
                 }
+                const size_t secret_len = key->secret.size();
+                if (proxy_key_) shared_.cancels->remove(*proxy_key_);
+                proxy_key_ = shared_.cancels->add(CancelTarget{target_.member, target_.host, target_.port, std::move(*key)},
+                                                  secret_len);
+                protocol::rewrite_backend_key_data(body, *proxy_key_);
             }
         }
         if (pos > 0) {

@@ -6,6 +6,7 @@
 #include <boost/json/value.hpp>
 #include <charconv>
 
+#include "proxy/log.hpp"
 #include "topology/http.hpp"
 
 namespace pgrelay::topology::etcd {
@@ -133,6 +134,65 @@ std::string authenticate_request(std::string_view user, std::string_view passwor
     o["name"] = user;
     o["password"] = password;
     return encode(o);
+}
+
+std::string lease_grant_request(int64_t ttl_seconds) {
+    json::object o;
+    o["TTL"] = std::to_string(ttl_seconds);
+    return encode(o);
+}
+
+std::string put_request(std::string_view key, std::string_view value, int64_t lease) {
+    json::object o;
+    o["key"] = http::base64_encode(key);
+    o["value"] = http::base64_encode(value);
+    if (lease != 0) o["lease"] = std::to_string(lease);
+    return encode(o);
+}
+
+std::string lease_request(int64_t lease) {
+    json::object o;
+    o["ID"] = std::to_string(lease);
+    return encode(o);
+}
+
+std::optional<int64_t> parse_lease_grant(std::string_view body, std::string& error) {
+    auto v = parse_json(body);
+    int64_t id = 0;
+    if (!v || !v->is_object() || !get_int64(v->get_object(), "ID", id) || id == 0) {
+        error = "lease grant: no lease ID in the answer";
+        return std::nullopt;
+    }
+    return id;
+}
+
+std::optional<int64_t> parse_keepalive_ttl(std::string_view body, std::string& error) {
+    // A streamed RPC: one object per answer; the first is enough.
+    http::JsonObjectSplitter splitter;
+    splitter.feed(body);
+    auto first = splitter.next();
+    auto v = first ? parse_json(*first) : std::nullopt;
+    if (!v || !v->is_object()) {
+        error = "lease keepalive: unreadable answer";
+        return std::nullopt;
+    }
+    const json::object* o = &v->get_object();
+    if (const json::value* r = o->if_contains("result")) {
+        if (!r->is_object()) {
+            error = "lease keepalive: malformed result";
+            return std::nullopt;
+        }
+        o = &r->get_object();
+    } else if (o->if_contains("error")) {
+        error = "lease keepalive: " + log::printable(body.substr(0, 200));
+        return std::nullopt;
+    }
+    int64_t ttl = 0;
+    if (!get_int64(*o, "TTL", ttl)) {
+        error = "lease keepalive: malformed TTL";
+        return std::nullopt;
+    }
+    return ttl;
 }
 
 std::optional<std::string> api_prefix(std::string_view body, std::string& error) {

@@ -45,6 +45,17 @@ std::string range_request(std::string_view prefix, bool keys_only);
 std::string watch_request(std::string_view prefix, int64_t start_revision);
 std::string authenticate_request(std::string_view user, std::string_view password);
 
+// Leases, for pgrelay's own registration key (lease/grant, kv/put with the
+// lease, lease/keepalive, lease/revoke).
+std::string lease_grant_request(int64_t ttl_seconds);
+std::string put_request(std::string_view key, std::string_view value, int64_t lease);
+std::string lease_request(int64_t lease);  // {"ID": ...}: keepalive and revoke
+// The lease granted: {"ID":"..","TTL":".."}; nullopt with `error` set.
+std::optional<int64_t> parse_lease_grant(std::string_view body, std::string& error);
+// A keepalive's answer ({"result":{"ID","TTL"}}, or the same unwrapped): the
+// lease's remaining TTL; 0 when the lease is gone (expired or revoked).
+std::optional<int64_t> parse_keepalive_ttl(std::string_view body, std::string& error);
+
 // GET /version: {"etcdserver":"3.4.23","etcdcluster":"3.4.0"}. The gateway's
 // path prefix for that cluster version ("/v3" from 3.4, "/v3beta" on 3.3,
 // "/v3alpha" before), or nullopt with `error` set.

@@ -57,6 +57,14 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
     std::shared_ptr<http::Client> unary, watch;
     std::shared_ptr<asio::steady_timer> sleeper;
 
+    // Registration: this instance's key under a lease, on a connection of its own.
+    std::shared_ptr<http::Client> reg_client;
+    std::shared_ptr<asio::steady_timer> reg_sleeper;
+    std::string reg_token;
+    int64_t lease = 0;
+    bool deregistered = false;
+    std::string last_reg_failure;
+
     // Failure logging: the same failure again within 5 s goes to debug.
     std::string last_failure;
     Clock::time_point last_failure_at{};
@@ -88,7 +96,8 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
         std::string body;
     };
 
-    asio::awaitable<std::string> authenticate(http::Client& c) {
+    asio::awaitable<std::string> authenticate(http::Client& c) { co_return co_await authenticate(c, token); }
+    asio::awaitable<std::string> authenticate(http::Client& c, std::string& token) {
         token.clear();
         auto r = co_await c.request("POST", target("/auth/authenticate"),
                                     etcd::authenticate_request(opts.username, opts.password), "",
@@ -105,6 +114,9 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
 
     // A unary RPC; an expired token (gRPC 16) is renewed once.
     asio::awaitable<Call> call(http::Client& c, std::string_view rpc, const std::string& body) {
+        co_return co_await call(c, rpc, body, token);
+    }
+    asio::awaitable<Call> call(http::Client& c, std::string_view rpc, const std::string& body, std::string& token) {
         for (int attempt = 0;; ++attempt) {
             auto r = co_await c.request("POST", target(rpc), body, token, opts.request_timeout);
             if (!r.error.empty()) co_return Call{std::string(rpc) + ": " + r.error, {}};
@@ -112,7 +124,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
             auto e = etcd::parse_error(r.body);
             if (e && e->grpc_code == etcd::kGrpcUnauthenticated && !opts.username.empty() && attempt == 0) {
                 log::info("etcd: {} answered '{}'; authenticating again", c.url().to_string(), e->message);
-                std::string err = co_await authenticate(c);
+                std::string err = co_await authenticate(c, token);
                 if (!err.empty()) co_return Call{err, {}};
                 continue;
             }
@@ -153,6 +165,98 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
         ledger.reset(r.kvs);
         follower->set_loaded();
         follower->publish();
+    }
+
+    // ---- registration ----
+
+    // Grants a lease, puts this instance's key under it, then keeps the
+    // lease alive (every TTL/3) and reads the registry (every
+    // list_interval) until something fails; then the next endpoint.
+    asio::awaitable<void> register_loop() {
+        const RegistrationOptions& ro = opts.registration;
+        size_t idx = 0;
+        while (!stopped && !deregistered) {
+            const http::Url& ep = opts.endpoints[idx];
+            reg_client = std::make_shared<http::Client>(ctx.get_executor(), ep, tls);
+            const std::string why = co_await register_on(reg_client);
+            if (stopped || deregistered) break;
+            const std::string msg = ep.to_string() + ": " + why;
+            if (msg != last_reg_failure)
+                log::warn("etcd: registration of {} on {}; trying again on the next endpoint", ro.self.id, msg);
+            last_reg_failure = msg;
+            idx = (idx + 1) % opts.endpoints.size();
+            reg_sleeper = std::make_shared<asio::steady_timer>(ctx, std::chrono::seconds(1));
+            co_await reg_sleeper->async_wait(use_tuple);
+        }
+    }
+
+    asio::awaitable<std::string> register_on(std::shared_ptr<http::Client> c) {
+        const RegistrationOptions& ro = opts.registration;
+        if (api.empty()) {
+            auto r = co_await c->request("GET", "/version", "", "", opts.request_timeout);
+            if (!r.error.empty()) co_return "GET /version: " + r.error;
+            std::string err;
+            auto p = etcd::api_prefix(r.body, err);
+            if (!p) co_return err;
+            api = *p;
+        }
+        if (!opts.username.empty() && reg_token.empty()) {
+            std::string err = co_await authenticate(*c, reg_token);
+            if (!err.empty()) co_return err;
+        }
+        const int64_t ttl_s = std::max<int64_t>(2, std::chrono::duration_cast<std::chrono::seconds>(ro.ttl).count());
+        Call g = co_await call(*c, "/lease/grant", etcd::lease_grant_request(ttl_s), reg_token);
+        if (!g.error.empty()) co_return g.error;
+        std::string err;
+        auto id = etcd::parse_lease_grant(g.body, err);
+        if (!id) co_return err;
+        lease = *id;
+        const std::string key = ro.path + "/" + ro.self.id;
+        Call p = co_await call(*c, "/kv/put", etcd::put_request(key, instance_json(ro.self), lease), reg_token);
+        if (!p.error.empty()) co_return p.error;
+        if (stopped || deregistered) co_return "stopped";
+        log::info("etcd: registered this instance at {} (lease {:x}, TTL {} s)", key, lease, ttl_s);
+        last_reg_failure.clear();
+        auto kept_alive = Clock::now();
+        const auto keepalive_every = std::chrono::milliseconds(ttl_s * 1000 / 3);
+        for (;;) {
+            Call l = co_await call(*c, "/kv/range", etcd::range_request(ro.path + "/", false), reg_token);
+            if (stopped || deregistered) co_return "stopped";
+            if (!l.error.empty()) co_return l.error;
+            auto r = etcd::parse_range_response(l.body, err);
+            if (!r) co_return "range: " + err;
+            std::vector<InstanceInfo> found;
+            for (const auto& kv : r->kvs) {
+                if (auto i = parse_instance_json(kv.value)) found.push_back(std::move(*i));
+                else log::debug("etcd: {} is not a pgrelay instance entry; ignored", log::printable(kv.key));
+            }
+            if (ro.peers) ro.peers->update(std::move(found), "etcd");
+            if (Clock::now() - kept_alive >= keepalive_every) {
+                Call k = co_await call(*c, "/lease/keepalive", etcd::lease_request(lease), reg_token);
+                if (stopped || deregistered) co_return "stopped";
+                if (!k.error.empty()) co_return k.error;
+                auto left = etcd::parse_keepalive_ttl(k.body, err);
+                if (!left) co_return err;
+                // Gone (expired while etcd was out of reach): register anew.
+                if (*left <= 0) co_return "lease " + std::to_string(lease) + " expired";
+                kept_alive = Clock::now();
+            }
+            reg_sleeper = std::make_shared<asio::steady_timer>(ctx, ro.list_interval);
+            co_await reg_sleeper->async_wait(use_tuple);
+            if (stopped || deregistered) co_return "stopped";
+        }
+    }
+
+    // Revokes the lease (which deletes the key) within request_timeout.
+    asio::awaitable<void> revoke(std::function<void()> done) {
+        const int64_t id = lease;
+        if (id != 0) {
+            auto c = std::make_shared<http::Client>(ctx.get_executor(), reg_client ? reg_client->url() : opts.endpoints[0], tls);
+            Call r = co_await call(*c, "/lease/revoke", etcd::lease_request(id), reg_token);
+            if (r.error.empty()) log::info("etcd: deregistered {} (lease {:x} revoked)", opts.registration.self.id, id);
+            else log::warn("etcd: deregistering {}: {} (the key goes when its lease expires)", opts.registration.self.id, r.error);
+        }
+        done();
     }
 
     // ---- the cycle ----
@@ -414,6 +518,17 @@ EtcdSource::~EtcdSource() { stop(); }
 void EtcdSource::start() {
     impl_->follower->start();
     spawn_source_loop(impl_->ctx, impl_->run(), impl_, "etcd: the watcher");
+    if (impl_->opts.registration.enabled)
+        spawn_source_loop(impl_->ctx, impl_->register_loop(), impl_, "etcd: the registration");
+}
+
+void EtcdSource::deregister(std::function<void()> done) {
+    Impl& s = *impl_;
+    if (s.deregistered || !s.opts.registration.enabled) return done();
+    s.deregistered = true;
+    if (s.reg_client) s.reg_client->close();
+    if (s.reg_sleeper) s.reg_sleeper->cancel();
+    asio::co_spawn(s.ctx, s.revoke(std::move(done)), asio::detached);
 }
 
 void EtcdSource::set_member_options(const std::map<std::string, uint32_t>& weights,
@@ -427,6 +542,8 @@ void EtcdSource::stop() {
     if (impl_->unary) impl_->unary->close();
     if (impl_->watch) impl_->watch->close();
     if (impl_->sleeper) impl_->sleeper->cancel();
+    if (impl_->reg_client) impl_->reg_client->close();
+    if (impl_->reg_sleeper) impl_->reg_sleeper->cancel();
     impl_->follower->stop();
 }
 

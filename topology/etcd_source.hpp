@@ -27,6 +27,7 @@ struct EtcdSourceOptions {
     std::chrono::milliseconds check_interval{1000};
     SourceStats* stats = nullptr;  // optional
     FollowerOptions follower;
+    RegistrationOptions registration;  // a key under a lease for this instance, and the list of all
 };
 
 // Flow: construct on the control thread (throws std::runtime_error when the
@@ -47,6 +48,7 @@ public:
     void stop() override;
     void set_member_options(const std::map<std::string, uint32_t>& weights, const std::vector<std::string>& exclude,
                             bool allow_standby_leader) override;
+    void deregister(std::function<void()> done) override;
 
     struct Impl;
 

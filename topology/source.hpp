@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -12,6 +13,7 @@
 #include <vector>
 #include <mutex>
 
+#include "topology/peers.hpp"
 #include "topology/topology.hpp"
 
 namespace pgrelay::topology {
@@ -80,6 +82,24 @@ public:
     // allow_standby_leader). Republishes when the snapshot changes.
     virtual void set_member_options(const std::map<std::string, uint32_t>& weights,
                                     const std::vector<std::string>& exclude, bool allow_standby_leader) = 0;
+    // Draining: remove this instance's entry from the store now (the
+    // others drop it at once, not after a session timeout), and do not
+    // register again; `done` runs on the control thread once the store
+    // answered or gave up (at once for a source without registration).
+    virtual void deregister(std::function<void()> done) { done(); }
+};
+
+// This instance's entry in the store a source follows: a ZooKeeper
+// ephemeral znode or an etcd key under a lease, at <path>/<id>, holding
+// instance_json(self). The source also lists <path> and hands the entries
+// to `peers`.
+struct RegistrationOptions {
+    bool enabled = false;
+    std::string path;  // "/pgrelay/<scope>/instances": never inside Patroni's keys
+    InstanceInfo self;
+    std::chrono::milliseconds ttl{10000};              // etcd: the lease's TTL
+    std::chrono::milliseconds list_interval{1000};     // etcd: how often the list is read
+    PeerDirectory* peers = nullptr;
 };
 
 }  // namespace pgrelay::topology

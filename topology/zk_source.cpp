@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <set>
 #include "proxy/log.hpp"
@@ -29,6 +30,16 @@ struct Request {
     HandleCtx* handle;
     std::string path;
 };
+// What a registration request's completion carries to the control thread.
+struct OpResult {
+    std::string value;               // aget: the data
+    int64_t owner = 0;               // aexists: the ephemeral owner's session
+    std::vector<std::string> names;  // aget_children
+};
+struct Op {
+    HandleCtx* handle;
+    std::function<void(ZkSource::Impl&, int rc, const OpResult&)> then;
+};
 }  // namespace
 
 struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
@@ -46,13 +57,19 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     std::chrono::milliseconds backoff{500};
     asio::steady_timer retry_timer;
     asio::steady_timer unreachable_timer;
+    asio::steady_timer register_timer;
+
+    // Registration: this instance's ephemeral znode and the list of all.
+    std::string entry_path;
+    bool deregistered = false;
+    uint64_t list_round = 0;  // a newer listing makes an older one's reads moot
 
     int pending = 0;            // reads in flight
     bool round_failed = false;  // a read of the current round failed (connection loss...)
     std::shared_ptr<PatroniFollower> follower;
 
     Impl(asio::io_context& c, SnapshotHub& h, ZkSourceOptions o)
-        : ctx(c), hub(h), opts(std::move(o)), retry_timer(c), unreachable_timer(c) {
+        : ctx(c), hub(h), opts(std::move(o)), retry_timer(c), unreachable_timer(c), register_timer(c) {
         opts.follower.source = "zookeeper";
         opts.follower.leader_event = "leader znode event";
         opts.follower.where = opts.hosts + opts.base;
@@ -63,6 +80,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         legacy_optime_path = opts.base + "/optime/leader";
         sync_path = opts.base + "/sync";
         failover_path = opts.base + "/failover";
+        if (opts.registration.enabled) entry_path = opts.registration.path + "/" + opts.registration.self.id;
     }
 
     // ---- ZooKeeper C callbacks: ZooKeeper's threads, copy and post only ----
@@ -104,6 +122,141 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         asio::post(impl->ctx, [impl, gen = req->handle->generation, rc, names = std::move(names)] {
             impl->children_done(gen, rc, names);
         });
+    }
+
+    // Registration requests: each completion posts its continuation.
+    static void post_op(std::unique_ptr<Op> op, int rc, OpResult r) {
+        auto impl = op->handle->impl.lock();
+        if (!impl) return;
+        asio::post(impl->ctx, [impl, gen = op->handle->generation, rc, r = std::move(r), then = std::move(op->then)] {
+            if (gen != impl->generation || impl->stopped) return;
+            then(*impl, rc, r);
+        });
+    }
+    static void op_string(int rc, const char*, const void* data) {
+        post_op(std::unique_ptr<Op>(static_cast<Op*>(const_cast<void*>(data))), rc, {});
+    }
+    static void op_void(int rc, const void* data) {
+        post_op(std::unique_ptr<Op>(static_cast<Op*>(const_cast<void*>(data))), rc, {});
+    }
+    static void op_stat(int rc, const struct Stat* stat, const void* data) {
+        OpResult r;
+        if (rc == ZOK && stat) r.owner = stat->ephemeralOwner;
+        post_op(std::unique_ptr<Op>(static_cast<Op*>(const_cast<void*>(data))), rc, std::move(r));
+    }
+    static void op_data(int rc, const char* value, int len, const struct Stat*, const void* data) {
+        OpResult r;
+        if (rc == ZOK && value && len > 0) r.value.assign(value, size_t(len));
+        post_op(std::unique_ptr<Op>(static_cast<Op*>(const_cast<void*>(data))), rc, std::move(r));
+    }
+    static void op_children(int rc, const struct String_vector* strings, const void* data) {
+        OpResult r;
+        if (rc == ZOK && strings)
+            for (int i = 0; i < strings->count; ++i) r.names.emplace_back(strings->data[i]);
+        post_op(std::unique_ptr<Op>(static_cast<Op*>(const_cast<void*>(data))), rc, std::move(r));
+    }
+    Op* op(std::function<void(Impl&, int, const OpResult&)> then) { return new Op{handle.get(), std::move(then)}; }
+
+    // Creates each missing parent of the registry path (persistent, empty),
+    // then this instance's ephemeral znode.
+    void register_self(size_t from = 1) {
+        if (!zh || deregistered || !opts.registration.enabled) return;
+        const std::string& path = opts.registration.path;
+        const size_t slash = path.find('/', from);
+        const std::string part = slash == std::string::npos ? path : path.substr(0, slash);
+        Op* o = op([slash](Impl& self, int rc, const OpResult&) {
+            if (rc != ZOK && rc != ZNODEEXISTS) return self.registration_failed("create " + self.opts.registration.path, rc);
+            if (slash == std::string::npos) self.create_entry(0);
+            else self.register_self(slash + 1);
+        });
+        if (zoo_acreate(zh, part.c_str(), "", 0, &ZOO_OPEN_ACL_UNSAFE, 0, &Impl::op_string, o) != ZOK) delete o;
+    }
+
+    void create_entry(int attempt) {
+        if (!zh || deregistered) return;
+        const std::string body = instance_json(opts.registration.self);
+        Op* o = op([attempt](Impl& self, int rc, const OpResult&) {
+            if (rc == ZOK) {
+                log::info("zookeeper: registered this instance at {}", self.entry_path);
+                return;
+            }
+            if (rc != ZNODEEXISTS || attempt >= 2) return self.registration_failed("create " + self.entry_path, rc);
+            self.check_entry_owner(attempt);
+        });
+        if (zoo_acreate(zh, entry_path.c_str(), body.data(), static_cast<int>(body.size()), &ZOO_OPEN_ACL_UNSAFE,
+                        ZOO_EPHEMERAL, &Impl::op_string, o) != ZOK)
+            delete o;
+    }
+
+    // The entry exists: ours (a reconnect within the session), or left by a
+    // session of ours that has not expired yet (a restart), or another
+    // instance's with the same id (a configuration error). Not ours: replaced.
+    void check_entry_owner(int attempt) {
+        Op* o = op([attempt](Impl& self, int rc, const OpResult& r) {
+            if (rc == ZNONODE) return self.create_entry(attempt + 1);
+            if (rc != ZOK) return self.registration_failed("check " + self.entry_path, rc);
+            const clientid_t* id = self.zh ? zoo_client_id(self.zh) : nullptr;
+            if (id && r.owner == id->client_id) return;  // still ours
+            log::warn("zookeeper: {} belongs to another session (0x{:x}): an earlier run of this instance, or another "
+                      "instance with the same [instance] id; replacing it",
+                      self.entry_path, r.owner);
+            Op* d = self.op([attempt](Impl& s2, int drc, const OpResult&) {
+                if (drc != ZOK && drc != ZNONODE) return s2.registration_failed("delete " + s2.entry_path, drc);
+                s2.create_entry(attempt + 1);
+            });
+            if (zoo_adelete(self.zh, self.entry_path.c_str(), -1, &Impl::op_void, d) != ZOK) delete d;
+        });
+        if (zoo_aexists(zh, entry_path.c_str(), 0, &Impl::op_stat, o) != ZOK) delete o;
+    }
+
+    void registration_failed(const std::string& what, int rc) {
+        // Connection loss: the CONNECTED event registers again.
+        if (rc == ZCONNECTIONLOSS || rc == ZSESSIONEXPIRED || rc == ZCLOSING || rc == ZOPERATIONTIMEOUT) {
+            log::debug("zookeeper: {}: {} (registering again on reconnect)", what, zerror(rc));
+            return;
+        }
+        log::warn("zookeeper: {}: {}; this instance is not listed for its peers until it can register "
+                  "(retrying in 5 s)", what, zerror(rc));
+        register_timer.expires_after(std::chrono::seconds(5));
+        register_timer.async_wait([self = shared_from_this(), gen = generation](const boost::system::error_code& ec) {
+            if (!ec && gen == self->generation && self->connected) self->register_self();
+        });
+    }
+
+    // Lists the registry with a child watch and reads every entry; the
+    // whole list goes to the peer directory once all reads are back.
+    void list_instances() {
+        if (!zh || !opts.registration.peers) return;
+        const uint64_t round = ++list_round;
+        const std::string& path = opts.registration.path;
+        Op* o = op([round](Impl& self, int rc, const OpResult& r) {
+            if (round != self.list_round) return;
+            if (rc == ZNONODE) {
+                self.opts.registration.peers->update({}, "zookeeper");
+                return self.watch_exists(self.opts.registration.path);
+            }
+            if (rc != ZOK) return;  // connection loss: listed again on reconnect
+            auto found = std::make_shared<std::vector<InstanceInfo>>();
+            auto left = std::make_shared<size_t>(r.names.size());
+            if (r.names.empty()) return self.opts.registration.peers->update({}, "zookeeper");
+            for (const auto& name : r.names) {
+                const std::string entry = self.opts.registration.path + "/" + name;
+                Op* g = self.op([round, found, left, entry](Impl& s2, int grc, const OpResult& gr) {
+                    if (round != s2.list_round) return;
+                    if (grc == ZOK) {
+                        if (auto i = parse_instance_json(gr.value)) found->push_back(std::move(*i));
+                        else log::warn("zookeeper: {} is not a pgrelay instance entry; ignored", entry);
+                    }
+                    if (--*left == 0) s2.opts.registration.peers->update(std::move(*found), "zookeeper");
+                });
+                if (zoo_aget(self.zh, entry.c_str(), 0, &Impl::op_data, g) != ZOK) {
+                    delete g;
+                    --*left;
+                }
+            }
+            if (*left == 0) self.opts.registration.peers->update(std::move(*found), "zookeeper");
+        });
+        if (zoo_awget_children(zh, path.c_str(), &Impl::on_watch, handle.get(), &Impl::op_children, o) != ZOK) delete o;
     }
 
     // ---- control thread ----
@@ -171,6 +324,8 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                 ever_connected = true;
                 backoff = std::chrono::milliseconds(500);
                 read_all();
+                register_self();
+                list_instances();
             } else if (zstate == ZOO_CONNECTING_STATE) {
                 if (connected)
                     log::warn("zookeeper: connection lost; keeping the last known topology while reconnecting");
@@ -199,6 +354,10 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         // Reroute latency is measured from the event that announces the new
         // leader key (created or changed), not from the old key's deletion.
         if (path == leader_path && type != ZOO_DELETED_EVENT) follower->note_leader_event(at);
+        if (opts.registration.enabled && path == opts.registration.path) {
+            list_instances();
+            return;
+        }
         if (path == members_path && (type == ZOO_CHILD_EVENT || type == ZOO_CREATED_EVENT)) {
             read_children();
         } else if (type == ZOO_CREATED_EVENT || type == ZOO_CHANGED_EVENT || type == ZOO_DELETED_EVENT) {
@@ -270,6 +429,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         // parent needs its children read, which re-arms the child watch).
         if (rc == ZOK) {
             if (path == members_path) read_children();
+            else if (opts.registration.enabled && path == opts.registration.path) list_instances();
             else read(path);
         }
         maybe_publish();
@@ -329,11 +489,32 @@ void ZkSource::set_member_options(const std::map<std::string, uint32_t>& weights
     impl_->follower->set_member_options(weights, exclude, allow_standby_leader);
 }
 
+void ZkSource::deregister(std::function<void()> done) {
+    Impl& s = *impl_;
+    if (s.deregistered || !s.opts.registration.enabled || !s.zh) {
+        s.deregistered = true;
+        return done();
+    }
+    s.deregistered = true;
+    // Closing the session at stop removes it anyway; this is for the peers
+    // to see it go now.
+    Op* o = s.op([done](Impl& self, int rc, const OpResult&) {
+        if (rc == ZOK || rc == ZNONODE) log::info("zookeeper: deregistered {}", self.entry_path);
+        else log::warn("zookeeper: deregistering {}: {}", self.entry_path, zerror(rc));
+        done();
+    });
+    if (zoo_adelete(s.zh, s.entry_path.c_str(), -1, &Impl::op_void, o) != ZOK) {
+        delete o;
+        done();
+    }
+}
+
 void ZkSource::stop() {
     if (!impl_ || impl_->stopped) return;
     impl_->stopped = true;
     impl_->retry_timer.cancel();
     impl_->unreachable_timer.cancel();
+    impl_->register_timer.cancel();
     impl_->close_handle();
     impl_->follower->stop();
 }

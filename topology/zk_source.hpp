@@ -21,6 +21,7 @@ struct ZkSourceOptions {
     std::chrono::milliseconds session_timeout{10000};
     SourceStats* stats = nullptr;  // optional
     FollowerOptions follower;      // routing options, probes, reroute callback (source names are set here)
+    RegistrationOptions registration;  // an ephemeral znode for this instance, and the list of all
 };
 
 // Flow: construct on the control thread, start(); it connects (retrying with
@@ -36,6 +37,7 @@ public:
     void stop() override;
     void set_member_options(const std::map<std::string, uint32_t>& weights, const std::vector<std::string>& exclude,
                             bool allow_standby_leader) override;
+    void deregister(std::function<void()> done) override;
 
     struct Impl;
 

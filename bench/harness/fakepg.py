@@ -4,12 +4,17 @@
 For the memory scenario, where PostgreSQL itself cannot take 10,000
 connections on this machine:
 
-  fakepg.py serve --port P
+  fakepg.py serve --port P [--key-log FILE]
       answers SSLRequest/GSSENCRequest with 'N'; a StartupMessage with
       AuthenticationOk, a few ParameterStatus, BackendKeyData and
       ReadyForQuery 'I'; a simple Query with CommandComplete + ReadyForQuery;
       Sync with ReadyForQuery; Terminate (or a CancelRequest) by closing.
       Prints "listening PORT" once it accepts connections.
+      Speaks protocol 3.0 and 3.2, as PostgreSQL 18 does: a client asking for
+      3.2 gets a 32-byte cancel secret, one asking for more (or sending _pq_.
+      options) a NegotiateProtocolVersion first. With --key-log, appends
+      "key PID HEXSECRET" for every key it hands out and "cancel PID
+      HEXSECRET" for every CancelRequest it receives.
 
   fakepg.py hold --port P --count N [--batch B] [--query]
       opens N client connections in batches of B, finishes each startup (and,
@@ -26,6 +31,7 @@ Stdlib only (asyncio protocols: one object per connection, no task).
 import argparse
 import asyncio
 import hashlib
+import os
 import resource
 import struct
 import sys
@@ -35,6 +41,8 @@ SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 PROTOCOL_3 = 196608
+PROTOCOL_3_2 = PROTOCOL_3 | 2
+KEY_LOG = None  # --key-log
 
 
 def msg(kind, payload=b""):
@@ -98,14 +106,28 @@ class FakeBackend(asyncio.Protocol):
             if len(buf) < length:
                 return False
             del buf[:length]
+            packet = bytes(buf[8:length])
+            del buf[:length]
             if code in (SSL_REQUEST, GSSENC_REQUEST):
                 self.transport.write(b"N")
-            elif code == PROTOCOL_3:
+            elif code >> 16 == 3:
                 self.started = True
                 FakeBackend.next_pid += 1
-                key = msg(b"K", struct.pack("!II", FakeBackend.next_pid, 12345))
-                self.transport.write(AUTH_OK + PARAMS + key + READY_IDLE)
-            else:  # CancelRequest or anything unknown
+                pid = FakeBackend.next_pid
+                version = min(code, PROTOCOL_3_2)
+                options = [n for n in packet.split(b"\0")[0::2] if n.startswith(b"_pq_.")]
+                out = b""
+                if code > PROTOCOL_3_2 or options:
+                    out += msg(b"v", struct.pack("!II", version, len(options)) + b"".join(o + b"\0" for o in options))
+                secret = os.urandom(32) if version >= PROTOCOL_3_2 else struct.pack("!I", 12345)
+                log_key("key", pid, secret)
+                key = msg(b"K", struct.pack("!I", pid) + secret)
+                self.transport.write(out + AUTH_OK + PARAMS + key + READY_IDLE)
+            elif code == CANCEL_REQUEST and len(packet) >= 8:
+                log_key("cancel", struct.unpack("!I", packet[:4])[0], packet[4:])
+                self.transport.close()
+                return False
+            else:  # anything unknown
                 self.transport.close()
                 return False
             return True
@@ -126,7 +148,15 @@ class FakeBackend(asyncio.Protocol):
         return True
 
 
+def log_key(what, pid, secret):
+    if KEY_LOG:
+        with open(KEY_LOG, "a") as f:
+            f.write("%s %d %s\n" % (what, pid, secret.hex()))
+
+
 async def serve(args):
+    global KEY_LOG
+    KEY_LOG = args.key_log
     loop = asyncio.get_running_loop()
     server = await loop.create_server(FakeBackend, args.host, args.port, backlog=4096,
                                       reuse_address=True)
@@ -273,6 +303,7 @@ def main(argv=None):
     s = sub.add_parser("serve")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, required=True)
+    s.add_argument("--key-log", help="append every cancel key handed out and every CancelRequest received")
     h = sub.add_parser("hold")
     h.add_argument("--host", default="127.0.0.1")
     h.add_argument("--port", type=int, required=True)

@@ -790,7 +790,12 @@ TEST_CASE("garbage CancelRequests are closed and cancel nothing; the real key st
     const std::string bad_len = "invalid length of CancelRequest packet";
     std::vector<Case> cases = {
         {"length 12", garbage_cancel(12, pid, secret).substr(0, 12), bad_len.c_str(), false},
-        {"length 20 (4 extra bytes inside)", garbage_cancel(20, pid, secret) + be32(0), bad_len.c_str(), false},
+        // Protocol 3.2's longer secrets: well-formed, and matching nothing.
+        {"length 20 (the victim's secret and 4 bytes more, as 3.2)", garbage_cancel(20, pid, secret) + be32(0), nullptr,
+         true},
+        {"length 268 (a 256-byte secret)", garbage_cancel(268, pid, secret) + std::string(252, '\x11'), nullptr, true},
+        {"length 269 (a 257-byte secret)", garbage_cancel(269, pid, secret) + std::string(253, '\x11'), bad_len.c_str(),
+         false},
         {"length 8, no key", garbage_cancel(8, pid, secret).substr(0, 8), bad_len.c_str(), false},
         {"random key", garbage_cancel(16, rng(), rng()), nullptr, true},
         {"all-zero key", garbage_cancel(16, 0, 0), nullptr, true},

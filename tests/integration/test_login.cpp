@@ -185,7 +185,7 @@ private:
         }
         if (s.kind == LoginStep::Kind::Done) {
             out_.key = a.client_key();
-            encode_backend_key_data(s.bytes, CancelKey{4242, 1234});
+            encode_backend_key_data(s.bytes, CancelKey{4242, std::string("\0\0\x04\xd2", 4)});
             s.bytes += std::string("Z\0\0\0\5I", 6);
         } else {
             out_.error = s.error;

@@ -39,8 +39,9 @@ std::string user_conninfo(uint16_t port) {
            " user=scramuser password=scrampass dbname=postgres connect_timeout=90 sslmode=disable";
 }
 
-std::string port_via(uint16_t port) {
-    PgConn c = pg_connect(user_conninfo(port));
+// The server port a fresh connection with `conninfo` reaches, or "error ...".
+std::string port_reached(const std::string& conninfo) {
+    PgConn c = pg_connect(conninfo);
     if (!c.ok()) return "error " + c.sqlstate + ": " + c.error;
     try {
         return query_value(c.conn, "SELECT inet_server_port()");
@@ -48,6 +49,7 @@ std::string port_via(uint16_t port) {
         return std::string("error ") + e.what();
     }
 }
+std::string port_via(uint16_t port) { return port_reached(user_conninfo(port)); }
 
 std::string pg_port_of(const std::string& name) { return std::to_string(PatroniCluster::shared().node(name).pg_port); }
 
@@ -235,15 +237,7 @@ Pgrelay& short_hold_relay() {
     static Pgrelay r(PatroniCluster::shared(), "hold_timeout = \"2s\"\n", pooled_options());
     return r;
 }
-std::string pooled_port_via(uint16_t port) {
-    PgConn c = pg_connect(pooled_conninfo(port));
-    if (!c.ok()) return "error " + c.sqlstate + ": " + c.error;
-    try {
-        return query_value(c.conn, "SELECT inet_server_port()");
-    } catch (const std::exception& e) {
-        return std::string("error ") + e.what();
-    }
-}
+std::string pooled_port_via(uint16_t port) { return port_reached(pooled_conninfo(port)); }
 
 // Long-lived clients that each write a row every 0.3-1.2 s on one
 // connection, never reconnecting unless the connection itself is gone.

@@ -21,6 +21,9 @@ std::span<const uint8_t> bytes(const std::string& s) {
     return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
+std::string be32(uint32_t v);
+// A protocol 3.0 key: the secret is 4 bytes, big-endian.
+CancelKey key4(int32_t pid, uint32_t secret) { return CancelKey{pid, be32(secret)}; }
 std::string be32(uint32_t v) {
     return std::string{char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
 }
@@ -127,27 +130,39 @@ TEST_CASE("encode_error_response keeps the frame intact when a value holds a NUL
 }
 
 TEST_CASE("encode_cancel_request parses back as a CancelRequest", "[protocol][encode]") {
-    for (const CancelKey key : {CancelKey{12345, 67890}, CancelKey{-1, int32_t(0x80000000)}, CancelKey{0, 0}}) {
-        CAPTURE(key.pid, key.secret);
+    const std::string long_secret(32, '\xa5'), longest(256, '\x01');
+    for (const CancelKey& key : {key4(12345, 67890), key4(-1, 0x80000000), key4(0, 0), CancelKey{77, long_secret},
+                                 CancelKey{78, longest}}) {
+        CAPTURE(key.pid, key.secret.size());
         std::string out = "xyz";  // appends
         encode_cancel_request(out, key);
-        REQUIRE(out.size() == 3 + 16);
+        const uint32_t len = uint32_t(12 + key.secret.size());
+        REQUIRE(out.size() == 3 + len);
         const std::string wire = out.substr(3);
-        CHECK(wire == be32(16) + be32(80877102) + be32(uint32_t(key.pid)) + be32(uint32_t(key.secret)));
+        CHECK(wire == be32(len) + be32(80877102) + be32(uint32_t(key.pid)) + key.secret);
         const StartupParse p = parse_startup(bytes(wire));
         REQUIRE(p.status == ParseStatus::Ok);
         CHECK(p.packet.kind == StartupKind::CancelRequest);
-        CHECK(p.packet.length == 16);
+        CHECK(p.packet.length == len);
         CHECK(p.packet.cancel_key == key);
+    }
+    // Shorter than 3.0's secret, or longer than 3.2's longest: refused.
+    for (const size_t n : {size_t(0), size_t(3), size_t(257)}) {
+        CAPTURE(n);
+        std::string out;
+        encode_cancel_request(out, CancelKey{1, std::string(n, 'x')});
+        const StartupParse p = parse_startup(bytes(out));
+        CHECK(p.status == ParseStatus::Error);
+        CHECK(std::string(p.sqlstate) == "08P01");
     }
 }
 
 TEST_CASE("encode_backend_key_data scans back as a watched frame", "[protocol][encode]") {
-    for (const CancelKey key : {CancelKey{4242, 0x01020304}, CancelKey{-7, -8}}) {
-        CAPTURE(key.pid, key.secret);
+    for (const CancelKey& key : {key4(4242, 0x01020304), key4(-7, uint32_t(-8)), CancelKey{9, std::string(32, 'k')}}) {
+        CAPTURE(key.pid, key.secret.size());
         std::string out;
         encode_backend_key_data(out, key);
-        CHECK(out == "K"s + be32(12) + be32(uint32_t(key.pid)) + be32(uint32_t(key.secret)));
+        CHECK(out == "K"s + be32(uint32_t(8 + key.secret.size())) + be32(uint32_t(key.pid)) + key.secret);
         const std::string body = scan_one(out, 'K');
         CHECK(decode_backend_key_data(bytes(body)) == key);
     }
@@ -155,9 +170,9 @@ TEST_CASE("encode_backend_key_data scans back as a watched frame", "[protocol][e
 
 TEST_CASE("encoded messages scan back in sequence", "[protocol][encode]") {
     std::string out;
-    encode_backend_key_data(out, CancelKey{1, 2});
+    encode_backend_key_data(out, key4(1, 2));
     encode_error_response(out, Severity::Fatal, "57P01", "terminating connection due to administrator command");
-    encode_backend_key_data(out, CancelKey{3, 4});
+    encode_backend_key_data(out, key4(3, 4));
 
     FrameScanner sc(1 << 20);
     sc.watch('K');
@@ -178,18 +193,26 @@ TEST_CASE("ssl_answer", "[protocol][encode]") {
     CHECK(ssl_answer(false) == 'N');
 }
 
-TEST_CASE("negotiate_for: NegotiateProtocolVersion for a newer minor or _pq_ options, else nothing", "[encode]") {
+TEST_CASE("negotiate_for: 3.0 and 3.2 as asked, NegotiateProtocolVersion beyond 3.2 or for _pq_ options", "[encode]") {
     using namespace pgrelay::protocol;
     StartupPacket p;
     p.protocol_version = 3u << 16;
     p.parameters = {{"user", "u"}, {"database", "d"}};
-    CHECK(negotiate_for(p).empty());
-    p.protocol_version = (3u << 16) | 2;  // libpq 18, max_protocol_version=3.2
-    CHECK(negotiate_for(p) == std::string("v\0\0\0\x0c\0\x03\0\0\0\0\0\0", 13));
+    CHECK(negotiate_for(p).message.empty());
+    CHECK(negotiate_for(p).version == kProtocolV3);
+    p.protocol_version = (3u << 16) | 2;  // libpq 18, max_protocol_version=3.2: spoken as asked
+    CHECK(negotiate_for(p).message.empty());
+    CHECK(negotiate_for(p).version == kProtocolV3_2);
+    // A server of 3.0 only (pgrelay's own logins) says so, with the whole version number.
+    CHECK(negotiate_for(p, kProtocolV3).message == std::string("v\0\0\0\x0c\0\x03\0\0\0\0\0\0", 13));
+    CHECK(negotiate_for(p, kProtocolV3).version == kProtocolV3);
     p.protocol_version = (3u << 16) | 9999;  // libpq 19's grease
     p.parameters.emplace_back("_pq_.test_protocol_negotiation", "");
-    const std::string v = negotiate_for(p);
-    CHECK(v == std::string("v\0\0\0\x2b\0\x03\0\0\0\0\0\x01", 13) + "_pq_.test_protocol_negotiation" + std::string(1, '\0'));
-    p.protocol_version = 3u << 16;  // an option alone asks for negotiation too
-    CHECK(negotiate_for(p) == v);
+    const Negotiated v = negotiate_for(p);
+    CHECK(v.version == kProtocolV3_2);
+    CHECK(v.message == std::string("v\0\0\0\x2b\0\x03\0\x02\0\0\0\x01", 13) + "_pq_.test_protocol_negotiation" +
+                           std::string(1, '\0'));
+    p.protocol_version = 3u << 16;  // an option alone asks for negotiation too, at the version asked
+    CHECK(negotiate_for(p).message ==
+          std::string("v\0\0\0\x2b\0\x03\0\0\0\0\0\x01", 13) + "_pq_.test_protocol_negotiation" + std::string(1, '\0'));
 }

@@ -48,6 +48,11 @@ Bytes header(char type, uint32_t length) {
     return b;
 }
 
+// A protocol 3.0 key: the secret is 4 bytes, big-endian.
+CancelKey key4(int32_t pid, uint32_t secret) {
+    const char b[4] = {char(secret >> 24), char(secret >> 16), char(secret >> 8), char(secret)};
+    return CancelKey{pid, std::string(b, 4)};
+}
 Bytes backend_key_data(uint32_t pid, uint32_t secret) {
     Bytes body;
     put_u32(body, pid);
@@ -310,7 +315,7 @@ TEST_CASE("FrameScanner: split at every byte across two buffers", "[protocol][fr
         }
         if (watch) {
             // Watched frames' bodies decode even when the split fell inside them.
-            REQUIRE(decode_backend_key_data(r.seen[3].body) == CancelKey{1234, int32_t(0xcafebabe)});
+            REQUIRE(decode_backend_key_data(r.seen[3].body) == key4(1234, 0xcafebabe));
             REQUIRE(decode_ready_for_query(r.seen[4].body) == TxStatus::Idle);
             const auto err = decode_error_fields(r.seen[9].body);
             REQUIRE(err.has_value());
@@ -347,7 +352,7 @@ TEST_CASE("FrameScanner: byte-at-a-time relay reports watched frames only whole"
             CHECK_FALSE(s.complete);
         }
     }
-    CHECK(decode_backend_key_data(r.seen[3].body) == CancelKey{1234, int32_t(0xcafebabe)});
+    CHECK(decode_backend_key_data(r.seen[3].body) == key4(1234, 0xcafebabe));
 }
 
 TEST_CASE("FrameScanner holds back an incomplete watched frame", "[protocol][frames]") {
@@ -486,10 +491,12 @@ TEST_CASE("decode_backend_key_data", "[protocol][frames][decode]") {
     Bytes body;
     put_u32(body, 4321);
     put_u32(body, 0x89abcdef);
-    CHECK(decode_backend_key_data(body) == CancelKey{4321, int32_t(0x89abcdef)});
+    CHECK(decode_backend_key_data(body) == key4(4321, 0x89abcdef));
     CHECK_FALSE(decode_backend_key_data(std::span<const uint8_t>(body).first(7)).has_value());
+    // Protocol 3.2: a longer secret is the secret.
     body.push_back(0);
-    CHECK_FALSE(decode_backend_key_data(body).has_value());
+    REQUIRE(decode_backend_key_data(body).has_value());
+    CHECK(decode_backend_key_data(body)->secret == std::string("\x89\xab\xcd\xef\0", 5));
     CHECK_FALSE(decode_backend_key_data({}).has_value());
 }
 
@@ -612,10 +619,10 @@ TEST_CASE("rewrite_backend_key_data rewrites the key in place", "[protocol][fram
     REQUIRE(f.type == 'K');
     REQUIRE(f.complete);
     const auto body = f.body(buf);
-    REQUIRE(decode_backend_key_data(body) == CancelKey{1111, 2222});
+    REQUIRE(decode_backend_key_data(body) == key4(1111, 2222));
 
-    const CancelKey mine{-5, int32_t(0x80000000)};
-    rewrite_backend_key_data(body, mine);
+    const CancelKey mine = key4(-5, 0x80000000);
+    CHECK(rewrite_backend_key_data(body, mine));
     CHECK(decode_backend_key_data(body) == mine);
     // Only the 8 key bytes changed.
     REQUIRE(buf.size() == original.size());
@@ -624,13 +631,25 @@ TEST_CASE("rewrite_backend_key_data rewrites the key in place", "[protocol][fram
         if (!in_key) REQUIRE(buf[i] == original[i]);
     }
     // Round trip back to the backend's key restores the original bytes.
-    rewrite_backend_key_data(body, CancelKey{1111, 2222});
+    rewrite_backend_key_data(body, key4(1111, 2222));
     CHECK(buf == original);
 
     // A body of the wrong size is left alone.
     Bytes short_body = {1, 2, 3, 4, 5, 6, 7};
-    rewrite_backend_key_data(short_body, mine);
+    CHECK_FALSE(rewrite_backend_key_data(short_body, mine));
     CHECK(short_body == Bytes{1, 2, 3, 4, 5, 6, 7});
+    // A 3.2 key of the same length replaces a long one; a 4-byte one does not fit.
+    Bytes long_body(4 + 32, 7);
+    REQUIRE(decode_backend_key_data(long_body).has_value());
+    CHECK(decode_backend_key_data(long_body)->secret.size() == 32);
+    CHECK_FALSE(rewrite_backend_key_data(long_body, mine));
+    const CancelKey long_mine{99, std::string(32, 'z')};
+    CHECK(rewrite_backend_key_data(long_body, long_mine));
+    CHECK(decode_backend_key_data(long_body) == long_mine);
+    // Secrets beyond 3.2's 256 bytes, or under 4, are not BackendKeyData.
+    CHECK_FALSE(decode_backend_key_data(Bytes(4 + 257, 1)).has_value());
+    CHECK(decode_backend_key_data(Bytes(4 + 256, 1)).has_value());
+    CHECK_FALSE(decode_backend_key_data(Bytes(4 + 3, 1)).has_value());
 }
 
 TEST_CASE("to_string names message types", "[protocol][frames]") {

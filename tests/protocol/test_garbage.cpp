@@ -80,12 +80,15 @@ Bytes request(uint32_t code) {
     return b;
 }
 
+// Protocol 3.0's 4-byte secret, or 3.2's longer one (1 to 253 bytes past 3.0's,
+// just inside and beyond the 256-byte limit).
 Bytes cancel_request(Rng& rng) {
     Bytes b;
-    put_u32(b, 16);
+    const size_t secret = uniform(rng, 0, 1) ? 4 : size_t(uniform(rng, 5, 260));
+    put_u32(b, uint32_t(12 + secret));
     put_u32(b, kCancelRequestCode);
     put_u32(b, uint32_t(rng()));
-    put_u32(b, uint32_t(rng()));
+    for (size_t i = 0; i < secret; ++i) b.push_back(uint8_t(rng()));
     return b;
 }
 
@@ -183,9 +186,11 @@ void check_startup_parse(std::span<const uint8_t> in, const StartupParse& p) {
                     break;
                 case StartupKind::CancelRequest:
                     REQUIRE(code == kCancelRequestCode);
-                    REQUIRE(len == 16);
+                    REQUIRE(len >= 16);
+                    REQUIRE(len <= 12 + kMaxCancelSecret);
                     REQUIRE(p.packet.cancel_key.pid == int32_t(read_u32(in.data() + 8)));
-                    REQUIRE(p.packet.cancel_key.secret == int32_t(read_u32(in.data() + 12)));
+                    REQUIRE(p.packet.cancel_key.secret ==
+                            std::string(reinterpret_cast<const char*>(in.data() + 12), len - 12));
                     break;
                 case StartupKind::StartupMessage: {
                     REQUIRE((code >> 16) == 3);
@@ -248,7 +253,10 @@ std::vector<Step> run_op(bool tls, std::span<const uint8_t> input, const std::ve
                 REQUIRE(a.consumed == 8);
                 REQUIRE(a.reply == 'N');
             }
-            if (a.kind == StartupOp::Kind::Cancel) REQUIRE(a.consumed == 16);
+            if (a.kind == StartupOp::Kind::Cancel) {
+                REQUIRE(a.consumed >= 12 + kMinCancelSecret);
+                REQUIRE(a.consumed <= 12 + kMaxCancelSecret);
+            }
             if (a.kind == StartupOp::Kind::Forward || a.kind == StartupOp::Kind::Cancel) {
                 REQUIRE(a.packet != nullptr);
                 REQUIRE(a.packet->length == a.consumed);

@@ -245,12 +245,12 @@ TEST_CASE("parse_startup reads the key of a CancelRequest", "[protocol][startup]
     REQUIRE(p.status == ParseStatus::Ok);
     CHECK(p.packet.kind == StartupKind::CancelRequest);
     CHECK(p.packet.length == 16);
-    CHECK(p.packet.cancel_key == CancelKey{4242, 0x12345678});
+    CHECK(p.packet.cancel_key == CancelKey{4242, std::string("\x12\x34\x56\x78", 4)});
 
-    // The secret is an arbitrary 32-bit value: high bit set maps to a negative int32.
+    // The secret is raw bytes, high bits and all.
     const StartupParse n = parse_startup(cancel_request(1, 0xfffffffeu));
     REQUIRE(n.status == ParseStatus::Ok);
-    CHECK(n.packet.cancel_key == CancelKey{1, -2});
+    CHECK(n.packet.cancel_key == CancelKey{1, std::string("\xff\xff\xff\xfe", 4)});
 }
 
 TEST_CASE("parse_startup accepts a packet of exactly the maximum length", "[protocol][startup]") {
@@ -343,8 +343,11 @@ TEST_CASE("parse_startup rejects requests of the wrong length", "[protocol][star
     SECTION("CancelRequest with length 8") {
         require_protocol_violation(parse_startup(raw_packet(8, kCancelRequestCode)));
     }
-    SECTION("CancelRequest with length 20") {
-        require_protocol_violation(parse_startup(raw_packet(20, kCancelRequestCode, Bytes(12, 1))));
+    SECTION("CancelRequest with a secret of 3 bytes") {
+        require_protocol_violation(parse_startup(raw_packet(15, kCancelRequestCode, Bytes(7, 1))));
+    }
+    SECTION("CancelRequest with a secret of 257 bytes (3.2 allows 256)") {
+        require_protocol_violation(parse_startup(raw_packet(12 + 257, kCancelRequestCode, Bytes(4 + 257, 1))));
     }
 }
 
@@ -608,7 +611,7 @@ TEST_CASE("StartupOp passes a CancelRequest's key on", "[protocol][startup][op]"
     CHECK(a.consumed == 16);
     REQUIRE(a.packet != nullptr);
     CHECK(a.packet->kind == StartupKind::CancelRequest);
-    CHECK(a.packet->cancel_key == CancelKey{31337, 0x0badf00d});
+    CHECK(a.packet->cancel_key == CancelKey{31337, std::string("\x0b\xad\xf0\x0d", 4)});
 
     // A CancelRequest may also follow a refused SSLRequest (libpq's sslmode=prefer).
     StartupOp op2({});
@@ -616,7 +619,7 @@ TEST_CASE("StartupOp passes a CancelRequest's key on", "[protocol][startup][op]"
     const auto steps = drive(op2, one_chunk(concat({ssl_request(), cancel_request(5, 6)})), &last);
     const std::vector<Step> expected = {{K::Reply, 8, 'N', ""}, {K::Cancel, 16, 0, ""}};
     CHECK(steps == expected);
-    CHECK(last.cancel_key == CancelKey{5, 6});
+    CHECK(last.cancel_key == CancelKey{5, std::string("\0\0\0\x06", 4)});
 }
 
 TEST_CASE("StartupOp turns parse errors into Close with their SQLSTATE", "[protocol][startup][op]") {

@@ -87,6 +87,13 @@ inline std::string cancel_request(int32_t pid, int32_t secret) {
     put_u32(payload, uint32_t(secret));
     return startup_packet(80877102, payload);
 }
+// Protocol 3.2's CancelRequest: a secret of any length.
+inline std::string cancel_request(int32_t pid, std::string_view secret) {
+    std::string payload;
+    put_u32(payload, uint32_t(pid));
+    payload.append(secret);
+    return startup_packet(80877102, payload);
+}
 
 inline std::string query(std::string_view sql) {
     std::string body(sql);
@@ -105,6 +112,19 @@ inline std::string backend_key_data(int32_t pid, int32_t secret) {
     put_u32(body, uint32_t(pid));
     put_u32(body, uint32_t(secret));
     return frame('K', body);
+}
+// Protocol 3.2's BackendKeyData: a secret of any length.
+inline std::string backend_key_data(int32_t pid, std::string_view secret) {
+    std::string body;
+    put_u32(body, uint32_t(pid));
+    body.append(secret);
+    return frame('K', body);
+}
+// A protocol 3.0 secret: 4 bytes, big-endian.
+inline std::string secret4(int32_t secret) {
+    std::string s;
+    put_u32(s, uint32_t(secret));
+    return s;
 }
 inline std::string parameter_status(std::string_view name, std::string_view value) {
     std::string body(name);

@@ -46,18 +46,18 @@ const std::string kStartup = startup_message({{"user", "u"}, {"database", "d"}})
 const std::string kQuery = query("select 1");
 const std::string kTerminate = terminate();
 
-std::string login(int32_t pid = kPid, int32_t secret = kSecret) {
+std::string login(int32_t pid, std::string_view secret) {
     return auth_ok() + backend_key_data(pid, secret) + parameter_status("server_version", "15.4") +
            ready_for_query('I');
 }
+std::string login(int32_t pid = kPid, int32_t secret = kSecret) { return login(pid, secret4(secret)); }
 const std::string kResult =
     row_description("?column?") + data_row({"1"}) + command_complete("SELECT 1") + ready_for_query('I');
 
 // The cancel key in the first BackendKeyData of a client's stream.
 std::optional<CancelKey> client_key(const std::string& received) {
     for (const auto& f : parse_frames(received).frames)
-        if (f.type == 'K' && f.body.size() == 8)
-            return CancelKey{int32_t(get_u32(f.body, 0)), int32_t(get_u32(f.body, 4))};
+        if (f.type == 'K' && f.body.size() >= 8) return CancelKey{int32_t(get_u32(f.body, 0)), f.body.substr(4)};
     return std::nullopt;
 }
 
@@ -297,10 +297,10 @@ TEST_CASE("session: login, query and terminate relay unchanged; cancel key is ma
 
     REQUIRE(key);
     CHECK(key->pid != kPid);
-    CHECK(key->secret != kSecret);
+    CHECK(key->secret != secret4(kSecret));
     CHECK(c.received == login(key->pid, key->secret) + kResult);
     REQUIRE(target);
-    CHECK(target->backend_key == CancelKey{kPid, kSecret});
+    CHECK(target->backend_key == CancelKey{kPid, secret4(kSecret)});
     CHECK(target->host == "127.0.0.1");
     CHECK(target->port == h.backend.port());
     CHECK(target->member == name);
@@ -395,7 +395,7 @@ TEST_CASE("session: messages split into 1-byte writes arrive intact", "[session]
         CHECK(key->pid != kPid);
         CHECK(c.received == login(key->pid, key->secret) + kResult);
         REQUIRE(target);
-        CHECK(target->backend_key == CancelKey{kPid, kSecret});
+        CHECK(target->backend_key == CancelKey{kPid, secret4(kSecret)});
     }
     CHECK(h.cancels.size() == 0);
 }
@@ -886,8 +886,8 @@ TEST_CASE("session: CancelRequest is forwarded with the backend's key, unknown k
                                      key = client_key(r.received);
                                      if (!key) return;  // shows below as REQUIRE(key)
                                      CancelKey k = *key;
-                                     if (which == Which::WrongSecret) k.secret ^= 0x5a5a;
-                                     if (which == Which::UnknownPid) k.pid ^= 0x40000000;
+                                     if (which == Which::WrongSecret) k.secret[1] ^= 0x5a;
+                                     if (which == Which::UnknownPid) k.pid ^= 0x10;  // this instance's tag, another pid
                                      canceller = &h.client({{write(cancel_request(k.pid, k.secret)), read_to_eof(),
                                                              set_event(cancel_done)}});
                                  }),
