@@ -62,6 +62,15 @@ StartupParse parse_startup(std::span<const uint8_t> in);
 //   Forward   -> a StartupMessage: route it and send `packet`'s bytes on.
 //   Cancel    -> a CancelRequest with `packet.cancel_key`; answer nothing, close.
 //   Close     -> send ErrorResponse(`sqlstate`, `message`) and close.
+// PostgreSQL 17's direct TLS (sslnegotiation=direct): the client starts a
+// TLS handshake at once instead of an SSLRequest. A connection's first byte
+// tells: 0x16, a TLS handshake record, where a length word would start (a
+// startup packet that long would be invalid anyway).
+inline constexpr uint8_t kTlsHandshakeRecord = 0x16;
+inline constexpr bool is_direct_tls(uint8_t first_byte) noexcept { return first_byte == kTlsHandshakeRecord; }
+// The ALPN protocol a direct TLS client must offer (RFC 7301; PostgreSQL 17).
+inline constexpr std::string_view kAlpnPostgresql = "postgresql";
+
 class StartupOp {
 public:
     struct Options {
@@ -80,6 +89,9 @@ public:
     explicit StartupOp(Options opts) : opts_(opts) {}
     Action next(std::span<const uint8_t> buffered);
 
+    // The connection began with a direct TLS handshake, now done: an
+    // SSLRequest inside it is a duplicate, as in PostgreSQL 17.
+    void note_direct_tls() noexcept { ssl_done_ = tls_started_ = true; }
     bool ssl_requested() const noexcept { return ssl_done_; }
     bool gssenc_requested() const noexcept { return gss_done_; }
 

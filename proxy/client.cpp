@@ -50,6 +50,27 @@ asio::awaitable<bool> ClientConn::startup(std::string& startup_bytes, protocol::
     asio::steady_timer deadline(sock_.get_executor(), cfg_->startup_timeout);
     std::string buf;
     uint8_t chunk[1024];
+    if (tls_offered) {
+        // Direct TLS? Peeked, so that the handshake reads the record itself.
+        uint8_t first = 0;
+        auto r = co_await (sock_.async_receive(asio::buffer(&first, 1), tcp::socket::message_peek, use_tuple) ||
+                           deadline.async_wait(use_tuple));
+        if (r.index() == 1) {
+            log::warn("[{}] client={} startup not completed within {} ms, closing", role_name(), peer_,
+                      cfg_->startup_timeout.count());
+            co_await send_error("08P01", std::string("pgrelay ") + role_name() + ": startup packet not received in time");
+            co_return false;
+        }
+        if (auto [ec, n] = std::get<0>(r); ec) {
+            if (ec == asio::error::eof) log::debug("[{}] client={} closed before sending a startup packet", role_name(), peer_);
+            else log::info("[{}] client={} connection ended during startup: {}", role_name(), peer_, ec.message());
+            co_return false;
+        }
+        if (protocol::is_direct_tls(first)) {
+            if (!co_await tls_handshake(deadline, true)) co_return false;
+            op.note_direct_tls();
+        }
+    }
     for (;;) {
         auto action = op.next({reinterpret_cast<const uint8_t*>(buf.data()), buf.size()});
         using K = protocol::StartupOp::Kind;
@@ -85,27 +106,7 @@ asio::awaitable<bool> ClientConn::startup(std::string& startup_bytes, protocol::
                 auto [ec, n] = co_await write(asio::buffer(&reply, 1));
                 if (ec) co_return false;
                 buf.erase(0, action.consumed);  // nothing is left: StartupOp refuses bytes after the SSLRequest
-                tls_stream_ = std::make_unique<net::TlsStream>(sock_, *tls_ctx_->server);
-                auto r = co_await (tls_stream_->async_handshake(asio::ssl::stream_base::server, use_tuple) ||
-                                   deadline.async_wait(use_tuple));
-                if (r.index() == 1) {
-                    log::warn("[{}] client={} TLS handshake not completed within startup_timeout ({} ms), closing",
-                              role_name(), peer_, cfg_->startup_timeout.count());
-                    stats_->tls_failed.fetch_add(1, std::memory_order_relaxed);
-                    co_return false;
-                }
-                if (auto [hec] = std::get<0>(r); hec) {
-                    // No TLS session, so no ErrorResponse: OpenSSL already sent its alert.
-                    log::warn("[{}] client={} TLS handshake failed: {}", role_name(), peer_,
-                              net::tls_failure(*tls_stream_, hec));
-                    stats_->tls_failed.fetch_add(1, std::memory_order_relaxed);
-                    co_return false;
-                }
-                stats_->tls_ok.fetch_add(1, std::memory_order_relaxed);
-                SSL* ssl = tls_stream_->native_handle();
-                cert_ok_ = SSL_get0_peer_certificate(ssl) && SSL_get_verify_result(ssl) == X509_V_OK;
-                log::debug("[{}] client={} TLS established: {}{}", role_name(), peer_, net::tls_description(*tls_stream_),
-                           cert_ok_ ? " (client certificate verified)" : "");
+                if (!co_await tls_handshake(deadline, false)) co_return false;
                 continue;
             }
             case K::Close:
@@ -156,6 +157,45 @@ asio::awaitable<bool> ClientConn::startup(std::string& startup_bytes, protocol::
             }
         }
     }
+}
+
+asio::awaitable<bool> ClientConn::tls_handshake(asio::steady_timer& deadline, bool direct) {
+    const char* how = direct ? "direct TLS" : "TLS";
+    tls_stream_ = std::make_unique<net::TlsStream>(sock_, *tls_ctx_->server);
+    auto r = co_await (tls_stream_->async_handshake(asio::ssl::stream_base::server, use_tuple) ||
+                       deadline.async_wait(use_tuple));
+    if (r.index() == 1) {
+        log::warn("[{}] client={} {} handshake not completed within startup_timeout ({} ms), closing", role_name(), peer_,
+                  how, cfg_->startup_timeout.count());
+        stats_->tls_failed.fetch_add(1, std::memory_order_relaxed);
+        co_return false;
+    }
+    if (auto [hec] = std::get<0>(r); hec) {
+        // No TLS session, so no ErrorResponse: OpenSSL already sent its alert
+        // (no_application_protocol for an ALPN list without "postgresql").
+        log::warn("[{}] client={} {} handshake failed: {}", role_name(), peer_, how, net::tls_failure(*tls_stream_, hec));
+        stats_->tls_failed.fetch_add(1, std::memory_order_relaxed);
+        co_return false;
+    }
+    SSL* ssl = tls_stream_->native_handle();
+    const unsigned char* alpn = nullptr;
+    unsigned alpn_len = 0;
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+    if (direct && std::string_view(reinterpret_cast<const char*>(alpn), alpn ? alpn_len : 0) != protocol::kAlpnPostgresql) {
+        // PostgreSQL 17 refuses it too: without ALPN, a direct TLS
+        // connection could be another protocol's client (cross-protocol attacks).
+        log::warn("[{}] client={} refused: direct TLS handshake without ALPN \"postgresql\"", role_name(), peer_);
+        stats_->tls_failed.fetch_add(1, std::memory_order_relaxed);
+        co_await send_error("08P01", std::string("pgrelay ") + role_name() +
+                                         ": direct TLS connection without ALPN protocol negotiation (\"postgresql\")");
+        co_return false;
+    }
+    stats_->tls_ok.fetch_add(1, std::memory_order_relaxed);
+    if (direct) stats_->tls_direct.fetch_add(1, std::memory_order_relaxed);
+    cert_ok_ = SSL_get0_peer_certificate(ssl) && SSL_get_verify_result(ssl) == X509_V_OK;
+    log::debug("[{}] client={} {} established: {}{}", role_name(), peer_, how, net::tls_description(*tls_stream_),
+               cert_ok_ ? " (client certificate verified)" : "");
+    co_return true;
 }
 
 asio::awaitable<void> ClientConn::forward_cancel(const protocol::CancelKey& key) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <memory>
 #include <optional>
@@ -72,6 +73,10 @@ public:
     void close() noexcept;
 
 private:
+    // The TLS handshake, after an SSLRequest answered 'S' or at once for a
+    // direct one (which must have chosen ALPN "postgresql"); false when the
+    // connection is done.
+    boost::asio::awaitable<bool> tls_handshake(boost::asio::steady_timer& deadline, bool direct);
     boost::asio::awaitable<void> forward_cancel(const protocol::CancelKey& key);
     boost::asio::awaitable<void> send_cancel_to_peer(const protocol::CancelKey& key, const topology::InstanceInfo& peer);
 

@@ -144,6 +144,10 @@ std::string Registry::render(const topology::Topology* t, const topology::Routin
         out += fmt::format("pgrelay_client_tls_total{{port=\"{}\",outcome=\"failed\"}} {}\n", p, get(s->tls_failed));
         out += fmt::format("pgrelay_client_tls_total{{port=\"{}\",outcome=\"plaintext\"}} {}\n", p, get(s->plaintext));
     }
+    head(out, "pgrelay_client_tls_direct_total", "counter",
+         "Of the ok TLS handshakes, those started directly (sslnegotiation=direct, ALPN postgresql), by port.");
+    for (auto [p, s] : ports)
+        out += fmt::format("pgrelay_client_tls_direct_total{{port=\"{}\"}} {}\n", p, get(s->tls_direct));
 
     {
         std::lock_guard lock(mu_);

@@ -56,6 +56,7 @@ struct PortStats {
     std::atomic<uint64_t> terminated{0};  // sessions ended by pgrelay (57P01, 57P05)
     std::atomic<uint64_t> tls_ok{0};      // client TLS handshakes completed
     std::atomic<uint64_t> tls_failed{0};  // client TLS handshakes failed or timed out
+    std::atomic<uint64_t> tls_direct{0};  // ... of tls_ok, direct (no SSLRequest first)
     std::atomic<uint64_t> plaintext{0};   // StartupMessages received without TLS
 };
 

@@ -39,6 +39,7 @@ using std::chrono::steady_clock;
 namespace {
 
 constexpr uint32_t kMaxWatched = 8192;  // ErrorResponse/ParameterStatus held whole up to this size
+static_assert(kMaxWatched >= 4 + 4 + protocol::kMaxCancelSecret, "a BackendKeyData must be held whole to be rewritten");
 
 using net::IoResult;
 using net::kIdleRead;
@@ -369,6 +370,14 @@ asio::awaitable<void> Session::relay_backend_to_client() {
             } else if (f.type == static_cast<char>(protocol::BackendType::ErrorResponse) && f.complete) {
                 if (auto e = protocol::decode_error_fields(f.body({buf.data(), len})))
                     metrics::Registry::instance().count_error("backend", e->sqlstate);
+            }
+            if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && !f.complete) {
+                // Longer than any key (kMaxWatched is far above 3.2's 264
+                // bytes), so streamed: never passed on.
+                log::error("[{}] client={} backend {} sent a BackendKeyData of {} bytes; closing", role_name(), peer_,
+                           target_.member, f.length);
+                backend_closed_ = true;
+                co_return;
             }
             if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && f.complete) {
                 // The client gets a key of pgrelay's with the backend's secret

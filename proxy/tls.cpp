@@ -53,6 +53,22 @@ std::string subject_of(SSL_CTX* ctx) {
     return buf;
 }
 
+// ALPN (RFC 7301) as PostgreSQL 17 registers it: "postgresql", length-prefixed.
+constexpr unsigned char kAlpnList[] = {10, 'p', 'o', 's', 't', 'g', 'r', 'e', 's', 'q', 'l'};
+
+// A client that offers ALPN must offer "postgresql" (PostgreSQL 17 answers
+// otherwise with the no_application_protocol alert); one that offers none
+// gets none, and only a direct TLS client is then refused (client.cpp).
+int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned inlen, void*) {
+    unsigned char* chosen = nullptr;
+    unsigned char chosen_len = 0;
+    const int r = SSL_select_next_proto(&chosen, &chosen_len, kAlpnList, sizeof kAlpnList, in, inlen);
+    if (r != OPENSSL_NPN_NEGOTIATED) return SSL_TLSEXT_ERR_ALERT_FATAL;
+    *out = chosen;
+    *outlen = chosen_len;
+    return SSL_TLSEXT_ERR_OK;
+}
+
 std::shared_ptr<ssl::context> make_server(const Config& c) {
     auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
     SSL_CTX* h = ctx->native_handle();
@@ -81,6 +97,7 @@ std::shared_ptr<ssl::context> make_server(const Config& c) {
         // without one gets past it and is refused with 28000 (as PostgreSQL).
         SSL_CTX_set_verify(h, SSL_VERIFY_PEER, nullptr);
     }
+    SSL_CTX_set_alpn_select_cb(h, &select_alpn, nullptr);
     return ctx;
 }
 
@@ -89,6 +106,8 @@ std::shared_ptr<ssl::context> make_backend(const Config& c) {
     SSL_CTX* h = ctx->native_handle();
     SSL_CTX_set_min_proto_version(h, TLS1_2_VERSION);
     SSL_CTX_set_options(h, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    // Offered as libpq 17 does; servers before 17 ignore it.
+    SSL_CTX_set_alpn_protos(h, kAlpnList, sizeof kAlpnList);
     if (!c.backend_tls_ca.empty()) require_readable(c, "[topology] backend_tls_ca", c.backend_tls_ca);
     if (!c.backend_tls_ca.empty() && SSL_CTX_load_verify_locations(h, c.backend_tls_ca.c_str(), nullptr) != 1)
         fail(c, "[topology] backend_tls_ca " + c.backend_tls_ca, openssl_error());

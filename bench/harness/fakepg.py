@@ -105,7 +105,6 @@ class FakeBackend(asyncio.Protocol):
                 return False
             if len(buf) < length:
                 return False
-            del buf[:length]
             packet = bytes(buf[8:length])
             del buf[:length]
             if code in (SSL_REQUEST, GSSENC_REQUEST):

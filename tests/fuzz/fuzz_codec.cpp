@@ -147,9 +147,10 @@ bool has_field(const std::vector<Field>& fields, char code) {
 }
 
 // The key pgrelay would hand out instead of the backend's (any bijection will do).
+// Same secret length, as pgrelay's passthrough keys.
 CancelKey other_key(CancelKey k) {
-    return {static_cast<int32_t>(~static_cast<uint32_t>(k.pid)),
-            static_cast<int32_t>(static_cast<uint32_t>(k.secret) ^ 0x5a5a5a5au)};
+    for (char& c : k.secret) c = static_cast<char>(c ^ 0x5a);
+    return {static_cast<int32_t>(~static_cast<uint32_t>(k.pid)), std::move(k.secret)};
 }
 
 // What a peer receives from encode_error_response must decode to what was encoded
@@ -185,22 +186,25 @@ void check_decoders(Bytes frame_body) {
     const std::span<uint8_t> body = copy.span();
     const size_t n = body.size();
 
-    // BackendKeyData: exactly two int32; re-encoding gives the frame back.
+    // BackendKeyData: an int32 and a secret of 4 (3.0) to 256 (3.2) bytes;
+    // re-encoding gives the frame back.
     const auto key = decode_backend_key_data(body);
-    CHECK(key.has_value() == (n == 8));
+    CHECK(key.has_value() == (n >= 4 + kMinCancelSecret && n <= 4 + kMaxCancelSecret));
     if (key) {
         CHECK(static_cast<uint32_t>(key->pid) == read_u32(body.data()));
-        CHECK(static_cast<uint32_t>(key->secret) == read_u32(body.data() + 4));
+        CHECK(key->secret == chars(body.subspan(4)));
         std::string enc;
         encode_backend_key_data(enc, *key);
-        CHECK(enc.size() == 13 && enc[0] == 'K' && read_u32(reinterpret_cast<const uint8_t*>(enc.data()) + 1) == 12);
-        CHECK(std::memcmp(enc.data() + 5, body.data(), 8) == 0);
+        CHECK(enc.size() == 5 + n && enc[0] == 'K' && read_u32(reinterpret_cast<const uint8_t*>(enc.data()) + 1) == 4 + n);
+        CHECK(std::memcmp(enc.data() + 5, body.data(), n) == 0);
     }
     {
+        // Only a key of the body's own length is written in.
         Exact rewritten(frame_body);
-        const CancelKey k = key ? other_key(*key) : CancelKey{0x1234, -1};
-        rewrite_backend_key_data(rewritten.span(), k);
-        if (n == 8)
+        const CancelKey k = key ? other_key(*key) : CancelKey{0x1234, std::string(4, '\xff')};
+        const bool written = rewrite_backend_key_data(rewritten.span(), k);
+        CHECK(written == (n == 4 + k.secret.size()));
+        if (written)
             CHECK(decode_backend_key_data(rewritten.span()) == k);
         else
             CHECK(n == 0 || std::memcmp(rewritten.data.get(), body.data(), n) == 0);
@@ -472,10 +476,14 @@ void relay(Bytes stream, const ScanConfig& c, Chunker chunker) {
     std::string expected(chars(stream));
     if (c.rewrite_keys) {
         for (const auto& f : ref.frames) {
-            if (f.type != 'K' || f.length != 12) continue;
+            // Only a frame the scanner holds whole is rewritten (the relay
+            // refuses a streamed BackendKeyData, session.cpp).
+            if (f.type != 'K' || f.length < 4 + 4 + kMinCancelSecret || f.length > 4 + 4 + kMaxCancelSecret ||
+                f.length > c.max_watched)
+                continue;
             auto* body = reinterpret_cast<uint8_t*>(expected.data() + f.offset + 5);
-            const CancelKey k{static_cast<int32_t>(read_u32(body)), static_cast<int32_t>(read_u32(body + 4))};
-            rewrite_backend_key_data({body, 8}, other_key(k));
+            const std::span<uint8_t> whole{body, f.length - 4};
+            rewrite_backend_key_data(whole, other_key(*decode_backend_key_data(whole)));
         }
     }
 
@@ -609,6 +617,14 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
     };
     size_t base = 0, fed = 0;
     bool ssl_seen = false, gss_seen = false, tls_started = false;
+    // A first byte 0x16 with TLS on offer is a direct TLS handshake
+    // (client.cpp peeks at it): the rest of the stream is what the client
+    // sends inside TLS.
+    if (tls && !stream.empty() && is_direct_tls(stream[0])) {
+        op.note_direct_tls();
+        ssl_seen = tls_started = true;
+        base = fed = 1;
+    }
     for (size_t round = 0;; ++round) {
         CHECK(round <= 2 * stream.size() + 2);
         PoisonTail poisoned(mem.get(), len, cap);
@@ -672,10 +688,11 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
                 return events;
             }
             case StartupOp::Kind::Cancel: {
-                CHECK(a.packet && a.packet->kind == StartupKind::CancelRequest && a.consumed == 16);
+                CHECK(a.packet && a.packet->kind == StartupKind::CancelRequest);
+                CHECK(a.consumed >= 12 + kMinCancelSecret && a.consumed <= 12 + kMaxCancelSecret);
                 std::string enc;
                 encode_cancel_request(enc, a.packet->cancel_key);
-                CHECK(enc == chars(buf.first(16)));
+                CHECK(enc == chars(buf.first(a.consumed)));
                 return events;
             }
             case StartupOp::Kind::Close: {

@@ -129,6 +129,15 @@ SEEDS = {
     "cancel-split": header(sizes=[0, 2, 4]) + cancel(-1, 0x7FFFFFFF) + b"trailing",
     "cancel-bad-length": header() + u32(12) + u32(CANCEL_REQUEST) + i32(1),
     "ssl-then-cancel": header(sizes=[7, 255]) + packet(SSL_REQUEST) + cancel(1, 2),
+    # Protocol 3.2 (PostgreSQL 18): long cancel secrets, up to 256 bytes.
+    "cancel-3.2-long": header(sizes=[5, 255]) + packet(CANCEL_REQUEST, i32(7) + bytes(range(32))),
+    "cancel-3.2-longest": header() + packet(CANCEL_REQUEST, i32(8) + b"\x01" * 256),
+    "cancel-3.2-too-long": header() + packet(CANCEL_REQUEST, i32(9) + b"\x01" * 257),
+    "startup-3.2": header() + startup(USER, V3 | 2),
+    # Direct TLS (PostgreSQL 17): a first byte 0x16, then the stream inside TLS.
+    "direct-tls-startup": header() + b"\x16" + startup(USER),
+    "direct-tls-then-ssl": header(sizes=[0, 7]) + b"\x16" + packet(SSL_REQUEST) + startup(USER),
+    "direct-tls-then-cancel": header() + b"\x16" + packet(CANCEL_REQUEST, i32(3) + bytes(32)),
     # Startup, then the client's frames pipelined behind it.
     "startup-pipelined-query": header(small=60) + startup(USER) + frame("Q", cstr("select 1")) + frame("X"),
     "startup-pipelined-extended": header(small=40, sizes=[10, 3, 255])
@@ -159,7 +168,9 @@ SEEDS = {
     "backend-big-error-streamed": header(watched=30, mask=W_E) + fields("E", [("S", "ERROR"), ("M", "m" * 400)]),
     "backend-negotiate-version": header() + frame("v", u32(V3) + u32(1) + cstr("_pq_.x")) + auth(0),
     "backend-key-truncated": header() + auth(0) + b"K" + u32(12) + b"\0\0\0",
-    "backend-key-bad-length": header() + frame("K", b"\0" * 12) + ready(),
+    "backend-key-bad-length": header() + frame("K", b"\0" * 7) + ready(),
+    "backend-key-3.2": header() + auth(0) + frame("K", i32(77) + bytes(range(32))) + ready(),
+    "backend-key-too-long": header() + frame("K", i32(78) + b"\x02" * 257) + ready(),
     "backend-ready-bad-status": header() + frame("Z", b"X") + frame("Z", b"II") + frame("Z"),
     "backend-error-unterminated": header() + frame("E", b"SERROR\0CXX000\0Mm\0") + frame("E", b"Sx"),
     "backend-param-status-bad": header(mask=W_S) + frame("S", b"a\0b\0c\0") + frame("S", b"a\0b") + frame("S"),

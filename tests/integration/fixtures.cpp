@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 
 #include "protocol/frames.hpp"
+#include "protocol/login.hpp"
 
 #ifndef PGRELAY_SOURCE_DIR
 #error "PGRELAY_SOURCE_DIR must be defined"
@@ -232,9 +233,11 @@ Pgrelay::Pgrelay(const PgCluster& cluster, PgrelayOptions opts) : dir_(std::make
     cfg << "[routing]\nro_fallback_to_primary = " << (opts.ro_fallback_to_primary ? "true" : "false") << "\n"
         << "[topology]\nsource = \"static\"\nhealth_check_interval = \"200ms\"\nhealth_check_timeout = \"500ms\"\n"
         << opts.extra_topology << "\n";
-    for (const auto& n : cluster.nodes())
-        cfg << "[[topology.members]]\nname = \"" << n.name << "\"\nhost = \"" << opts.member_host << "\"\nport = " << n.port
-            << "\nrole = \"" << n.role << "\"\n";
+    if (!opts.static_members.empty()) cfg << opts.static_members;
+    else
+        for (const auto& n : cluster.nodes())
+            cfg << "[[topology.members]]\nname = \"" << n.name << "\"\nhost = \"" << opts.member_host << "\"\nport = "
+                << n.port << "\nrole = \"" << n.role << "\"\n";
     launch(cfg.str(), opts);
 }
 
@@ -264,9 +267,11 @@ double Pgrelay::metric(const std::string& series) const {
 }
 
 void Pgrelay::launch(const std::string& body, const PgrelayOptions& opts) {
-    rw_ = free_port();
-    do ro_ = free_port(); while (ro_ == rw_);
-    do admin_ = free_port(); while (admin_ == rw_ || admin_ == ro_);
+    rw_ = opts.rw_port ? opts.rw_port : free_port();
+    if (opts.ro_port) ro_ = opts.ro_port;
+    else do ro_ = free_port(); while (ro_ == rw_);
+    if (opts.admin_port) admin_ = opts.admin_port;
+    else do admin_ = free_port(); while (admin_ == rw_ || admin_ == ro_);
     body_ = body;
     opts_ = opts;
     const std::string cfg_path = write_config(body);
@@ -320,8 +325,9 @@ std::string Pgrelay::write_config(const std::string& body) const {
         << "connect_timeout = \"" << opts_.connect_timeout << "\"\nstartup_timeout = \"" << opts_.startup_timeout
         << "\"\n"
         << opts_.extra_server << "\n"
-        << "[listen]\nrw = \"127.0.0.1:" << rw_ << "\"\nro = \"127.0.0.1:" << ro_ << "\"\n"
-        << "[admin]\nlisten = \"127.0.0.1:" << admin_ << "\"\n"
+        << "[listen]\nrw = \"" << opts_.listen_host << ":" << rw_ << "\"\nro = \"" << opts_.listen_host << ":" << ro_
+        << "\"\n"
+        << "[admin]\nlisten = \"" << opts_.listen_host << ":" << admin_ << "\"\n"
         << body << "\n"
         << opts_.extra_sections << "\n";
     const std::string path = dir_->path() + "/pgrelay.toml";
@@ -355,7 +361,7 @@ void Pgrelay::reload(const std::string& extra_routing) {
 }
 
 std::pair<int, std::string> Pgrelay::http_get(const std::string& path) const {
-    RawClient c(admin_);
+    RawClient c(admin_, opts_.listen_host);
     if (!c.connected()) return {0, ""};
     c.send("GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     const std::string resp = c.read_all(5s);
@@ -400,7 +406,7 @@ std::string TestCa::issue(const std::string& stem, const std::string& cn, const 
 }
 
 std::string Pgrelay::conninfo(uint16_t port, const std::string& user, const std::string& password) const {
-    return "host=127.0.0.1 port=" + std::to_string(port) + " user=" + user + " password=" + password +
+    return "host=" + opts_.listen_host + " port=" + std::to_string(port) + " user=" + user + " password=" + password +
            " dbname=postgres connect_timeout=10 sslmode=disable gssencmode=disable";
 }
 
@@ -455,11 +461,11 @@ std::string query_value(PGconn* c, const std::string& sql) {
 
 void exec(PGconn* c, const std::string& sql) { (void)query_value(c, sql); }
 
-RawClient::RawClient(uint16_t port) {
+RawClient::RawClient(uint16_t port, const std::string& host) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::inet_pton(AF_INET, host.c_str(), &a.sin_addr);
     a.sin_port = htons(port);
     if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) close();
 }
@@ -640,6 +646,59 @@ RawSession md5_login(uint16_t port, const std::string& user, const std::string& 
     }
     if (r.error.empty() && !has_frame(in, 'Z')) r.error = "no ReadyForQuery";
     return r;
+}
+
+RawLogin raw_login(const std::string& host, uint16_t port, const std::string& user, const std::string& password,
+                   uint32_t version) {
+    RawLogin r;
+    r.client = std::make_unique<RawClient>(port, host);
+    auto& c = *r.client;
+    if (!c.connected() || !c.send(startup_message({{"user", user}, {"database", "postgres"}}, version))) {
+        r.error = "cannot connect to " + host + ":" + std::to_string(port);
+        return r;
+    }
+    protocol::BackendLogin login(user, protocol::BackendLogin::Credentials{password, {}, {}, {}},
+                                 "rawloginnonce" + std::to_string(port));
+    std::string in;
+    const auto deadline = std::chrono::steady_clock::now() + 15s;
+    for (;;) {
+        size_t used = 0;
+        for (const auto& [type, body] : frames_of(in)) {
+            used += 5 + body.size();
+            if (type == 'v') r.negotiated = get32(body, 0);
+            if (type == 'K' && body.size() >= 8) {
+                r.pid = static_cast<int32_t>(get32(body, 0));
+                r.secret = body.substr(4);
+            }
+            const auto step = login.on_message(
+                type, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
+            if (step.kind == protocol::LoginStep::Kind::Fail) {
+                r.error = step.sqlstate + " " + step.error;
+                return r;
+            }
+            if (step.kind == protocol::LoginStep::Kind::Done) return r;
+            if (!step.bytes.empty()) c.send(step.bytes);
+        }
+        in.erase(0, used);
+        if (std::chrono::steady_clock::now() > deadline) {
+            r.error = "login timed out";
+            return r;
+        }
+        const std::string more = c.read_until([](const std::string& b) { return !b.empty(); }, 5s);
+        if (more.empty()) {
+            r.error = "connection closed (or silent for 5 s) during login";
+            return r;
+        }
+        in += more;
+    }
+}
+
+std::string cancel_request(int32_t pid, const std::string& secret) {
+    std::string out;
+    put32(out, static_cast<uint32_t>(12 + secret.size()));
+    put32(out, 80877102);
+    put32(out, static_cast<uint32_t>(pid));
+    return out + secret;
 }
 
 // ---------------------------------------------------------------- TcpForwarder

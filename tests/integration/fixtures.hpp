@@ -127,7 +127,12 @@ struct PgrelayOptions {
     std::string source_toml;
     std::string extra_sections;  // whole extra tables (e.g. "[tls]\n...") at the end of the file
     std::string member_host = "127.0.0.1";  // how the static topology names the nodes' host
+    std::string static_members;  // [[topology.members]] tables instead of the cluster's nodes
     unsigned threads = 2;
+    // Where the rw, ro and admin listeners bind; ports 0 = free ones. Several
+    // instances on 127.0.0.1, .2 and .3 share the same ports.
+    std::string listen_host = "127.0.0.1";
+    uint16_t rw_port = 0, ro_port = 0, admin_port = 0;
 };
 
 class Pgrelay {
@@ -140,6 +145,7 @@ public:
     uint16_t rw_port() const { return rw_; }
     uint16_t ro_port() const { return ro_; }
     uint16_t admin_port() const { return admin_; }
+    const std::string& host() const { return opts_.listen_host; }
     // GET on the admin listener: (HTTP status, body); status 0 if unreachable.
     std::pair<int, std::string> http_get(const std::string& path) const;
     // Rewrites the config's [routing] extra lines and sends SIGHUP.
@@ -230,7 +236,7 @@ void exec(PGconn* c, const std::string& sql);
 // Raw TCP client for hand-made protocol bytes.
 class RawClient {
 public:
-    explicit RawClient(uint16_t port);
+    explicit RawClient(uint16_t port, const std::string& host = "127.0.0.1");
     ~RawClient();
     bool connected() const { return fd_ >= 0; }
     bool send(const std::string& bytes);
@@ -267,6 +273,20 @@ struct RawSession {
     std::string error;  // non-empty when the login failed
 };
 RawSession md5_login(uint16_t port, const std::string& user, const std::string& password);
+// A login by hand with any method (SCRAM, md5, cleartext) and any protocol
+// version: the cancel key as the client got it (4 bytes in 3.0, longer in
+// 3.2), and whether a NegotiateProtocolVersion came first (its version).
+struct RawLogin {
+    std::unique_ptr<RawClient> client;
+    int32_t pid = 0;
+    std::string secret;
+    uint32_t negotiated = 0;  // the NegotiateProtocolVersion's version, 0 if none came
+    std::string error;        // non-empty when the login failed
+};
+RawLogin raw_login(const std::string& host, uint16_t port, const std::string& user, const std::string& password,
+                   uint32_t version = 196608);
+// A CancelRequest with a secret of any length (protocol 3.2 allows 4 to 256 bytes).
+std::string cancel_request(int32_t pid, const std::string& secret);
 std::string cancel_request(int32_t pid, int32_t secret);
 // An 8-byte startup-phase request: length word, then code (SSLRequest, ...).
 std::string startup_request(uint32_t len, uint32_t code);

@@ -7,6 +7,7 @@
 // SQLSTATEs, pg_stat_activity. The pgrelays are shared between cases (one
 // per pool configuration, started on first use) to keep the suite short.
 #include <arpa/inet.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/resource.h>
@@ -1437,6 +1438,118 @@ TEST_CASE("a grease startup (3.9999 with a _pq_ option) gets NegotiateProtocolVe
     SECTION("passthrough: PostgreSQL answers, through pgrelay") {
         Pgrelay plain(relays().cluster());
         check(plain.rw_port(), "scramuser", 3u << 16);
+    }
+}
+
+// A query started on `who` (logged in by hand) ends with 57014 when
+// `cancel` arrives on another connection to host:port.
+void expect_cancelled(RawLogin& who, const std::string& host, uint16_t port, const std::string& cancel) {
+    REQUIRE(who.client->send(query_message("SELECT pg_sleep(30)")));
+    std::this_thread::sleep_for(300ms);  // the query is running
+    RawClient canceller(port, host);
+    REQUIRE(canceller.connected());
+    REQUIRE(canceller.send(cancel));
+    CHECK(canceller.read_all(10s).empty());  // no answer, then the close, as from PostgreSQL
+    const std::string got = who.client->read_until(
+        [](const std::string& b) {
+            for (const auto& [t, body] : frames_of(b))
+                if (t == 'Z') return true;
+            return false;
+        },
+        15s);
+    const auto err = first_error(got);
+    REQUIRE(err);
+    CHECK(err->sqlstate == "57014");
+}
+
+TEST_CASE("protocol 3.2 pooled: no negotiation, a 32-byte key of pgrelay's that cancels; 3.0 gets 4 bytes", "[pool]") {
+    Pgrelay& relay = relays().main();
+    const uint16_t port = relay.rw_port();
+    RawLogin v32 = raw_login("127.0.0.1", port, "pool_iso", "isopass", (3u << 16) | 2);
+    INFO(v32.error);
+    REQUIRE(v32.error.empty());
+    CHECK(v32.negotiated == 0);  // 3.2 is spoken as asked: no NegotiateProtocolVersion
+    CHECK(v32.secret.size() == 32);
+    RawLogin v30 = raw_login("127.0.0.1", port, "pool_iso", "isopass");
+    REQUIRE(v30.error.empty());
+    CHECK(v30.secret.size() == 4);
+    // 3.3 and beyond: negotiated down to 3.2, with the long key.
+    RawLogin v33 = raw_login("127.0.0.1", port, "pool_iso", "isopass", (3u << 16) | 3);
+    REQUIRE(v33.error.empty());
+    CHECK(v33.negotiated == ((3u << 16) | 2));
+    CHECK(v33.secret.size() == 32);
+
+    const double before = relay.metric("pgrelay_cancel_requests_total{outcome=\"forwarded\"}");
+    // A long key cut to 4 bytes, or with its last byte changed, cancels nothing.
+    for (const std::string& wrong : {v32.secret.substr(0, 4), v32.secret.substr(0, 31) + char(v32.secret[31] ^ 1)}) {
+        RawClient c(port);
+        REQUIRE(c.send(cancel_request(v32.pid, wrong)));
+        CHECK(c.read_all(5s).empty());
+    }
+    CHECK(relay.metric("pgrelay_cancel_requests_total{outcome=\"forwarded\"}") == before);
+    expect_cancelled(v32, "127.0.0.1", port, cancel_request(v32.pid, v32.secret));
+    expect_cancelled(v30, "127.0.0.1", port, cancel_request(v30.pid, v30.secret));
+    CHECK(relay.metric("pgrelay_cancel_requests_total{outcome=\"forwarded\"}") == before + 2);
+}
+
+TEST_CASE("passthrough to a protocol 3.2 backend (bench's fake): long keys replaced, the cancel reaches it with its own",
+          "[pool]") {
+    TempDir d("pgrelay-fake32");
+    const uint16_t fake_port = free_port();
+    const std::string keys = d.path() + "/keys.log";
+    const std::string cmd = "python3 " + source_dir() + "/bench/harness/fakepg.py serve --port " +
+                            std::to_string(fake_port) + " --key-log " + keys + " > " + d.path() + "/fake.log 2>&1 & echo $!";
+    std::string pid_out;
+    REQUIRE(run_command(cmd, &pid_out) == 0);
+    const int fake_pid = std::stoi(pid_out);
+    struct Reap {
+        int pid;
+        ~Reap() { ::kill(pid, SIGTERM); }
+    } reap{fake_pid};
+    REQUIRE(eventually([&] { return slurp(d.path() + "/fake.log").find("listening") != std::string::npos; }, 10s));
+
+    // A passthrough relay whose only member is the fake, as the primary.
+    Pgrelay fake_relay(relays().cluster(),
+                       PgrelayOptions{.static_members = "[[topology.members]]\nname = \"fake\"\nhost = \"127.0.0.1\"\nport = " +
+                                                        std::to_string(fake_port) + "\nrole = \"primary\"\n"});
+    constexpr uint32_t kProtocol32 = (3u << 16) | 2;
+    auto key_lines = [&](const std::string& what) {
+        std::vector<std::pair<int32_t, std::string>> out;
+        std::istringstream in(slurp(keys));
+        for (std::string w, hex; in >> w;) {
+            int32_t pid = 0;
+            in >> pid >> hex;
+            if (w == what) out.emplace_back(pid, hex);
+        }
+        return out;
+    };
+    auto hex = [](const std::string& b) {
+        static const char* digits = "0123456789abcdef";
+        std::string h;
+        for (unsigned char c : b) h += std::string{digits[c >> 4], digits[c & 15]};
+        return h;
+    };
+    // libpq 18 with max_protocol_version=3.2, libpq 15 (3.0), and libpq 19's grease (3.9999, negotiated to 3.2).
+    const std::vector<uint32_t> versions = {kProtocol32, 3u << 16, (3u << 16) | 9999};
+    for (size_t i = 0; i < versions.size(); ++i) {
+        const uint32_t version = versions[i];
+        INFO("protocol minor " << (version & 0xffff));
+        RawLogin l = raw_login("127.0.0.1", fake_relay.rw_port(), "bench", "", version);
+        INFO(l.error);
+        REQUIRE(l.error.empty());
+        CHECK(l.negotiated == (version > kProtocol32 ? kProtocol32 : 0u));  // the backend's, passed on
+        const auto handed = key_lines("key");
+        REQUIRE(handed.size() == i + 1);
+        const auto [backend_pid, backend_hex] = handed.back();
+        CHECK(l.secret.size() == (version >= kProtocol32 ? 32u : 4u));
+        // Never the backend's own pid or secret.
+        CHECK(l.pid != backend_pid);
+        CHECK(hex(l.secret) != backend_hex);
+        RawClient c(fake_relay.rw_port());
+        REQUIRE(c.send(cancel_request(l.pid, l.secret)));
+        c.read_all(5s);
+        REQUIRE(eventually([&] { return key_lines("cancel").size() == i + 1; }, 5s));
+        CHECK(key_lines("cancel").back() == handed.back());  // the backend got its own key back
     }
 }
 

@@ -14,7 +14,9 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <regex>
 #include <thread>
 
@@ -234,6 +236,110 @@ TEST_CASE("GSSENCRequest gets N, then SSLRequest and a TLS startup work (pgjdbc'
     SSL_free(ssl);
     SSL_CTX_free(ctx);
     ::close(fd);
+}
+
+// openssl s_client straight into TLS (what libpq 17 does with
+// sslnegotiation=direct), writing `input` inside the session and keeping
+// stdin open 2 s for the answers; returns (exit status, everything printed).
+std::pair<int, std::string> s_client(uint16_t port, const std::string& alpn, const std::string& input) {
+    TempDir d("pgrelay-direct");
+    const std::string in = d.path() + "/in.bin";
+    {
+        std::ofstream f(in, std::ios::binary);
+        f << input;
+    }
+    std::string out;
+    const int rc = run_command("(cat " + in + "; sleep 2) | timeout 20 openssl s_client -connect 127.0.0.1:" +
+                                   std::to_string(port) + " -CAfile " + Pki::shared().ca.cert() +
+                                   (alpn.empty() ? "" : " -alpn " + alpn) + " -quiet -no_ign_eof",
+                               &out);
+    return {rc, out};
+}
+
+TEST_CASE("direct TLS (sslnegotiation=direct) with ALPN postgresql; without it, or with another protocol, refused",
+          "[tls]") {
+    auto& cluster = PgCluster::shared();
+    const Pki& pki = Pki::shared();
+    Pgrelay relay(cluster, {.extra_sections = tls_section(pki)});
+    const std::string startup = startup_message({{"user", "scramuser"}, {"database", "postgres"}});
+    const double direct_before = metric_sum(relay, "pgrelay_client_tls_direct_total");
+
+    SECTION("ALPN postgresql: the StartupMessage inside reaches PostgreSQL, which asks for SCRAM") {
+        for (uint16_t port : {relay.rw_port(), relay.ro_port()}) {
+            const auto [rc, out] = s_client(port, "postgresql", startup);
+            INFO(out);
+            CHECK(out.find("SCRAM-SHA-256") != std::string::npos);
+        }
+        CHECK(metric_sum(relay, "pgrelay_client_tls_direct_total") == direct_before + 2);
+    }
+    SECTION("no ALPN: the handshake completes, then an 08P01 ErrorResponse inside TLS") {
+        const auto [rc, out] = s_client(relay.rw_port(), "", startup);
+        INFO(out);
+        CHECK(out.find("direct TLS connection without ALPN") != std::string::npos);
+        CHECK(out.find("SCRAM-SHA-256") == std::string::npos);
+        CHECK(relay.log().find("direct TLS handshake without ALPN") != std::string::npos);
+    }
+    SECTION("ALPN http/1.1 only: the handshake fails with no_application_protocol") {
+        const auto [rc, out] = s_client(relay.rw_port(), "http/1.1", startup);
+        INFO(out);
+        CHECK(rc != 0);
+        CHECK(out.find("no application protocol") != std::string::npos);
+        CHECK(out.find("SCRAM-SHA-256") == std::string::npos);
+    }
+    SECTION("an SSLRequest inside a direct TLS session is a duplicate") {
+        const auto [rc, out] = s_client(relay.rw_port(), "postgresql", startup_request(8, 80877103));
+        INFO(out);
+        CHECK(out.find("duplicate SSLRequest during startup") != std::string::npos);
+    }
+    SECTION("libpq 15 (SSLRequest first, no ALPN) and an SSLRequest client offering ALPN both work") {
+        PgConn c = pg_connect(relay.conninfo(relay.rw_port(), "scramuser", "scrampass") + " sslmode=require");
+        REQUIRE(c.ok());
+        for (const char* alpn : {"postgresql", "http/1.1"}) {
+            INFO(alpn);
+            const int fd = tcp_connect(relay.rw_port());
+            REQUIRE(fd >= 0);
+            const std::string sslreq = startup_request(8, 80877103);
+            char answer = 0;
+            REQUIRE(::send(fd, sslreq.data(), sslreq.size(), 0) == 8);
+            REQUIRE(::recv(fd, &answer, 1, 0) == 1);
+            REQUIRE(answer == 'S');
+            SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+            SSL* ssl = SSL_new(ctx);
+            const std::string list = std::string(1, char(std::strlen(alpn))) + alpn;
+            SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(list.data()), unsigned(list.size()));
+            SSL_set_fd(ssl, fd);
+            const bool ok = SSL_connect(ssl) == 1;
+            // As PostgreSQL 17: an ALPN list must include "postgresql".
+            CHECK(ok == (std::string(alpn) == "postgresql"));
+            if (ok) {
+                const unsigned char* sel = nullptr;
+                unsigned sel_len = 0;
+                SSL_get0_alpn_selected(ssl, &sel, &sel_len);
+                CHECK(std::string(reinterpret_cast<const char*>(sel), sel_len) == "postgresql");
+            }
+            SSL_free(ssl);
+            SSL_CTX_free(ctx);
+            ::close(fd);
+        }
+    }
+}
+
+TEST_CASE("with no TLS configured, a direct TLS handshake gets what PostgreSQL before 17 sends: invalid length", "[tls]") {
+    auto& cluster = PgCluster::shared();
+    Pgrelay relay(cluster);
+    const int fd = tcp_connect(relay.rw_port());
+    REQUIRE(fd >= 0);
+    // The start of a ClientHello record: 0x16 0x03 0x01, then its length.
+    const std::string hello("\x16\x03\x01\x00\xf0\x01\x00\x00\xec\x03\x03", 11);
+    REQUIRE(::send(fd, hello.data(), hello.size(), 0) == ssize_t(hello.size()));
+    std::string got;
+    char buf[512];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, size_t(n));
+    ::close(fd);
+    const auto err = first_error(got);
+    REQUIRE(err);
+    CHECK(err->sqlstate == "08P01");
+    CHECK(err->message.find("invalid length of startup packet") != std::string::npos);
 }
 
 TEST_CASE("client_ca: a client certificate is required and checked", "[tls]") {

@@ -361,3 +361,30 @@ TEST_CASE("WatchLedger: a difference the next check still finds is a stale watch
         CHECK(l.check({kv("/s/leader", 15)}, 15) == V::InStep);
     }
 }
+
+TEST_CASE("etcd: lease requests and answers, as etcd 3.4's gateway sends them", "[etcd][lease]") {
+    CHECK(etcd::lease_grant_request(10) == R"({"TTL":"10"})");
+    CHECK(etcd::lease_request(2324035745981172741) == R"({"ID":"2324035745981172741"})");
+    // Key and value in base64; the lease as a string.
+    CHECK(etcd::put_request("/k", "v", 7) == R"({"key":"L2s=","value":"dg==","lease":"7"})");
+    CHECK(etcd::put_request("/k", "v", 0) == R"({"key":"L2s=","value":"dg=="})");
+
+    std::string err;
+    const std::string header = R"("header":{"cluster_id":"324952591200643719","member_id":"3319814642761637952","revision":"1","raft_term":"2"})";
+    CHECK(etcd::parse_lease_grant("{" + header + R"(,"ID":"2324035745981172741","TTL":"5"})", err) == 2324035745981172741);
+    CHECK_FALSE(etcd::parse_lease_grant("{" + header + "}", err).has_value());
+    CHECK_FALSE(err.empty());
+    CHECK_FALSE(etcd::parse_lease_grant("not json", err).has_value());
+
+    // A live lease's keepalive gives its TTL; an expired or revoked one's
+    // answer has no TTL at all (0).
+    CHECK(etcd::parse_keepalive_ttl(R"({"result":{)" + header + R"(,"ID":"2324035745981172741","TTL":"5"}})", err) == 5);
+    CHECK(etcd::parse_keepalive_ttl(R"({"result":{)" + header + R"(,"ID":"2324035745981172741"}})", err) == 0);
+    // Only the first object of the stream counts.
+    CHECK(etcd::parse_keepalive_ttl(R"({"result":{"TTL":"3"}}{"result":{"TTL":"9"}})", err) == 3);
+    err.clear();
+    CHECK_FALSE(etcd::parse_keepalive_ttl(R"({"error":{"grpc_code":14,"http_code":503,"message":"unavailable"}})", err));
+    CHECK(err.find("unavailable") != std::string::npos);
+    CHECK_FALSE(etcd::parse_keepalive_ttl(R"({"result":{"TTL":"x"}})", err));
+    CHECK_FALSE(etcd::parse_keepalive_ttl("", err));
+}
