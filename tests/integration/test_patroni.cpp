@@ -8,6 +8,8 @@
 // whatever its DCS. One cluster and one pgrelay are shared by all cases.
 #include <catch2/catch.hpp>
 
+#include <signal.h>
+
 #include <atomic>
 #include <fstream>
 #include <future>
@@ -16,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -993,4 +996,218 @@ TEST_CASE("etcd: the endpoint pgrelay follows is cut, the next one goes silent: 
     // Sessions never noticed, and routing follows the cluster.
     CHECK(query_value(session.conn, "SELECT 1") == "1");
     check_follows_switchover(r);
+}
+
+// ------------------------------------------------------------------ instances
+
+namespace {
+
+// The instance's live peers' ids, from /topology.
+std::set<std::string> peers_of(const Pgrelay& r) {
+    const auto [status, body] = r.http_get("/topology");
+    std::set<std::string> out;
+    if (status != 200) return out;
+    const size_t at = body.find("\"peers\":[");
+    if (at == std::string::npos) return out;
+    const std::string list = body.substr(at, body.find(']', at) - at);
+    static const std::regex id(R"re("id":"([^"]+)")re");
+    for (std::sregex_iterator it(list.begin(), list.end(), id), end; it != end; ++it) out.insert((*it)[1]);
+    return out;
+}
+
+// Milliseconds since midnight of the last log line saying rw now routes to `leader`.
+std::optional<int64_t> reroute_ms(const Pgrelay& r, const std::string& leader) {
+    const std::string log = r.log();
+    const size_t at = log.rfind("topology: rw now routes to " + leader + " ");
+    if (at == std::string::npos) return std::nullopt;
+    const size_t line = log.rfind('\n', at);
+    const std::string ts = log.substr(line == std::string::npos ? 0 : line + 1, 24);  // 2026-12-01T17:23:37.103Z
+    std::smatch m;
+    if (!std::regex_search(ts, m, std::regex(R"((\d\d):(\d\d):(\d\d)\.(\d\d\d))"))) return std::nullopt;
+    return ((std::stoll(m[1]) * 60 + std::stoll(m[2])) * 60 + std::stoll(m[3])) * 1000 + std::stoll(m[4]);
+}
+
+// The query on `who` ends with 57014 once `cancel` reaches host:port.
+void check_cancelled_via(RawLogin& who, const std::string& host, uint16_t port) {
+    REQUIRE(who.client->send(query_message("SELECT pg_sleep(30) /* cancelled across instances */")));
+    std::this_thread::sleep_for(500ms);
+    RawClient canceller(port, host);
+    REQUIRE(canceller.connected());
+    REQUIRE(canceller.send(cancel_request(who.pid, who.secret)));
+    CHECK(canceller.read_all(10s).empty());
+    const std::string got = who.client->read_until(
+        [](const std::string& b) {
+            for (const auto& [t, body] : frames_of(b))
+                if (t == 'Z') return true;
+            return false;
+        },
+        20s);
+    const auto err = first_error(got);
+    REQUIRE(err);
+    CHECK(err->sqlstate == "57014");
+}
+
+}  // namespace
+
+TEST_CASE("three instances on 127.0.0.1-3 behind one name: peers, cancel across instances, a switchover followed by all, "
+          "kill -9 and SIGTERM of an instance",
+          "[patroni][instances]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    pooled_users();  // pooluser exists
+    const uint16_t rw = free_port(), ro = free_port(), admin = free_port();
+    // etcd: the lease's TTL, the time a crashed instance stays listed (ZooKeeper: its 10 s session timeout).
+    const auto listed_after_crash = cluster.on_etcd() ? 6s : 10s;
+    auto options = [&](int n) {
+        PgrelayOptions o;
+        o.listen_host = "127.0.0." + std::to_string(n);
+        o.rw_port = rw;
+        o.ro_port = ro;
+        o.admin_port = admin;
+        o.extra_server = "shutdown_grace = \"20s\"\n";
+        // rw passthrough (protocol 3.0 keys from PostgreSQL 15); ro pooled, for
+        // pgrelay's own keys, 3.2 ones included.
+        o.extra_sections = "[instance]\nid = \"lb" + std::to_string(n) + "\"\nttl = \"6s\"\n[pool.ro]\npool_mode = "
+                           "\"transaction\"\npool_size = 4\nauth_file = \"" + pooled_users() + "\"\n";
+        return o;
+    };
+    std::vector<std::unique_ptr<Pgrelay>> lb;
+    for (int n = 1; n <= 3; ++n) lb.push_back(std::make_unique<Pgrelay>(cluster, "hold_timeout = \"60s\"\n", options(n)));
+    for (int i = 0; i < 3; ++i) {
+        INFO("lb" << i + 1);
+        std::set<std::string> want = {"lb1", "lb2", "lb3"};
+        want.erase("lb" + std::to_string(i + 1));
+        CHECK(eventually([&] { return peers_of(*lb[i]) == want; }, 30s));
+        CHECK(lb[i]->metric("pgrelay_peers") == 2);
+        CHECK(eventually([&] { return routes_to(*lb[i], cluster.leader()); }, 30s));
+    }
+
+    SECTION("cancel across instances: a PostgreSQL key (3.0) and a pooled 3.2 key, each sent to another instance") {
+        RawLogin plain = raw_login("127.0.0.1", rw, "scramuser", "scrampass");
+        INFO(plain.error);
+        REQUIRE(plain.error.empty());
+        REQUIRE(plain.secret.size() == 4);
+        check_cancelled_via(plain, "127.0.0.2", rw);
+        CHECK(lb[1]->metric("pgrelay_cancel_requests_total{outcome=\"to_peer\"}") == 1);
+        CHECK(lb[0]->metric("pgrelay_cancel_requests_total{outcome=\"forwarded\"}") == 1);
+
+        RawLogin long_key = raw_login("127.0.0.1", ro, "pooluser", "poolpass", (3u << 16) | 2);
+        INFO(long_key.error);
+        REQUIRE(long_key.error.empty());
+        REQUIRE(long_key.secret.size() == 32);
+        check_cancelled_via(long_key, "127.0.0.3", ro);
+        CHECK(lb[2]->metric("pgrelay_cancel_requests_total{outcome=\"to_peer\"}") == 1);
+        CHECK(lb[0]->metric("pgrelay_cancel_requests_total{outcome=\"forwarded\"}") == 2);
+        // A wrong secret is passed on once, and dropped by the owner.
+        RawClient bad(ro, "127.0.0.2");
+        std::string wrong = long_key.secret;
+        wrong[7] = static_cast<char>(wrong[7] ^ 1);
+        REQUIRE(bad.send(cancel_request(long_key.pid, wrong)));
+        bad.read_all(5s);
+        CHECK(eventually([&] { return lb[0]->metric("pgrelay_cancel_requests_total{outcome=\"unknown_key\"}") == 1; }, 5s));
+        CHECK(lb[1]->metric("pgrelay_cancel_requests_total{outcome=\"to_peer\"}") == 2);
+    }
+
+    SECTION("a switchover is followed by all three; kill -9 of one: multi-host clients go on through the others") {
+        const std::string old_leader = cluster.leader();
+        const std::string out = cluster.run("switchover");
+        const std::string new_leader = cluster.leader();
+        INFO(out);
+        REQUIRE(new_leader != old_leader);
+        std::vector<int64_t> at;
+        for (auto& r : lb) {
+            CHECK(eventually([&] { return routes_to(*r, new_leader); }, 30s));
+            if (auto ms = reroute_ms(*r, new_leader)) at.push_back(*ms);
+        }
+        REQUIRE(at.size() == 3);
+        const int64_t spread = *std::max_element(at.begin(), at.end()) - *std::min_element(at.begin(), at.end());
+        WARN("the three instances rerouted within " << spread << " ms of one another");
+        CHECK(spread < 1000);  // all follow the DCS watch; none waits for a later poll
+        wait_healthy();
+
+        // Clients with the name's three addresses, writing in a loop.
+        {
+            PgConn d = pg_connect(cluster.direct(cluster.leader()));
+            REQUIRE(d.ok());
+            exec(d.conn, "CREATE TABLE IF NOT EXISTS instance_writes (id bigserial PRIMARY KEY, client int, after_kill bool)");
+        }
+        const std::string multi = "host=127.0.0.1,127.0.0.2,127.0.0.3 port=" + std::to_string(rw) +
+                                  " user=scramuser password=scrampass dbname=postgres connect_timeout=5 sslmode=disable";
+        std::atomic<bool> killed{false}, stop{false};
+        std::atomic<int> errors{0}, reconnects{0};
+        std::vector<std::atomic<int>> after(6);
+        std::vector<std::thread> clients;
+        for (int c = 0; c < 6; ++c)
+            clients.emplace_back([&, c] {
+                std::unique_ptr<PgConn> conn;
+                const auto deadline = Clock::now() + 120s;
+                while (!stop && Clock::now() < deadline) {
+                    if (!conn) {
+                        conn = std::make_unique<PgConn>(pg_connect(multi));
+                        if (!conn->ok()) {
+                            conn.reset();
+                            ++errors;
+                            std::this_thread::sleep_for(200ms);
+                            continue;
+                        }
+                        ++reconnects;
+                    }
+                    const bool k = killed;
+                    PGresult* res = PQexec(conn->conn, ("INSERT INTO instance_writes (client, after_kill) VALUES (" +
+                                                        std::to_string(c) + ", " + (k ? "true" : "false") + ")")
+                                                           .c_str());
+                    const bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+                    PQclear(res);
+                    if (!ok) {
+                        ++errors;
+                        conn.reset();
+                        continue;
+                    }
+                    if (k) ++after[c];
+                    std::this_thread::sleep_for(100ms);
+                }
+            });
+        // Some clients are on lb1 (libpq tries the first address first).
+        REQUIRE(eventually([&] { return lb[0]->metric("pgrelay_client_connections{port=\"rw\"}") >= 1; }, 20s));
+        std::this_thread::sleep_for(1s);
+        const auto kill_at = Clock::now();
+        ::kill(lb[0]->pid(), SIGKILL);
+        killed = true;
+        CHECK(lb[0]->wait_exit(5s) == 128 + SIGKILL);
+        bool all_writing = eventually(
+            [&] {
+                for (auto& a : after)
+                    if (a < 5) return false;
+                return true;
+            },
+            60s);
+        stop = true;
+        for (auto& t : clients) t.join();
+        CHECK(all_writing);
+        INFO("errors " << errors << ", connections " << reconnects);
+        CHECK(reconnects >= 7);  // at least the one on lb1 came back through another instance
+        // The others drop lb1 once its DCS entry goes (session timeout / lease TTL).
+        for (int i = 1; i < 3; ++i) {
+            INFO("lb" << i + 1);
+            CHECK(eventually([&] { return peers_of(*lb[i]).count("lb1") == 0; }, listed_after_crash + 10s));
+            CHECK(peers_of(*lb[i]).size() == 1);
+        }
+        WARN("lb1 left the others' peer lists " << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - kill_at).count()
+                                                << " ms after kill -9 (" << cluster.dcs() << ")");
+    }
+
+    SECTION("SIGTERM drains: /health 503 at once, the entry leaves the DCS before the session timeout") {
+        PgConn held = pg_connect(lb[2]->conninfo(rw, "scramuser", "scrampass"));  // keeps lb3 draining
+        REQUIRE(held.ok());
+        CHECK(lb[2]->http_get("/health").first == 200);
+        const auto t0 = Clock::now();
+        lb[2]->signal(SIGTERM);
+        CHECK(eventually([&] { return lb[2]->http_get("/health").first == 503; }, 2s));
+        CHECK(lb[2]->http_get("/health/ro").first == 503);
+        CHECK(eventually([&] { return peers_of(*lb[1]).count("lb3") == 0; }, 4s));
+        WARN("lb3 left lb2's peer list " << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count()
+                                         << " ms after SIGTERM");
+        CHECK(lb[2]->running());  // still draining its session
+        CHECK(query_value(held.conn, "SELECT 1") == "1");
+    }
 }
