@@ -64,6 +64,11 @@ known_metrics=(
     pgrelay_pool_servers_active
     pgrelay_pool_servers_idle
     pgrelay_pool_wait_seconds_bucket
+    pgrelay_client_tls_direct_total
+    pgrelay_instance_info
+    pgrelay_peers
+    pgrelay_peer_info
+    pgrelay_peer_tag_conflicts
 )
 
 for f in "$alerts" "$dashboard"; do
@@ -80,7 +85,7 @@ ok "promtool check rules: $(echo "$out" | grep -o 'SUCCESS.*' || echo SUCCESS)"
 
 expected_alerts=(PgrelayDown PgrelayNoPrimary PgrelayReplicaLagging PgrelayNoReadReplica
     PgrelayDcsConnectionLost PgrelayConnectionsHeld PgrelayFrequentPrimaryChanges PgrelayBackendErrors
-    PgrelayPoolExhausted)
+    PgrelayPoolExhausted PgrelayPeerMissing PgrelayCancelTagConflict)
 for a in "${expected_alerts[@]}"; do
     grep -Eq "^[[:space:]]*-[[:space:]]*alert:[[:space:]]*${a}[[:space:]]*$" "$alerts" || fail "alert $a not in $alerts"
 done

@@ -287,7 +287,7 @@ void Pgrelay::launch(const std::string& body, const PgrelayOptions& opts) {
     }
     const bool up = eventually(
         [&] {
-            RawClient a(rw_), b(ro_);
+            RawClient a(rw_, opts_.listen_host), b(ro_, opts_.listen_host);
             return a.connected() && b.connected();
         },
         10s);

@@ -174,6 +174,52 @@ TEST_CASE("SIGTERM drains: no new connections, open sessions finish, the rest ge
     }
 }
 
+TEST_CASE("static instance peers without a DCS: cancel across instances, /topology and /metrics list the peers",
+          "[ops][instances]") {
+    auto& cluster = PgCluster::shared();
+    const uint16_t rw = free_port(), ro = free_port(), admin = free_port();
+    auto options = [&](const std::string& host, const std::string& id, const std::string& peers) {
+        PgrelayOptions o;
+        o.listen_host = host;
+        o.rw_port = rw;
+        o.ro_port = ro;
+        o.admin_port = admin;
+        o.extra_sections = "[instance]\nid = \"" + id + "\"\npeers = [" + peers + "]\n";
+        return o;
+    };
+    const std::string at1 = "\"a@127.0.0.1:" + std::to_string(rw) + "\"", at2 = "\"b@127.0.0.2:" + std::to_string(rw) + "\"";
+    Pgrelay a(cluster, options("127.0.0.1", "a", at2));
+    Pgrelay b(cluster, options("127.0.0.2", "b", at1));
+    const auto [status, topo] = b.http_get("/topology");
+    REQUIRE(status == 200);
+    CHECK_THAT(topo, Catch::Contains("\"instance\":{\"id\":\"b\""));
+    CHECK_THAT(topo, Catch::Contains("\"peers\":[{\"id\":\"a\",\"peer_address\":\"127.0.0.1:" + std::to_string(rw)));
+    CHECK(b.metric("pgrelay_peers") == 1);
+    CHECK(b.metric("pgrelay_peer_info{id=\"a\"") == 1);
+    CHECK(b.metric("pgrelay_instance_info{id=\"b\"") == 1);
+
+    // A session on a, its query cancelled through b.
+    RawSession s = md5_login(rw, "md5user", "md5pass");  // 127.0.0.1: instance a
+    REQUIRE(s.error.empty());
+    REQUIRE(s.client->send(query_message("SELECT pg_sleep(30) /* static peers */")));
+    std::this_thread::sleep_for(300ms);
+    RawClient canceller(rw, "127.0.0.2");
+    REQUIRE(canceller.send(cancel_request(s.pid, s.secret)));
+    CHECK(canceller.read_all(10s).empty());
+    const auto err = first_error(s.client->read_until([](const std::string& got) { return got.find('Z') != std::string::npos; }, 15s));
+    REQUIRE(err);
+    CHECK(err->sqlstate == "57014");
+    CHECK(b.metric("pgrelay_cancel_requests_total{outcome=\"to_peer\"}") == 1);
+    CHECK(a.metric("pgrelay_cancel_requests_total{outcome=\"forwarded\"}") == 1);
+
+    // A key of no listed instance's tag is dropped where it lands.
+    RawClient stray(rw, "127.0.0.2");
+    REQUIRE(stray.send(cancel_request(0x7fff0001, 1)));
+    stray.read_all(5s);
+    CHECK(b.metric("pgrelay_cancel_requests_total{outcome=\"unknown_key\"}") == 1);
+    CHECK(b.metric("pgrelay_cancel_requests_total{outcome=\"to_peer\"}") == 1);
+}
+
 TEST_CASE("a second pgrelay on the same ports refuses to start instead of sharing them", "[ops]") {
     auto& cluster = PgCluster::shared();
     Pgrelay relay(cluster);
