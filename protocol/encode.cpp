@@ -29,9 +29,9 @@ void encode_error_response(std::string& out, Severity severity, std::string_view
     end_message(out, start);
 }
 
-void encode_cancel_request(std::string& out, const CancelKey& key) {
+void encode_cancel_request(std::string& out, const CancelKey& key, bool from_peer) {
     append_u32(out, static_cast<uint32_t>(12 + key.secret.size()));
-    append_u32(out, kCancelRequestCode);
+    append_u32(out, from_peer ? kPeerCancelRequestCode : kCancelRequestCode);
     append_u32(out, static_cast<uint32_t>(key.pid));
     out.append(key.secret);
 }

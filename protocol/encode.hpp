@@ -19,7 +19,8 @@ enum class Severity { Error, Fatal };
 void encode_error_response(std::string& out, Severity severity, std::string_view sqlstate,
                            std::string_view message, std::string_view hint = {});
 
-void encode_cancel_request(std::string& out, const CancelKey& key);
+// `from_peer`: pgrelay's peer-to-peer form (kPeerCancelRequestCode).
+void encode_cancel_request(std::string& out, const CancelKey& key, bool from_peer = false);
 
 // NegotiateProtocolVersion ('v'): the newest 3.x version supported, as the
 // whole version number (major << 16 | minor: PostgreSQL sends 196608 for 3.0,

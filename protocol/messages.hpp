@@ -13,6 +13,10 @@ namespace pgrelay::protocol {
 // (src/include/libpq/pqcomm.h).
 inline constexpr uint32_t kProtocolV3 = 3u << 16;          // 196608
 inline constexpr uint32_t kCancelRequestCode = 80877102;   // 1234 << 16 | 5678
+// pgrelay's own: a CancelRequest one pgrelay instance sends on to the peer
+// whose key it is. Laid out as a CancelRequest; the peer looks the key up
+// itself and never sends it further, so no forwarding loop can form.
+inline constexpr uint32_t kPeerCancelRequestCode = 80882345;  // 1234 << 16 | 10921
 inline constexpr uint32_t kSSLRequestCode = 80877103;      // 1234 << 16 | 5679
 inline constexpr uint32_t kGSSENCRequestCode = 80877104;   // 1234 << 16 | 5680
 

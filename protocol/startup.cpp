@@ -68,10 +68,12 @@ StartupParse parse_startup(std::span<const uint8_t> in) {
             r.packet.kind = code == kSSLRequestCode ? StartupKind::SSLRequest : StartupKind::GSSENCRequest;
             return r;
         case kCancelRequestCode:
+        case kPeerCancelRequestCode:
             // Protocol 3.0 sends 16 bytes; 3.2 a secret of up to 256 bytes.
             if (len < 12 + kMinCancelSecret || len > 12 + kMaxCancelSecret)
                 return fail(kProtocolViolation, "invalid length of CancelRequest packet");
             r.packet.kind = StartupKind::CancelRequest;
+            r.packet.from_peer = code == kPeerCancelRequestCode;
             r.packet.cancel_key.pid = static_cast<int32_t>(read_u32(in.data() + 8));
             r.packet.cancel_key.secret.assign(reinterpret_cast<const char*>(in.data() + 12), len - 12);
             return r;

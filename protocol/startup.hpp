@@ -25,6 +25,7 @@ struct StartupPacket {
     uint32_t protocol_version = 0;  // StartupMessage only (major << 16 | minor)
     std::vector<std::pair<std::string, std::string>> parameters;  // StartupMessage only
     CancelKey cancel_key;                                          // CancelRequest only
+    bool from_peer = false;  // CancelRequest sent on by another pgrelay instance (kPeerCancelRequestCode)
 
     // Value of a StartupMessage parameter, or empty when absent.
     std::string_view parameter(std::string_view name) const noexcept;

@@ -18,9 +18,10 @@ using net::tcp;
 using net::use_tuple;
 
 ClientConn::ClientConn(tcp::socket sock, PortRole role, std::shared_ptr<const Config> cfg,
-                       std::shared_ptr<const TlsContexts> tls, CancelRegistry& cancels)
+                       std::shared_ptr<const TlsContexts> tls, CancelRegistry& cancels,
+                       const std::atomic<bool>* draining)
     : sock_(std::move(sock)), role_(role), cfg_(std::move(cfg)),
-      tls_ctx_(tls ? std::move(tls) : std::make_shared<const TlsContexts>()), cancels_(cancels),
+      tls_ctx_(tls ? std::move(tls) : std::make_shared<const TlsContexts>()), cancels_(cancels), draining_(draining),
       peer_(net::endpoint_string(sock_)), stats_(&metrics::Registry::instance().port(role)) {
     stats_->client_open.fetch_add(1, std::memory_order_relaxed);
     stats_->client_total.fetch_add(1, std::memory_order_relaxed);
@@ -115,7 +116,7 @@ asio::awaitable<bool> ClientConn::startup(std::string& startup_bytes, protocol::
                 co_await send_error(action.sqlstate, std::string("pgrelay ") + role_name() + ": " + action.message);
                 co_return false;
             case K::Cancel:
-                co_await forward_cancel(action.packet->cancel_key);
+                co_await forward_cancel(action.packet->cancel_key, action.packet->from_peer);
                 co_return false;
             case K::Forward: {
                 if (!tls_stream_) stats_->plaintext.fetch_add(1, std::memory_order_relaxed);
@@ -128,6 +129,15 @@ asio::awaitable<bool> ClientConn::startup(std::string& startup_bytes, protocol::
                     co_await send_error("28000", std::string("pgrelay ") + role_name() +
                                                      ": TLS is required (client_tls = \"require\"); connect with sslmode=require or stricter",
                                         "Set sslmode=require (libpq, psycopg), ssl=true (JDBC) or ssl: true (node-postgres).");
+                    co_return false;
+                }
+                // Draining: as PostgreSQL in a smart shutdown (libpq 14+ then
+                // tries the next host of its list). The port stays open so
+                // that cancels for the sessions still running get through.
+                if (draining_ && draining_->load(std::memory_order_relaxed)) {
+                    log::info("[{}] client={} user={} refused: pgrelay is shutting down", role_name(), peer_, user);
+                    co_await send_error("57P03", std::string("pgrelay ") + role_name() + ": the proxy is shutting down",
+                                        "Connect through another pgrelay instance.");
                     co_return false;
                 }
                 if (!cfg_->tls.client_ca.empty() && !cert_ok_) {
@@ -198,11 +208,13 @@ asio::awaitable<bool> ClientConn::tls_handshake(asio::steady_timer& deadline, bo
     co_return true;
 }
 
-asio::awaitable<void> ClientConn::forward_cancel(const protocol::CancelKey& key) {
+asio::awaitable<void> ClientConn::forward_cancel(const protocol::CancelKey& key, bool from_peer) {
     // Another instance's key (a name with several instances behind it sent
-    // the cancel here): on to that instance, once. It sees its own tag and
-    // looks the key up itself, so a request is never passed on twice.
-    if (const uint16_t tag = CancelRegistry::tag_of(key); tag != cancels_.tag()) {
+    // the cancel here): on to that instance, once, marked as from a peer. A
+    // request from a peer is only ever looked up here, whatever its tag, so
+    // it never crosses more than one instance (not even when a peer address
+    // points back here, at a VIP, or at the wrong instance).
+    if (const uint16_t tag = CancelRegistry::tag_of(key); !from_peer && tag != cancels_.tag()) {
         std::vector<topology::InstanceInfo> to;
         if (cancels_.peers()) to = cancels_.peers()->peers_for_tag(tag);
         if (to.empty()) {
@@ -251,13 +263,18 @@ asio::awaitable<void> ClientConn::send_cancel_to_peer(const protocol::CancelKey&
     const Target t{p.id, hp ? hp->host : std::string(), hp ? hp->port : uint16_t(0)};
     if (!hp || !co_await net::connect_with_timeout(sock, t, cfg_->connect_timeout, ec)) {
         reg.cancel_peer_unreachable.fetch_add(1, std::memory_order_relaxed);
-        log::warn("[{}] client={} cancel: cannot reach instance {} ({}): {}", role_name(), peer_, p.id, p.peer_address,
-                  hp ? ec.message() : std::string("bad address"));
+        log::warn("[{}] client={} cancel: cannot reach instance {} ({}): {}", role_name(), peer_, log::printable(p.id),
+                  p.peer_address, hp ? ec.message() : std::string("bad address"));
         co_return;
     }
     std::string out;
-    protocol::encode_cancel_request(out, key);
-    co_await asio::async_write(sock, asio::buffer(out), use_tuple);
+    protocol::encode_cancel_request(out, key, true);
+    if (auto [wec, wn] = co_await asio::async_write(sock, asio::buffer(out), use_tuple); wec) {
+        reg.cancel_peer_unreachable.fetch_add(1, std::memory_order_relaxed);
+        log::warn("[{}] client={} cancel: sending to instance {} ({}) failed: {}", role_name(), peer_,
+                  log::printable(p.id), p.peer_address, wec.message());
+        co_return;
+    }
     // The peer closes once its backend has read the request: waiting for
     // that keeps the cancel ordered before the client's next query, as for
     // a local one.
@@ -265,7 +282,8 @@ asio::awaitable<void> ClientConn::send_cancel_to_peer(const protocol::CancelKey&
     uint8_t dummy[16];
     co_await (sock.async_read_some(asio::buffer(dummy), use_tuple) || t2.async_wait(use_tuple));
     reg.cancel_to_peer.fetch_add(1, std::memory_order_relaxed);
-    log::info("[{}] client={} cancel sent on to instance {} ({})", role_name(), peer_, p.id, p.peer_address);
+    log::info("[{}] client={} cancel sent on to instance {} ({})", role_name(), peer_, log::printable(p.id),
+              p.peer_address);
 }
 
 asio::awaitable<void> ClientConn::linger_close() {

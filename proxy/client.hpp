@@ -5,6 +5,7 @@
 // the pooled client (pooled_session.cpp) sit on it.
 #pragma once
 
+#include <atomic>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
@@ -24,8 +25,11 @@ namespace pgrelay {
 
 class ClientConn {
 public:
+    // `draining` (may be null): set once pgrelay is shutting down; new
+    // sessions are then refused with 57P03, CancelRequests still served.
     ClientConn(net::tcp::socket sock, PortRole role, std::shared_ptr<const Config> cfg,
-               std::shared_ptr<const TlsContexts> tls, CancelRegistry& cancels);
+               std::shared_ptr<const TlsContexts> tls, CancelRegistry& cancels,
+               const std::atomic<bool>* draining = nullptr);
     ~ClientConn();
     ClientConn(const ClientConn&) = delete;
     ClientConn& operator=(const ClientConn&) = delete;
@@ -77,7 +81,7 @@ private:
     // direct one (which must have chosen ALPN "postgresql"); false when the
     // connection is done.
     boost::asio::awaitable<bool> tls_handshake(boost::asio::steady_timer& deadline, bool direct);
-    boost::asio::awaitable<void> forward_cancel(const protocol::CancelKey& key);
+    boost::asio::awaitable<void> forward_cancel(const protocol::CancelKey& key, bool from_peer);
     boost::asio::awaitable<void> send_cancel_to_peer(const protocol::CancelKey& key, const topology::InstanceInfo& peer);
 
     net::tcp::socket sock_;
@@ -86,6 +90,7 @@ private:
     std::shared_ptr<const Config> cfg_;
     std::shared_ptr<const TlsContexts> tls_ctx_;  // as of the connection's start: a reload does not touch it
     CancelRegistry& cancels_;
+    const std::atomic<bool>* draining_;
     std::string peer_;
     metrics::PortStats* stats_;
     bool cert_ok_ = false;  // the client presented a certificate client_ca verified

@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -216,7 +217,14 @@ public:
 
     Config load(const toml::table& root) {
         Config c = load_main(root);
-        load_instance(table(root, "instance"), c);
+        const toml::table* inst = table(root, "instance");
+        load_instance(inst, c);
+        // The lease is kept alive every ttl/3; a keepalive may take up to
+        // request_timeout, and must not let the lease lapse.
+        if (c.topology_source == "etcd" && c.instance.register_ && c.instance.ttl < 3 * c.etcd.request_timeout)
+            fail(inst && inst->get("ttl") ? inst->get("ttl") : nullptr,
+                 "[instance] ttl (" + std::to_string(c.instance.ttl.count()) + " ms) must be at least 3 x "
+                 "[topology.etcd] request_timeout (" + std::to_string(c.etcd.request_timeout.count()) + " ms)");
         return c;
     }
 
@@ -233,12 +241,16 @@ public:
         const std::string scope = c.topology_source == "zookeeper" ? c.zookeeper.scope
                                   : c.topology_source == "etcd"    ? c.etcd.scope
                                                                    : std::string();
-        in.registry_path = "/pgrelay/" + scope + "/instances";
+        in.registry_path = scope.empty() ? "/pgrelay/instances" : "/pgrelay/" + scope + "/instances";
         if (!t) return;
         only_keys(*t, "[instance]", {"id", "peer_address", "peers", "register", "registry_path", "ttl"});
         in.id = get_string(*t, "id", in.id);
-        if (in.id.empty() || in.id.size() > 200 || in.id.find_first_of("/\"\\\n") != std::string::npos)
-            fail(t->get("id"), "[instance] id must be 1 to 200 characters without '/', quotes, backslashes or newlines");
+        // It names a znode or an etcd key, and shows up in logs and labels.
+        if (in.id.empty() || in.id.size() > 200 || in.id == "." || in.id == ".." ||
+            std::any_of(in.id.begin(), in.id.end(),
+                        [](unsigned char ch) { return ch < 0x20 || ch == 0x7f || ch == '/' || ch == '"' || ch == '\\'; }))
+            fail(t->get("id"), "[instance] id must be 1 to 200 printable characters without '/', quotes or "
+                               "backslashes, and not \".\" or \"..\"");
         in.peer_address = get_string(*t, "peer_address", in.peer_address);
         if (!topology::parse_host_port(in.peer_address))
             fail(t->get("peer_address"), "[instance] peer_address must be \"host:port\" (\"[v6]:port\"), got \"" +
@@ -246,8 +258,12 @@ public:
         in.register_ = get_bool(*t, "register", in.register_);
         in.registry_path = get_string(*t, "registry_path", in.registry_path);
         while (in.registry_path.size() > 1 && in.registry_path.back() == '/') in.registry_path.pop_back();
-        if (in.registry_path.empty() || in.registry_path.front() != '/')
-            fail(t->get("registry_path"), "[instance] registry_path must start with '/'");
+        if (in.registry_path.size() < 2 || in.registry_path.front() != '/' ||
+            in.registry_path.find("//") != std::string::npos ||
+            (in.registry_path + "/").find("/./") != std::string::npos ||
+            (in.registry_path + "/").find("/../") != std::string::npos)
+            fail(t->get("registry_path"), "[instance] registry_path must start with '/', name at least one component, "
+                                          "and have no empty, \".\" or \"..\" ones");
         const std::string patroni_base = c.topology_source == "zookeeper" ? c.zookeeper.base()
                                          : c.topology_source == "etcd"    ? c.etcd.base()
                                                                           : std::string();

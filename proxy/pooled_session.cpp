@@ -257,7 +257,8 @@ std::span<const uint8_t> as_bytes(std::string_view s) { return {reinterpret_cast
 class PooledSession final : public SessionHandle {
 public:
     PooledSession(tcp::socket sock, PortRole r, WorkerShared& shared)
-        : client_(std::move(sock), r, shared.config, shared.tls, *shared.cancels), shared_(shared), pools_(*shared.pools),
+        : client_(std::move(sock), r, shared.config, shared.tls, *shared.cancels, shared.draining), shared_(shared),
+          pools_(*shared.pools),
           cfg_(shared.config), pc_(shared.config->pool(r)), reader_done_(client_.socket().get_executor()) {
         role = r;
         pooled = true;

@@ -9,6 +9,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <atomic>
 #include <ctime>
 #include <functional>
 #include <thread>
@@ -134,6 +135,7 @@ struct Server::Impl {
     std::vector<std::unique_ptr<Worker>> workers;
     topology::PeerDirectory peers;
     bool draining = false;
+    std::atomic<bool> refusing{false};  // workers read it: new sessions get 57P03 while draining
     bool deregistered = false;  // the store answered the deregistration (or it timed out)
     std::chrono::steady_clock::time_point deregister_deadline;
     std::string last_primary;
@@ -141,6 +143,7 @@ struct Server::Impl {
     Impl(Config c, std::shared_ptr<const TlsContexts> t)
         : config(std::make_shared<const Config>(std::move(c))), tls(std::move(t)), router(config->routing),
           cancels(topology::instance_tag(config->instance.id)) {}
+    ~Impl() { metrics::Registry::instance().peers = nullptr; }
 
     void post_to_workers(std::function<void(Worker&)> f) {
         for (auto& w : workers) {
@@ -254,12 +257,10 @@ struct Server::Impl {
         // no session left to wait for.
         deregister_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
         source->deregister([this] { deregistered = true; });
-        post_to_workers([](Worker& w) {
-            for (auto& [acc, role] : w.acceptors) {
-                boost::system::error_code ec;
-                acc.close(ec);
-            }
-        });
+        // The ports stay open: a new session gets 57P03 (as from PostgreSQL
+        // shutting down; libpq moves on to its next host), and CancelRequests
+        // for the sessions still running are served, here or from a peer.
+        refusing.store(true, std::memory_order_relaxed);
         auto deadline = std::make_shared<asio::steady_timer>(control, config->shutdown_grace);
         drain_step(deadline);
     }
@@ -412,6 +413,7 @@ int Server::run() {
     const unsigned n = cfg.effective_threads();
     for (unsigned i = 0; i < n; ++i) {
         auto w = std::make_unique<Worker>(s.config, s.tls, s.hub, s.router, s.cancels);
+        w->shared.draining = &s.refusing;
         // Pooled ports run on the first worker: its pools serve all their
         // clients without locks (PgBouncer runs on one thread too).
         const bool pooled_here = i == 0 && (cfg.pool_rw.pooled() || cfg.pool_ro.pooled());

@@ -53,7 +53,7 @@ using net::use_tuple;
 class Session final : public SessionHandle {
 public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
-        : client_(std::move(client), role, shared.config, shared.tls, *shared.cancels),
+        : client_(std::move(client), role, shared.config, shared.tls, *shared.cancels, shared.draining),
           relay_done_(client_.socket().get_executor()), idle_timer_(client_.socket().get_executor()),
           terminate_deadline_(client_.socket().get_executor()), shared_(shared),
           cfg_(shared.config), peer_(client_.peer()), started_(steady_clock::now()) {

@@ -68,6 +68,7 @@ struct WorkerShared {
     // the others).
     PoolManager* pools = nullptr;
     AuthStore* auth = nullptr;
+    const std::atomic<bool>* draining = nullptr;  // set on SIGTERM: new sessions get 57P03
 };
 
 // Runs on the worker thread after a new snapshot: wakes held connections and

@@ -58,7 +58,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
     std::shared_ptr<asio::steady_timer> sleeper;
 
     // Registration: this instance's key under a lease, on a connection of its own.
-    std::shared_ptr<http::Client> reg_client;
+    std::shared_ptr<http::Client> reg_client, revoker;
     std::shared_ptr<asio::steady_timer> reg_sleeper;
     std::string reg_token;
     int64_t lease = 0;
@@ -211,47 +211,65 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
         auto id = etcd::parse_lease_grant(g.body, err);
         if (!id) co_return err;
         lease = *id;
+        // Deregistered while the grant was in flight: revoke() may have seen
+        // no lease yet, so this lease goes now, before any key is put under it.
+        if (stopped || deregistered) {
+            co_await call(*c, "/lease/revoke", etcd::lease_request(lease), reg_token);
+            lease = 0;
+            co_return "stopped";
+        }
         const std::string key = ro.path + "/" + ro.self.id;
         Call p = co_await call(*c, "/kv/put", etcd::put_request(key, instance_json(ro.self), lease), reg_token);
         if (!p.error.empty()) co_return p.error;
         if (stopped || deregistered) co_return "stopped";
         log::info("etcd: registered this instance at {} (lease {:x}, TTL {} s)", key, lease, ttl_s);
         last_reg_failure.clear();
-        auto kept_alive = Clock::now();
+        // The keepalive runs on its own schedule (TTL/3), before the list
+        // when both are due, so a slow range cannot let the lease lapse.
         const auto keepalive_every = std::chrono::milliseconds(ttl_s * 1000 / 3);
+        auto keepalive_due = Clock::now() + keepalive_every;
+        auto list_due = Clock::now();
         for (;;) {
-            Call l = co_await call(*c, "/kv/range", etcd::range_request(ro.path + "/", false), reg_token);
-            if (stopped || deregistered) co_return "stopped";
-            if (!l.error.empty()) co_return l.error;
-            auto r = etcd::parse_range_response(l.body, err);
-            if (!r) co_return "range: " + err;
-            std::vector<InstanceInfo> found;
-            for (const auto& kv : r->kvs) {
-                if (auto i = parse_instance_json(kv.value)) found.push_back(std::move(*i));
-                else log::debug("etcd: {} is not a pgrelay instance entry; ignored", log::printable(kv.key));
-            }
-            if (ro.peers) ro.peers->update(std::move(found), "etcd");
-            if (Clock::now() - kept_alive >= keepalive_every) {
+            if (Clock::now() >= keepalive_due) {
                 Call k = co_await call(*c, "/lease/keepalive", etcd::lease_request(lease), reg_token);
                 if (stopped || deregistered) co_return "stopped";
                 if (!k.error.empty()) co_return k.error;
                 auto left = etcd::parse_keepalive_ttl(k.body, err);
                 if (!left) co_return err;
                 // Gone (expired while etcd was out of reach): register anew.
-                if (*left <= 0) co_return "lease " + std::to_string(lease) + " expired";
-                kept_alive = Clock::now();
+                if (*left <= 0) co_return "the lease expired";
+                keepalive_due = Clock::now() + keepalive_every;
             }
-            reg_sleeper = std::make_shared<asio::steady_timer>(ctx, ro.list_interval);
+            if (Clock::now() >= list_due) {
+                Call l = co_await call(*c, "/kv/range", etcd::range_request(ro.path + "/", false), reg_token);
+                if (stopped || deregistered) co_return "stopped";
+                if (!l.error.empty()) co_return l.error;
+                auto r = etcd::parse_range_response(l.body, err);
+                if (!r) co_return "range: " + err;
+                std::vector<InstanceInfo> found;
+                for (const auto& kv : r->kvs) {
+                    // An entry is named by its id: anything else is not one of ours.
+                    auto i = parse_instance_json(kv.value);
+                    if (i && kv.key == ro.path + "/" + i->id) found.push_back(std::move(*i));
+                    else log::debug("etcd: {} is not a pgrelay instance entry; ignored", log::printable(kv.key));
+                }
+                if (ro.peers) ro.peers->update(std::move(found), "etcd");
+                list_due = Clock::now() + ro.list_interval;
+            }
+            reg_sleeper = std::make_shared<asio::steady_timer>(ctx, std::min(keepalive_due, list_due));
             co_await reg_sleeper->async_wait(use_tuple);
             if (stopped || deregistered) co_return "stopped";
         }
     }
 
     // Revokes the lease (which deletes the key) within request_timeout.
-    asio::awaitable<void> revoke(std::function<void()> done) {
+    // `self` keeps the source alive until the answer.
+    asio::awaitable<void> revoke([[maybe_unused]] std::shared_ptr<Impl> self, std::function<void()> done) {
         const int64_t id = lease;
+        lease = 0;
         if (id != 0) {
             auto c = std::make_shared<http::Client>(ctx.get_executor(), reg_client ? reg_client->url() : opts.endpoints[0], tls);
+            revoker = c;
             Call r = co_await call(*c, "/lease/revoke", etcd::lease_request(id), reg_token);
             if (r.error.empty()) log::info("etcd: deregistered {} (lease {:x} revoked)", opts.registration.self.id, id);
             else log::warn("etcd: deregistering {}: {} (the key goes when its lease expires)", opts.registration.self.id, r.error);
@@ -528,7 +546,7 @@ void EtcdSource::deregister(std::function<void()> done) {
     s.deregistered = true;
     if (s.reg_client) s.reg_client->close();
     if (s.reg_sleeper) s.reg_sleeper->cancel();
-    asio::co_spawn(s.ctx, s.revoke(std::move(done)), asio::detached);
+    asio::co_spawn(s.ctx, s.revoke(impl_, std::move(done)), asio::detached);
 }
 
 void EtcdSource::set_member_options(const std::map<std::string, uint32_t>& weights,
@@ -543,6 +561,7 @@ void EtcdSource::stop() {
     if (impl_->watch) impl_->watch->close();
     if (impl_->sleeper) impl_->sleeper->cancel();
     if (impl_->reg_client) impl_->reg_client->close();
+    if (impl_->revoker) impl_->revoker->close();
     if (impl_->reg_sleeper) impl_->reg_sleeper->cancel();
     impl_->follower->stop();
 }

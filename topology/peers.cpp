@@ -98,25 +98,33 @@ void PeerDirectory::update(std::vector<InstanceInfo> all, std::string_view from)
 }
 
 void PeerDirectory::apply(std::string_view from) {
-    std::vector<InstanceInfo> all = dynamic_;
-    for (const auto& s : static_)
-        if (std::none_of(all.begin(), all.end(), [&](const auto& d) { return d.id == s.id; })) all.push_back(s);
-    std::erase_if(all, [&](const InstanceInfo& i) { return i.id == self_.id; });
+    std::vector<InstanceInfo> all;
+    std::set<std::string> ids;
+    for (const auto* list : {&dynamic_, &static_})  // the DCS's entry wins over a static one
+        for (const auto& i : *list)
+            if (i.id != self_.id && ids.insert(i.id).second) all.push_back(i);
     std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
     if (all == peers_) return;
-    std::set<std::string> before, after;
-    for (const auto& p : peers_) before.insert(p.id);
-    for (const auto& p : all) after.insert(p.id);
+    const auto now = std::chrono::steady_clock::now();
+    std::erase_if(departed_, [&](const auto& d) { return now - d.second > kDepartedGrace || ids.count(d.first.id); });
     for (const auto& p : all) {
-        if (before.count(p.id)) continue;
-        log::info("peers: instance {} at {} (pgrelay {}) joined ({})", p.id, p.peer_address, p.version, from);
+        if (std::any_of(peers_.begin(), peers_.end(), [&](const auto& q) { return q.id == p.id; })) continue;
+        log::info("peers: instance {} at {} (pgrelay {}) joined ({})", log::printable(p.id), log::printable(p.peer_address),
+                  log::printable(p.version), from);
         if (instance_tag(p.id) == self_tag_)
             log::error("peers: instance {} has this instance's cancel tag {} (ids {} and {} collide); cancels "
                        "between the two cannot be forwarded: give one of them another [instance] id",
-                       p.id, self_tag_, p.id, self_.id);
+                       log::printable(p.id), self_tag_, log::printable(p.id), log::printable(self_.id));
+        if (p.peer_address == self_.peer_address)
+            log::error("peers: instance {} has this instance's peer_address {}: cancels for its sessions cannot reach "
+                       "it; set [instance] peer_address to an address the others can reach",
+                       log::printable(p.id), log::printable(p.peer_address));
     }
     for (const auto& p : peers_)
-        if (!after.count(p.id)) log::info("peers: instance {} at {} left ({})", p.id, p.peer_address, from);
+        if (!ids.count(p.id)) {
+            log::info("peers: instance {} at {} left ({})", log::printable(p.id), log::printable(p.peer_address), from);
+            departed_.emplace_back(p, now);
+        }
     peers_ = std::move(all);
     changes_.fetch_add(1, std::memory_order_relaxed);
 }
@@ -130,8 +138,13 @@ std::vector<InstanceInfo> PeerDirectory::peers_for_tag(uint16_t tag) const {
     std::lock_guard lock(mu_);
     std::vector<InstanceInfo> out;
     if (tag == self_tag_) return out;
-    for (const auto& p : peers_)
-        if (instance_tag(p.id) == tag) out.push_back(p);
+    auto take = [&](const InstanceInfo& p) {
+        if (instance_tag(p.id) == tag && p.peer_address != self_.peer_address) out.push_back(p);
+    };
+    for (const auto& p : peers_) take(p);
+    const auto now = std::chrono::steady_clock::now();
+    for (const auto& [p, left] : departed_)
+        if (now - left <= kDepartedGrace) take(p);
     return out;
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <optional>
@@ -54,8 +55,11 @@ public:
     void update(std::vector<InstanceInfo> all, std::string_view from);
     std::vector<InstanceInfo> peers() const;
     // Where to forward a cancel key carrying `tag`: every peer with that tag
-    // (one, unless two ids collide); empty for this instance's own tag.
+    // (one, unless two ids collide), including one that left in the last
+    // kDepartedGrace (a draining instance still answers cancels for its
+    // sessions); never this instance (its tag, or its own peer_address).
     std::vector<InstanceInfo> peers_for_tag(uint16_t tag) const;
+    static constexpr std::chrono::seconds kDepartedGrace{120};
     // Peers whose tag equals this instance's: their cancels cannot be told
     // apart from ours and are not forwarded.
     size_t tag_conflicts() const;
@@ -68,6 +72,7 @@ private:
     void apply(std::string_view from);  // merges static_ and dynamic_ into peers_; mu_ held
     std::vector<InstanceInfo> static_, dynamic_;
     std::vector<InstanceInfo> peers_;
+    std::vector<std::pair<InstanceInfo, std::chrono::steady_clock::time_point>> departed_;
     std::atomic<uint64_t> changes_{0};
 };
 

@@ -63,6 +63,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     std::string entry_path;
     bool deregistered = false;
     uint64_t list_round = 0;  // a newer listing makes an older one's reads moot
+    std::string last_reg_failure;  // the same failure again is logged at debug
 
     int pending = 0;            // reads in flight
     bool round_failed = false;  // a read of the current round failed (connection loss...)
@@ -169,7 +170,10 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
             if (slash == std::string::npos) self.create_entry(0);
             else self.register_self(slash + 1);
         });
-        if (zoo_acreate(zh, part.c_str(), "", 0, &ZOO_OPEN_ACL_UNSAFE, 0, &Impl::op_string, o) != ZOK) delete o;
+        if (const int rc = zoo_acreate(zh, part.c_str(), "", 0, &ZOO_OPEN_ACL_UNSAFE, 0, &Impl::op_string, o); rc != ZOK) {
+            delete o;
+            registration_failed("create " + part, rc);
+        }
     }
 
     void create_entry(int attempt) {
@@ -178,14 +182,18 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         Op* o = op([attempt](Impl& self, int rc, const OpResult&) {
             if (rc == ZOK) {
                 log::info("zookeeper: registered this instance at {}", self.entry_path);
+                self.last_reg_failure.clear();
                 return;
             }
             if (rc != ZNODEEXISTS || attempt >= 2) return self.registration_failed("create " + self.entry_path, rc);
             self.check_entry_owner(attempt);
         });
-        if (zoo_acreate(zh, entry_path.c_str(), body.data(), static_cast<int>(body.size()), &ZOO_OPEN_ACL_UNSAFE,
-                        ZOO_EPHEMERAL, &Impl::op_string, o) != ZOK)
+        if (const int rc = zoo_acreate(zh, entry_path.c_str(), body.data(), static_cast<int>(body.size()),
+                                       &ZOO_OPEN_ACL_UNSAFE, ZOO_EPHEMERAL, &Impl::op_string, o);
+            rc != ZOK) {
             delete o;
+            registration_failed("create " + entry_path, rc);
+        }
     }
 
     // The entry exists: ours (a reconnect within the session), or left by a
@@ -204,9 +212,15 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                 if (drc != ZOK && drc != ZNONODE) return s2.registration_failed("delete " + s2.entry_path, drc);
                 s2.create_entry(attempt + 1);
             });
-            if (zoo_adelete(self.zh, self.entry_path.c_str(), -1, &Impl::op_void, d) != ZOK) delete d;
+            if (const int rc = zoo_adelete(self.zh, self.entry_path.c_str(), -1, &Impl::op_void, d); rc != ZOK) {
+                delete d;
+                self.registration_failed("delete " + self.entry_path, rc);
+            }
         });
-        if (zoo_aexists(zh, entry_path.c_str(), 0, &Impl::op_stat, o) != ZOK) delete o;
+        if (const int rc = zoo_aexists(zh, entry_path.c_str(), 0, &Impl::op_stat, o); rc != ZOK) {
+            delete o;
+            registration_failed("check " + entry_path, rc);
+        }
     }
 
     void registration_failed(const std::string& what, int rc) {
@@ -215,8 +229,13 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
             log::debug("zookeeper: {}: {} (registering again on reconnect)", what, zerror(rc));
             return;
         }
-        log::warn("zookeeper: {}: {}; this instance is not listed for its peers until it can register "
-                  "(retrying in 5 s)", what, zerror(rc));
+        const std::string msg = what + ": " + zerror(rc);
+        if (msg != last_reg_failure)
+            log::warn("zookeeper: {}; this instance is not listed for its peers until it can register (retrying every 5 s)",
+                      msg);
+        else
+            log::debug("zookeeper: {} (retrying in 5 s)", msg);
+        last_reg_failure = msg;
         register_timer.expires_after(std::chrono::seconds(5));
         register_timer.async_wait([self = shared_from_this(), gen = generation](const boost::system::error_code& ec) {
             if (!ec && gen == self->generation && self->connected) self->register_self();
@@ -226,7 +245,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     // Lists the registry with a child watch and reads every entry; the
     // whole list goes to the peer directory once all reads are back.
     void list_instances() {
-        if (!zh || !opts.registration.peers) return;
+        if (!zh || !opts.registration.enabled || !opts.registration.peers) return;
         const uint64_t round = ++list_round;
         const std::string& path = opts.registration.path;
         Op* o = op([round](Impl& self, int rc, const OpResult& r) {
@@ -241,11 +260,13 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
             if (r.names.empty()) return self.opts.registration.peers->update({}, "zookeeper");
             for (const auto& name : r.names) {
                 const std::string entry = self.opts.registration.path + "/" + name;
-                Op* g = self.op([round, found, left, entry](Impl& s2, int grc, const OpResult& gr) {
+                Op* g = self.op([round, found, left, entry, name](Impl& s2, int grc, const OpResult& gr) {
                     if (round != s2.list_round) return;
                     if (grc == ZOK) {
-                        if (auto i = parse_instance_json(gr.value)) found->push_back(std::move(*i));
-                        else log::warn("zookeeper: {} is not a pgrelay instance entry; ignored", entry);
+                        // An entry is named by its id: anything else is not one of ours.
+                        auto i = parse_instance_json(gr.value);
+                        if (i && i->id == name) found->push_back(std::move(*i));
+                        else log::warn("zookeeper: {} is not a pgrelay instance entry; ignored", log::printable(entry));
                     }
                     if (--*left == 0) s2.opts.registration.peers->update(std::move(*found), "zookeeper");
                 });

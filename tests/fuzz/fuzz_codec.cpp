@@ -691,7 +691,7 @@ std::vector<Event> run_startup(Bytes stream, bool tls, Chunker chunker, size_t* 
                 CHECK(a.packet && a.packet->kind == StartupKind::CancelRequest);
                 CHECK(a.consumed >= 12 + kMinCancelSecret && a.consumed <= 12 + kMaxCancelSecret);
                 std::string enc;
-                encode_cancel_request(enc, a.packet->cancel_key);
+                encode_cancel_request(enc, a.packet->cancel_key, a.packet->from_peer);
                 CHECK(enc == chars(buf.first(a.consumed)));
                 return events;
             }

@@ -15,6 +15,7 @@ import sys
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
+PEER_CANCEL_REQUEST = 80882345  # pgrelay's own, between instances
 V3 = 3 << 16
 
 # Bits of the watched-type mask: "KZESRDCN"[i].
@@ -133,6 +134,7 @@ SEEDS = {
     "cancel-3.2-long": header(sizes=[5, 255]) + packet(CANCEL_REQUEST, i32(7) + bytes(range(32))),
     "cancel-3.2-longest": header() + packet(CANCEL_REQUEST, i32(8) + b"\x01" * 256),
     "cancel-3.2-too-long": header() + packet(CANCEL_REQUEST, i32(9) + b"\x01" * 257),
+    "cancel-from-peer": header() + packet(PEER_CANCEL_REQUEST, i32(10) + bytes(32)),
     "startup-3.2": header() + startup(USER, V3 | 2),
     # Direct TLS (PostgreSQL 17): a first byte 0x16, then the stream inside TLS.
     "direct-tls-startup": header() + b"\x16" + startup(USER),

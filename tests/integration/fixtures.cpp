@@ -701,6 +701,23 @@ std::string cancel_request(int32_t pid, const std::string& secret) {
     return out + secret;
 }
 
+std::optional<ErrorInfo> cancel_running_query(RawLogin& who, const std::string& host, uint16_t port,
+                                              const std::string& cancel, std::string* answer) {
+    if (!who.client->send(query_message("SELECT pg_sleep(30) /* to be cancelled */"))) return std::nullopt;
+    std::this_thread::sleep_for(500ms);  // the query is running
+    RawClient canceller(port, host);
+    if (!canceller.connected() || !canceller.send(cancel)) return std::nullopt;
+    const std::string got = canceller.read_all(10s);
+    if (answer) *answer = got;
+    return first_error(who.client->read_until(
+        [](const std::string& b) {
+            for (const auto& f : frames_of(b))
+                if (f.first == 'Z') return true;
+            return false;
+        },
+        20s));
+}
+
 // ---------------------------------------------------------------- TcpForwarder
 
 struct TcpForwarder::State {

@@ -287,6 +287,12 @@ RawLogin raw_login(const std::string& host, uint16_t port, const std::string& us
                    uint32_t version = 196608);
 // A CancelRequest with a secret of any length (protocol 3.2 allows 4 to 256 bytes).
 std::string cancel_request(int32_t pid, const std::string& secret);
+// Starts pg_sleep(30) on `who`, then sends `cancel` on a new connection to
+// host:port: the first ErrorResponse `who` got up to its ReadyForQuery
+// (nullopt if none came within 20 s); `answer` gets what the canceller's
+// connection received before it closed (from PostgreSQL: nothing).
+std::optional<ErrorInfo> cancel_running_query(RawLogin& who, const std::string& host, uint16_t port,
+                                              const std::string& cancel, std::string* answer = nullptr);
 std::string cancel_request(int32_t pid, int32_t secret);
 // An 8-byte startup-phase request: length word, then code (SSLRequest, ...).
 std::string startup_request(uint32_t len, uint32_t code);

@@ -145,16 +145,35 @@ TEST_CASE("SIGHUP: a new weight changes routing without dropping open sessions; 
     CHECK(relay.running());
 }
 
-TEST_CASE("SIGTERM drains: no new connections, open sessions finish, the rest get 57P01 after shutdown_grace",
+TEST_CASE("SIGTERM drains: new sessions get 57P03, open ones finish and can be cancelled, the rest get 57P01 after "
+          "shutdown_grace",
           "[ops]") {
     auto& cluster = PgCluster::shared();
     {
         Pgrelay relay(cluster);
         PgConn open = pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass"));
         REQUIRE(open.ok());
+        RawSession running = md5_login(relay.rw_port(), "md5user", "md5pass");
+        REQUIRE(running.error.empty());
         relay.signal(SIGTERM);
-        REQUIRE(eventually([&] { return !RawClient(relay.rw_port()).connected(); }, 5s));  // not accepting
+        // As PostgreSQL shutting down: the port answers, new sessions get
+        // 57P03 (libpq 14+ moves on to its next host), /health says 503.
+        REQUIRE(eventually([&] { return relay.http_get("/health").first == 503; }, 5s));
+        PgConn late = pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass"));
+        CHECK_FALSE(late.ok());
+        CHECK(late.sqlstate == "57P03");
+        CHECK_THAT(late.error, Catch::Contains("shutting down"));
         CHECK(query_value(open.conn, "SELECT 42") == "42");  // still served
+        // ... and a running query can still be cancelled.
+        RawLogin r;
+        r.client = std::move(running.client);
+        r.pid = running.pid;
+        r.secret = std::string(4, '\0');
+        for (int i = 0; i < 4; ++i) r.secret[i] = static_cast<char>(static_cast<uint32_t>(running.secret) >> (24 - 8 * i));
+        const auto err = cancel_running_query(r, "127.0.0.1", relay.rw_port(), cancel_request(r.pid, r.secret));
+        REQUIRE(err);
+        CHECK(err->sqlstate == "57014");
+        r.client.reset();
         PQfinish(open.conn);
         open.conn = nullptr;
         CHECK(relay.wait_exit(10s) == 0);  // exits once the last session is gone

@@ -1027,22 +1027,11 @@ std::optional<int64_t> reroute_ms(const Pgrelay& r, const std::string& leader) {
     return ((std::stoll(m[1]) * 60 + std::stoll(m[2])) * 60 + std::stoll(m[3])) * 1000 + std::stoll(m[4]);
 }
 
-// The query on `who` ends with 57014 once `cancel` reaches host:port.
+// The query on `who` ends with 57014 once its key, sent to host:port, reaches it.
 void check_cancelled_via(RawLogin& who, const std::string& host, uint16_t port) {
-    REQUIRE(who.client->send(query_message("SELECT pg_sleep(30) /* cancelled across instances */")));
-    std::this_thread::sleep_for(500ms);
-    RawClient canceller(port, host);
-    REQUIRE(canceller.connected());
-    REQUIRE(canceller.send(cancel_request(who.pid, who.secret)));
-    CHECK(canceller.read_all(10s).empty());
-    const std::string got = who.client->read_until(
-        [](const std::string& b) {
-            for (const auto& [t, body] : frames_of(b))
-                if (t == 'Z') return true;
-            return false;
-        },
-        20s);
-    const auto err = first_error(got);
+    std::string answer;
+    const auto err = cancel_running_query(who, host, port, cancel_request(who.pid, who.secret), &answer);
+    CHECK(answer.empty());
     REQUIRE(err);
     CHECK(err->sqlstate == "57014");
 }
@@ -1058,6 +1047,8 @@ TEST_CASE("three instances on 127.0.0.1-3 behind one name: peers, cancel across 
     const uint16_t rw = free_port(), ro = free_port(), admin = free_port();
     // etcd: the lease's TTL, the time a crashed instance stays listed (ZooKeeper: its 10 s session timeout).
     const auto listed_after_crash = cluster.on_etcd() ? 6s : 10s;
+    static int run = 0;
+    const std::string registry = "/pgrelay/" + cluster.scope() + "/lbtest" + std::to_string(++run);
     auto options = [&](int n) {
         PgrelayOptions o;
         o.listen_host = "127.0.0." + std::to_string(n);
@@ -1067,7 +1058,10 @@ TEST_CASE("three instances on 127.0.0.1-3 behind one name: peers, cancel across 
         o.extra_server = "shutdown_grace = \"20s\"\n";
         // rw passthrough (protocol 3.0 keys from PostgreSQL 15); ro pooled, for
         // pgrelay's own keys, 3.2 ones included.
-        o.extra_sections = "[instance]\nid = \"lb" + std::to_string(n) + "\"\nttl = \"6s\"\n[pool.ro]\npool_mode = "
+        // A registry of their own: the suite's other pgrelays follow the same
+        // cluster and register too (each run of this case starts afresh).
+        o.extra_sections = "[instance]\nid = \"lb" + std::to_string(n) + "\"\nttl = \"6s\"\nregistry_path = \"" +
+                           registry + "\"\n[pool.ro]\npool_mode = "
                            "\"transaction\"\npool_size = 4\nauth_file = \"" + pooled_users() + "\"\n";
         return o;
     };

@@ -146,6 +146,20 @@ TEST_CASE("encode_cancel_request parses back as a CancelRequest", "[protocol][en
         CHECK(p.packet.length == len);
         CHECK(p.packet.cancel_key == key);
     }
+    // pgrelay's peer-to-peer form: the same layout, its own code, marked.
+    {
+        std::string out;
+        encode_cancel_request(out, CancelKey{5, long_secret}, true);
+        CHECK(out.substr(4, 4) == be32(kPeerCancelRequestCode));
+        const StartupParse p = parse_startup(bytes(out));
+        REQUIRE(p.status == ParseStatus::Ok);
+        CHECK(p.packet.kind == StartupKind::CancelRequest);
+        CHECK(p.packet.from_peer);
+        CHECK(p.packet.cancel_key == CancelKey{5, long_secret});
+        std::string plain;
+        encode_cancel_request(plain, CancelKey{5, long_secret});
+        CHECK_FALSE(parse_startup(bytes(plain)).packet.from_peer);
+    }
     // Shorter than 3.0's secret, or longer than 3.2's longest: refused.
     for (const size_t n : {size_t(0), size_t(3), size_t(257)}) {
         CAPTURE(n);

@@ -96,7 +96,7 @@ Bytes cancel_request(Rng& rng) {
 // random bytes; the buffer may be shorter or longer than the length says.
 Bytes plausible_startup(Rng& rng) {
     static const uint32_t codes[] = {kProtocolV3, kProtocolV3 | 1u, kSSLRequestCode, kGSSENCRequestCode,
-                                     kCancelRequestCode, 2u << 16, (1234u << 16) | 1234u, 0};
+                                     kCancelRequestCode, kPeerCancelRequestCode, 2u << 16, (1234u << 16) | 1234u, 0};
     const uint32_t code = coin(rng, 85) ? codes[uniform(rng, 0, std::size(codes) - 1)] : uint32_t(rng());
     uint32_t len;
     switch (uniform(rng, 0, 9)) {
@@ -185,7 +185,8 @@ void check_startup_parse(std::span<const uint8_t> in, const StartupParse& p) {
                     REQUIRE(len == 8);
                     break;
                 case StartupKind::CancelRequest:
-                    REQUIRE(code == kCancelRequestCode);
+                    REQUIRE((code == kCancelRequestCode || code == kPeerCancelRequestCode));
+                    REQUIRE(p.packet.from_peer == (code == kPeerCancelRequestCode));
                     REQUIRE(len >= 16);
                     REQUIRE(len <= 12 + kMaxCancelSecret);
                     REQUIRE(p.packet.cancel_key.pid == int32_t(read_u32(in.data() + 8)));

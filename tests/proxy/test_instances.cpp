@@ -3,6 +3,7 @@
 // tag of the instance that issued them (protocol 3.0 and 3.2 lengths).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <set>
 
 #include "proxy/cancel_registry.hpp"
@@ -104,6 +105,19 @@ TEST_CASE("peer directory: self left out, static and DCS entries merged, tags lo
     const std::string twin_a = colliding_id("a");
     d.update({inst("a", "127.0.0.3:1"), inst(twin_a, "127.0.0.6:6")}, "test");
     CHECK(d.peers_for_tag(instance_tag("a")).size() == 2);
+
+    // One that left (a drain deregisters first) still gets cancels for a while.
+    d.set_static({});
+    d.update({inst("a", "127.0.0.3:1")}, "test");
+    CHECK(d.peers().size() == 1);
+    const auto to = d.peers_for_tag(instance_tag(twin_a));  // its tag is a's too: both
+    REQUIRE(to.size() == 2);
+    CHECK(std::any_of(to.begin(), to.end(), [&](const InstanceInfo& p) { return p.id == twin_a; }));
+    // Never to this instance's own address (a peer_address copied from
+    // another instance, a VIP), whatever the id.
+    d.update({inst("c", "127.0.0.1:1")}, "test");
+    CHECK(d.peers().size() == 1);
+    CHECK(d.peers_for_tag(instance_tag("c")).empty());
 }
 
 TEST_CASE("cancel keys carry the instance tag; 3.0 and 3.2 secret lengths; found only whole", "[instances][cancel]") {
@@ -204,9 +218,43 @@ register = false
     refused("id = \"a\"\npeers = [\"a@h:1\"]\n", "appears twice");
     refused("id = \"a/b\"\n", "[instance] id");
     refused("id = \"\"\n", "[instance] id");
+    refused("id = \"..\"\n", "[instance] id");
+    refused("id = \"a\\nb\"\n", "[instance] id");
+    refused("registry_path = \"/\"\n", "registry_path");
+    refused("registry_path = \"/a//b\"\n", "registry_path");
+    refused("registry_path = \"/a/..\"\n", "registry_path");
     refused("peer_address = \"h\"\n", "peer_address");
     refused("registry_path = \"/service/demo/pgrelay\"\n", "inside Patroni's keys");
     refused("registry_path = \"relative\"\n", "must start with '/'");
     refused("ttl = \"1s\"\n", "at least 2s");
     refused("color = \"red\"\n", "color");
+
+    // etcd: the lease must outlive a keepalive's request_timeout thrice over.
+    const std::string etcd = R"(
+[listen]
+rw = "127.0.0.2:6432"
+[topology]
+source = "etcd"
+[topology.etcd]
+endpoints = ["http://127.0.0.1:2379"]
+scope = "demo"
+request_timeout = "4s"
+)";
+    CHECK_THROWS_WITH(parse_config(etcd, "test.toml"), Contains("at least 3 x [topology.etcd] request_timeout"));
+    CHECK(parse_config(etcd + "[instance]\nttl = \"12s\"\n", "test.toml").instance.ttl == std::chrono::seconds(12));
+    CHECK_FALSE(parse_config(etcd + "[instance]\nregister = false\n", "test.toml").instance.register_);
+    // Without a scope (static members): a registry path of its own, unused.
+    const auto s = parse_config(R"(
+[listen]
+rw = "127.0.0.2:6432"
+[instance]
+peers = ["b@127.0.0.3:6432"]
+[topology]
+[[topology.members]]
+name = "pg"
+host = "127.0.0.1"
+role = "primary"
+)", "test.toml");
+    CHECK(s.instance.registry_path == "/pgrelay/instances");
+    CHECK(s.instance.peers.size() == 1);
 }
