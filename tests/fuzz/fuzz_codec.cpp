@@ -551,7 +551,9 @@ void relay(Bytes stream, const ScanConfig& c, Chunker chunker) {
             CHECK(chars(body) == chars(stream.subspan(r.offset + 5, f.length - 4)));
             check_decoders(body);
             check_pool_decoders(body);
-            if (c.rewrite_keys && f.type == 'K') {
+            // Held whole (watched, within max_watched): a streamed frame
+            // can be complete in the buffer by chance, but is not rewritten.
+            if (c.rewrite_keys && f.type == 'K' && f.length <= c.max_watched) {
                 if (const auto key = decode_backend_key_data(body)) {
                     rewrite_backend_key_data(body, other_key(*key));
                     CHECK(decode_backend_key_data(body) == other_key(*key));

@@ -173,6 +173,10 @@ SEEDS = {
     "backend-key-bad-length": header() + frame("K", b"\0" * 7) + ready(),
     "backend-key-3.2": header() + auth(0) + frame("K", i32(77) + bytes(range(32))) + ready(),
     "backend-key-too-long": header() + frame("K", i32(78) + b"\x02" * 257) + ready(),
+    # A 3.2 key longer than max_watched: streamed (whole in the buffer by
+    # chance), never rewritten (the fuzzer's first finding on long keys).
+    "backend-key-3.2-streamed": header(watched=0, slack=255) + frame("R", u32(0))
+    + frame("K", i32(77) + bytes(range(32))) + ready(),
     "backend-ready-bad-status": header() + frame("Z", b"X") + frame("Z", b"II") + frame("Z"),
     "backend-error-unterminated": header() + frame("E", b"SERROR\0CXX000\0Mm\0") + frame("E", b"Sx"),
     "backend-param-status-bad": header(mask=W_S) + frame("S", b"a\0b\0c\0") + frame("S", b"a\0b") + frame("S"),
