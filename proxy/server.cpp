@@ -250,8 +250,9 @@ struct Server::Impl {
             return;
         }
         draining = true;
-        log::info("received signal {}: draining; no new connections; {} session(s) get {} ms to finish", sig,
-                  open_sessions(), config->shutdown_grace.count());
+        log::info("received signal {}: draining (deregistering, /health 503, new sessions get 57P03); {} session(s) get "
+                  "{} ms to finish",
+                  sig, open_sessions(), config->shutdown_grace.count());
         if (admin) admin->set_draining();
         // The store gets a moment to answer before pgrelay stops, even with
         // no session left to wait for.
