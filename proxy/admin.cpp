@@ -82,6 +82,7 @@ std::string topology_json(const topology::Topology* t, const topology::RoutingOp
     o["leader"] = t->leader.empty() ? boost::json::value(nullptr) : boost::json::value(t->leader);
     o["primary"] = t->primary ? boost::json::value(t->members[*t->primary].name) : boost::json::value(nullptr);
     if (!t->primary) o["primary_reason"] = t->primary_reason;
+    if (t->elects_primary()) o["leader_from"] = t->leader_from_rest ? "patroni_rest" : "dcs";
     // A planned switchover announced by Patroni's failover key.
     if (t->switchover_pending)
         o["switchover_to"] = t->switchover_to.empty() ? boost::json::value("any") : boost::json::value(t->switchover_to);

@@ -376,7 +376,7 @@ public:
         if (!t) fail(nullptr, "missing [topology] section (source and members)");
         only_keys(*t, "[topology]",
                   {"source", "health_check_interval", "health_check_timeout", "members", "zookeeper", "etcd",
-                   "patroni_api", "probe", "backend_tls", "backend_tls_ca", "backend_tls_sni"});
+                   "patroni_api", "probe", "rest_fallback", "backend_tls", "backend_tls_ca", "backend_tls_sni"});
         load_backend_tls(*t, c);
         c.topology_source = get_string(*t, "source", "static");
         if (c.topology_source != "static" && c.topology_source != "zookeeper" && c.topology_source != "etcd" &&
@@ -400,6 +400,19 @@ public:
             if (c.probe.interval.count() == 0) fail(p->get("interval"), "probe interval must be above 0");
             if (c.probe.connect_timeout.count() < 1000)
                 fail(p->get("connect_timeout"), "probe connect_timeout must be at least 1s (libpq's granularity)");
+        }
+        if (const toml::table* f = table(*t, "rest_fallback")) {
+            if (c.topology_source != "zookeeper" && c.topology_source != "etcd")
+                fail(t->get("rest_fallback"), "[topology.rest_fallback] is only for source \"zookeeper\" or \"etcd\"");
+            only_keys(*f, "[topology.rest_fallback]", {"enabled", "interval", "request_timeout", "ca", "cert", "key"});
+            c.rest_fallback.enabled = get_bool(*f, "enabled", c.rest_fallback.enabled);
+            c.rest_fallback.interval = get_duration(*f, "interval", c.rest_fallback.interval);
+            c.rest_fallback.request_timeout = get_duration(*f, "request_timeout", c.rest_fallback.request_timeout);
+            get_store_tls(*f, "[topology.rest_fallback]", c.rest_fallback.ca, c.rest_fallback.cert, c.rest_fallback.key);
+            if (c.rest_fallback.interval < std::chrono::milliseconds(50))
+                fail(f->get("interval"), "[topology.rest_fallback] interval must be at least 50ms");
+            if (c.rest_fallback.request_timeout < std::chrono::milliseconds(100))
+                fail(f->get("request_timeout"), "[topology.rest_fallback] request_timeout must be at least 100ms");
         }
         if (c.topology_source != "static") {
             if (c.topology_source == "zookeeper") load_zookeeper(*t, c);

@@ -148,6 +148,16 @@ struct Config {
         std::chrono::milliseconds request_timeout{1000};
     } patroni_api;
 
+    // [topology.rest_fallback] (zookeeper, etcd): while the DCS is
+    // unreachable or behind, follow the members' Patroni REST APIs
+    // (GET /primary), as HAProxy's checks do.
+    struct RestFallback {
+        bool enabled = true;
+        std::chrono::milliseconds interval{250};
+        std::chrono::milliseconds request_timeout{500};
+        std::string ca, cert, key;  // https api_urls: CA to verify Patroni with, optional client certificate
+    } rest_fallback;
+
     struct Probe {
         std::string user = "postgres";
         std::string password;

@@ -286,6 +286,16 @@ std::string Registry::render(const topology::Topology* t, const topology::Routin
         head(out, "pgrelay_dcs_endpoint_failures_total", "counter",
              "Store endpoints that failed (connect, timeout, error), each moving pgrelay to the next one.");
         out += fmt::format("pgrelay_dcs_endpoint_failures_total{{{}}} {}\n", l, get(source.endpoint_failures));
+        if (dcs_source != "patroni_api") {
+            head(out, "pgrelay_dcs_rest_fallback", "gauge",
+                 "1 while rw follows the members' Patroni REST APIs (GET /primary) because the store is unreachable "
+                 "or behind.");
+            out += fmt::format("pgrelay_dcs_rest_fallback{{{}}} {}\n", l,
+                               source.rest_authority.load(std::memory_order_relaxed));
+            head(out, "pgrelay_dcs_rest_takeovers_total", "counter",
+                 "Times the REST fallback named a leader the store did not (yet).");
+            out += fmt::format("pgrelay_dcs_rest_takeovers_total{{{}}} {}\n", l, get(source.rest_takeovers));
+        }
     }
     if (dcs_source == "zookeeper") {
         head(out, "pgrelay_zookeeper_connected", "gauge", "1 while pgrelay's ZooKeeper session is connected.");

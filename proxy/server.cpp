@@ -24,6 +24,7 @@
 #include "proxy/router.hpp"
 #include "proxy/session.hpp"
 #include "topology/etcd_source.hpp"
+#include "topology/http_client.hpp"
 #include "topology/patroni_api_source.hpp"
 #include "topology/static_source.hpp"
 #include "topology/zk_source.hpp"
@@ -332,6 +333,15 @@ int Server::run() {
         fo.probe.sslmode = to_string(cfg.backend_tls);
         fo.probe.sslrootcert = cfg.backend_tls_ca;
         fo.on_reroute = [&reg](double secs) { reg.reroute_seconds.observe(secs); };
+        fo.stats = &reg.source;
+        if (cfg.topology_source != "patroni_api") {
+            fo.rest.enabled = cfg.rest_fallback.enabled;
+            fo.rest.interval = cfg.rest_fallback.interval;
+            fo.rest.request_timeout = cfg.rest_fallback.request_timeout;
+            const auto& rf = cfg.rest_fallback;
+            // The system's CA verifies https APIs unless one is given.
+            if (rf.enabled) fo.rest.tls = topology::http::make_client_tls({rf.ca, rf.cert, rf.key});
+        }
         topology::RegistrationOptions ro;
         ro.enabled = cfg.instance.register_ && cfg.topology_source != "patroni_api";
         ro.path = cfg.instance.registry_path;

@@ -87,6 +87,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
 
     void set_connected(bool on) {
         if (opts.stats) opts.stats->connected.store(on ? 1 : 0, std::memory_order_relaxed);
+        follower->set_store_reachable(on);
     }
 
     // ---- requests ----
@@ -165,6 +166,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
         ledger.reset(r.kvs);
         follower->set_loaded();
         follower->publish();
+        follower->note_store_answered();
     }
 
     // ---- registration ----
@@ -492,6 +494,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
                 // One message is one revision's changes (a crash's leader and
                 // member keys vanish together): publish once for all of them.
                 follower->publish();
+                follower->note_store_answered();
                 return std::nullopt;
         }
         return std::nullopt;
@@ -516,7 +519,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
                 co_return;
             }
             switch (ledger.check(r->kvs, r->revision)) {
-                case etcd::WatchLedger::Verdict::InStep: break;
+                case etcd::WatchLedger::Verdict::InStep: follower->note_store_answered(); break;
                 case etcd::WatchLedger::Verdict::Behind:
                     log::debug("etcd: check at revision {}: {}", r->revision, ledger.difference());
                     break;

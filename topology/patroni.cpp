@@ -105,6 +105,17 @@ have_scheme:
     return true;
 }
 
+std::string api_base(std::string_view url) {
+    size_t scheme = 0;
+    if (url.substr(0, 7) == "http://") scheme = 7;
+    else if (url.substr(0, 8) == "https://") scheme = 8;
+    else return {};
+    const size_t end = url.find_first_of("/?#", scheme);
+    const std::string_view authority = url.substr(scheme, end == std::string_view::npos ? url.size() - scheme : end - scheme);
+    if (authority.empty() || authority.find_first_of("@ ") != std::string_view::npos) return {};
+    return std::string(url.substr(0, scheme)) + std::string(authority);
+}
+
 std::optional<MemberInfo> parse_member(std::string_view name, std::string_view text, std::string& error) {
     auto v = parse_json(text);
     if (!v || !v->is_object()) {
@@ -127,6 +138,7 @@ std::optional<MemberInfo> parse_member(std::string_view name, std::string_view t
         m.state_text = std::string(s->get_string());
         m.state = parse_state(m.state_text);
     }
+    if (const json::value* a = o.if_contains("api_url"); a && a->is_string()) m.api_url = api_base(a->get_string());
     m.xlog_location = as_u64(o.if_contains("xlog_location"));
     m.timeline = as_u64(o.if_contains("timeline"));
     if (const json::value* t = o.if_contains("tags"); t && t->is_object())

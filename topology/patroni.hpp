@@ -37,6 +37,9 @@ struct MemberInfo {
     // Lag as Patroni's REST API reports it (its leader optime minus this
     // member's xlog_location), used when pgrelay cannot compute it itself.
     std::optional<uint64_t> reported_lag;
+    // The member's Patroni REST API (api_url without its path:
+    // "http://127.0.0.1:8008"), empty when it has none or it is unreadable.
+    std::string api_url;
 };
 
 // Parses members/<name>. On garbage returns nullopt with `error` set; the
@@ -46,6 +49,9 @@ std::optional<MemberInfo> parse_member(std::string_view name, std::string_view j
 // "postgres://host:port/db" (also postgresql://, user@host, [v6]:port,
 // default port 5432).
 bool parse_conn_url(std::string_view url, std::string& host, uint16_t& port);
+// A member's api_url ("http://h:8008/patroni") reduced to scheme://host:port;
+// empty when it is not an http(s) URL with a host.
+std::string api_base(std::string_view api_url);
 
 // The leader's WAL position from `status` ({"optime": N}); nullopt if absent.
 std::optional<uint64_t> parse_status_optime(std::string_view json);

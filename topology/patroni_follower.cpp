@@ -1,12 +1,16 @@
 // PatroniFollower (patroni_follower.hpp).
 #include "topology/patroni_follower.hpp"
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <sstream>
 
 #include "proxy/log.hpp"
+#include "topology/http_client.hpp"
 
 namespace pgrelay::topology {
 
@@ -43,6 +47,8 @@ void PatroniFollower::start() {
 
 void PatroniFollower::stop() {
     stopped_ = true;
+    rest_checks_.clear();
+    for (auto& [name, c] : rest_clients_) c->close();
     if (probe_) probe_->stop();
     if (replay_probe_) replay_probe_->stop();
 }
@@ -172,25 +178,47 @@ void PatroniFollower::set_member_options(const std::map<std::string, uint32_t>& 
 void PatroniFollower::publish() {
     // Only a complete first read is a topology.
     if (!loaded_ || stopped_) return;
+    rest_update();
+    // While the REST answers override the DCS, build from a copy whose leader
+    // is the member holding the lock. Neither it nor the leader the DCS last
+    // named is a replica for ro: their member keys are stale, and the new
+    // leader only takes writes once the probe sees it writable.
+    patroni::ClusterState overridden;
+    const patroni::ClusterState* view = &state_;
+    if (rest_override_) {
+        overridden = state_;
+        for (const auto* name : {&state_.leader, &rest_leader_})
+            if (*name)
+                if (auto it = overridden.members.find(**name); it != overridden.members.end()) it->second.role = Role::Other;
+        overridden.leader = rest_leader_;
+        overridden.failover.reset();
+        view = &overridden;
+    }
+    const patroni::ClusterState& st = *view;
     // Point the probes at whoever the leader key names, and at the replicas.
     const patroni::MemberInfo* leader = nullptr;
-    if (state_.leader)
-        if (auto it = state_.members.find(*state_.leader); it != state_.members.end()) leader = &it->second;
+    if (st.leader)
+        if (auto it = st.members.find(*st.leader); it != st.members.end()) leader = &it->second;
     if (probe_) {
         if (leader) probe_->set_target(leader->name, leader->host, leader->port);
         else probe_->clear_target();
     }
     if (replay_probe_) {
         std::vector<ReplayProbe::Target> replicas;
-        for (const auto& [name, m] : state_.members)
-            if (m.role == Role::Replica && (!state_.leader || name != *state_.leader))
-                replicas.push_back({name, m.host, m.port});
+        for (const auto& [name, m] : st.members)
+            if (m.role == Role::Replica && (!st.leader || name != *st.leader)) replicas.push_back({name, m.host, m.port});
         replay_probe_->set_targets(std::move(replicas));
     }
     state_.leader_wal = leader && probe_member_ == leader->name ? probe_wal_ : std::nullopt;
+    overridden.leader_wal = state_.leader_wal;
 
-    auto t = patroni::build_topology(state_, opts_.build, probe_member_, probe_status_);
+    auto t = patroni::build_topology(st, opts_.build, probe_member_, probe_status_);
     t->source = opts_.source;
+    t->leader_from_rest = rest_override_;
+    if (rest_override_ && !rest_leader_)
+        t->primary_reason = store_reachable_ ? "no member's Patroni REST API says it holds the leader lock"
+                                             : "the DCS is unreachable and no member's Patroni REST API says it holds "
+                                               "the leader lock";
     const std::string primary = t->primary ? t->members[*t->primary].name : "";
     const std::string summary = summarize(*t, true);
     if (summary == last_summary_) return;
@@ -201,15 +229,17 @@ void PatroniFollower::publish() {
     last_routing_summary_ = routing_summary;
     if (primary != last_primary_) {
         if (!primary.empty()) {
-            const std::string how = probe_member_ == primary && probe_status_ == patroni::ProbeStatus::Writable
-                                        ? "the probe saw it writable"
-                                        : "its member key says running primary";
+            std::string how = probe_member_ == primary && probe_status_ == patroni::ProbeStatus::Writable
+                                  ? "the probe saw it writable"
+                                  : "its member key says running primary";
+            if (rest_override_) how += "; its Patroni REST API says it holds the leader lock";
             if (leader_event_at_) {
                 const auto ms = std::chrono::duration<double, std::milli>(Clock::now() - *leader_event_at_).count();
                 log::info("topology: rw now routes to {} ({}), {:.1f} ms after the {}", primary, how, ms,
-                          opts_.leader_event);
+                          leader_event_label_.empty() ? opts_.leader_event : leader_event_label_);
                 if (opts_.on_reroute) opts_.on_reroute(ms / 1000.0);
                 leader_event_at_.reset();
+                leader_event_label_.clear();
             } else {
                 log::info("topology: rw routes to {} ({})", primary, how);
             }
@@ -221,6 +251,149 @@ void PatroniFollower::publish() {
     if (log_it) log::info("topology: {}", routing_summary);
     else log::debug("topology: {}", summary);
     hub_.publish(std::move(t));
+}
+
+// ---------------------------------------------------------------- REST fallback
+
+void PatroniFollower::set_store_reachable(bool reachable) {
+    if (reachable == store_reachable_) return;
+    store_reachable_ = reachable;
+    if (reachable) rest_warned_.clear();
+    rest_update();
+}
+
+void PatroniFollower::note_store_answered() {
+    store_reachable_ = true;
+    if (rest_override_) rest_clear("answers again");
+    rest_update();
+}
+
+bool PatroniFollower::rest_wanted() const {
+    if (!opts_.rest.enabled || stopped_ || !loaded_) return false;
+    if (!store_reachable_ || rest_override_) return true;
+    // The DCS still names a leader the probe finds demoted or down: the DCS
+    // may be behind (a blackholed connection is noticed only at its timeout).
+    return state_.leader && probe_member_ == *state_.leader &&
+           (probe_status_ == patroni::ProbeStatus::InRecovery || probe_status_ == patroni::ProbeStatus::Unreachable);
+}
+
+void PatroniFollower::rest_update() {
+    if (!rest_wanted()) {
+        if (!rest_running_) return;
+        rest_running_ = false;
+        rest_checks_.clear();
+        for (auto& [name, c] : rest_clients_) c->close();
+        rest_clients_.clear();
+        rest_answers_.clear();
+        log::info("rest: the {} view is current; no longer asking the members' Patroni REST APIs", opts_.source);
+        return;
+    }
+    if (!rest_running_) {
+        rest_running_ = true;
+        log::info("rest: {}; asking every member's Patroni REST API for GET /primary every {} ms",
+                  !store_reachable_ ? opts_.source + " is unreachable"
+                                    : "leader " + state_.leader.value_or("-") + " is " +
+                                          std::string(to_string(probe_status_)) + " but " + opts_.source +
+                                          " still names it",
+                  opts_.rest.interval.count());
+    }
+    for (const auto& [name, m] : state_.members) {
+        if (m.api_url.empty()) continue;
+        if (m.api_url.rfind("https://", 0) == 0 && !opts_.rest.tls) continue;  // the config loader warned
+        auto it = rest_checks_.find(name);
+        if (it != rest_checks_.end() && it->second.url == m.api_url) continue;
+        const uint64_t ticket = ++rest_tickets_;
+        rest_checks_[name] = RestCheck{m.api_url, ticket};
+        asio::co_spawn(ctx_, rest_check(name, m.api_url, ticket), asio::detached);
+    }
+}
+
+asio::awaitable<void> PatroniFollower::rest_check(std::string member, std::string url_text, uint64_t ticket) {
+    auto self = shared_from_this();  // the check may outlive a stop() by one interval
+    const auto url = http::parse_url(url_text, false, 8008);
+    if (!url) co_return;
+    auto client = std::make_shared<http::Client>(ctx_.get_executor(), *url, url->tls ? opts_.rest.tls : nullptr);
+    if (auto old = rest_clients_.find(member); old != rest_clients_.end()) old->second->close();
+    rest_clients_[member] = client;
+    auto live = [&] {
+        auto it = rest_checks_.find(member);
+        return !stopped_ && it != rest_checks_.end() && it->second.ticket == ticket;
+    };
+    asio::steady_timer timer(ctx_);
+    while (live()) {
+        const auto next = Clock::now() + opts_.rest.interval;
+        auto r = co_await client->request("GET", "/primary", "", "", opts_.rest.request_timeout);
+        if (!live()) break;
+        if (!r.error.empty()) {
+            client->close();
+            log::debug("rest: {} {}: {}", member, url_text, r.error);
+        }
+        rest_answers_[member] = RestAnswer{r.error.empty() ? r.status : 0, Clock::now()};
+        rest_decide();
+        timer.expires_at(next);
+        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    if (auto it = rest_clients_.find(member); it != rest_clients_.end() && it->second == client) rest_clients_.erase(it);
+}
+
+void PatroniFollower::rest_decide() {
+    if (stopped_) return;
+    // Only answers from this round or the last count; a member that does not
+    // answer is no evidence either way.
+    const auto now = Clock::now();
+    const auto fresh = 2 * opts_.rest.interval + opts_.rest.request_timeout;
+    std::vector<std::string> holders;
+    auto said_not_leader = [&](const std::optional<std::string>& who) {
+        if (!who) return true;
+        auto it = rest_answers_.find(*who);
+        return it != rest_answers_.end() && now - it->second.at <= fresh && it->second.status != 0 &&
+               it->second.status != 200;
+    };
+    for (const auto& [name, a] : rest_answers_)
+        if (now - a.at <= fresh && a.status == 200 && state_.members.count(name)) holders.push_back(name);
+    std::optional<std::string> leader;
+    if (holders.size() == 1) {
+        leader = holders.front();
+        if (!rest_override_ && state_.leader == leader) return;  // the DCS agrees
+    } else if (holders.size() > 1) {
+        // Patroni's lock has one holder; two answers of 200 are a stale view
+        // somewhere. Writes wait until it clears rather than go to either.
+        const std::string msg = holders[0] + " and " + holders[1];
+        if (rest_warned_ != msg)
+            log::warn("rest: {} both answer GET /primary with 200; rw waits until only one does", msg);
+        rest_warned_ = msg;
+    } else if (store_reachable_ || !said_not_leader(rest_override_ ? rest_leader_ : state_.leader)) {
+        // Nobody claims the lock, but the DCS can still say (or the leader we
+        // follow did not answer): keep what we have.
+        return;
+    }
+    if (rest_override_ && rest_leader_ == leader) return;
+    if (leader) {
+        log::warn("rest: {} answers GET /primary with 200 (it holds the leader lock) while {} {}: rw follows it once "
+                  "the probe sees it writable",
+                  *leader, opts_.source,
+                  store_reachable_ ? "still names " + state_.leader.value_or("no leader") : std::string("is unreachable"));
+        if (opts_.stats && leader != state_.leader) opts_.stats->rest_takeovers.fetch_add(1, std::memory_order_relaxed);
+        leader_event_at_ = now;
+        leader_event_label_ = "Patroni REST answer";
+    } else if (holders.empty()) {
+        log::warn("rest: no member answers GET /primary with 200 while {} is unreachable: rw waits for a leader",
+                  opts_.source);
+    }
+    rest_override_ = true;
+    rest_leader_ = std::move(leader);
+    if (opts_.stats) opts_.stats->rest_authority.store(1, std::memory_order_relaxed);
+    publish();
+}
+
+void PatroniFollower::rest_clear(const char* why) {
+    rest_override_ = false;
+    rest_leader_.reset();
+    rest_warned_.clear();
+    if (opts_.stats) opts_.stats->rest_authority.store(0, std::memory_order_relaxed);
+    log::info("rest: {} {}; it is the authority for routing again (leader {})", opts_.source, why,
+              state_.leader.value_or("-"));
+    publish();
 }
 
 std::string PatroniFollower::summarize(const Topology& t, bool with_lag) const {

@@ -18,7 +18,27 @@
 #include "topology/patroni.hpp"
 #include "topology/source.hpp"
 
+namespace boost::asio::ssl {
+class context;
+}
+
 namespace pgrelay::topology {
+
+namespace http {
+class Client;
+}
+
+// While the DCS cannot be trusted (unreachable, or its leader no longer
+// writable), the follower asks every member's Patroni REST API `GET /primary`,
+// the check HAProxy relies on: only the member holding the leader lock
+// answers 200. rw follows that member once the libpq probe sees it writable,
+// until the DCS answers again and is the authority once more.
+struct RestFallbackOptions {
+    bool enabled = false;  // the DCS sources turn it on (patroni_api reads the REST API already)
+    std::chrono::milliseconds interval{250};
+    std::chrono::milliseconds request_timeout{500};
+    std::shared_ptr<boost::asio::ssl::context> tls;  // for https api_urls; null: those members are skipped
+};
 
 struct FollowerOptions {
     std::string source;        // Topology::source and the log prefix: "zookeeper", "etcd", "patroni_api"
@@ -30,6 +50,8 @@ struct FollowerOptions {
     // routing to the new leader.
     std::function<void(double seconds)> on_reroute;
     ProbeOptions probe;
+    RestFallbackOptions rest;
+    SourceStats* stats = nullptr;  // optional: the REST fallback's gauge and counter
 };
 
 // Flow: create() on the control thread, start() (probe threads). Feed it
@@ -59,11 +81,21 @@ public:
     std::vector<std::string> member_names() const;
 
     // The event that announced a new leader key (reroute timing starts here).
-    void note_leader_event(Clock::time_point at) { leader_event_at_ = at; }
+    void note_leader_event(Clock::time_point at) {
+        leader_event_at_ = at;
+        leader_event_label_.clear();
+    }
     const std::optional<std::string>& leader() const { return state_.leader; }
 
     void set_loaded();
     bool loaded() const { return loaded_; }
+    // From the source: whether its store is reachable (ZooKeeper connected,
+    // etcd endpoint answering). While it is not, the REST fallback runs.
+    void set_store_reachable(bool reachable);
+    // From the source, after a complete read answered by the store (a
+    // re-read, a watch batch, a check): its view is current, so a REST
+    // override ends and the DCS is the authority again.
+    void note_store_answered();
     void publish();
     void set_member_options(const std::map<std::string, uint32_t>& weights, const std::vector<std::string>& exclude,
                             bool allow_standby_leader);
@@ -79,6 +111,12 @@ private:
                       const std::string& detail);
     void replay_report(const std::string& member, std::optional<uint64_t> replayed);
     std::string summarize(const Topology& t, bool with_lag) const;
+    // REST fallback: start or stop the per-member checks as rest_wanted() says.
+    bool rest_wanted() const;
+    void rest_update();
+    boost::asio::awaitable<void> rest_check(std::string member, std::string url, uint64_t ticket);
+    void rest_decide();
+    void rest_clear(const char* why);
 
     boost::asio::io_context& ctx_;
     SnapshotHub& hub_;
@@ -98,6 +136,26 @@ private:
     std::string probe_member_;
     patroni::ProbeStatus probe_status_ = patroni::ProbeStatus::Unknown;
     std::optional<uint64_t> probe_wal_;
+    std::string leader_event_label_;  // what leader_event_at_ was (default: opts_.leader_event)
+
+    bool store_reachable_ = true;
+    struct RestAnswer {
+        int status = 0;  // HTTP status of GET /primary; 0: no answer
+        Clock::time_point at{};
+    };
+    bool rest_running_ = false;
+    struct RestCheck {
+        std::string url;  // the member's API base the check polls
+        uint64_t ticket = 0;
+    };
+    std::map<std::string, RestCheck> rest_checks_;  // member -> its running check (it ends once gone or replaced)
+    uint64_t rest_tickets_ = 0;
+    std::map<std::string, RestAnswer> rest_answers_;
+    std::map<std::string, std::shared_ptr<http::Client>> rest_clients_;
+    bool rest_override_ = false;             // routing follows the REST answers, not the DCS's leader
+    std::optional<std::string> rest_leader_;  // the one member answering 200 (none: hold rw)
+    std::string rest_warned_;                 // last warning, not repeated
+
     std::unique_ptr<LeaderProbe> probe_;
     std::unique_ptr<ReplayProbe> replay_probe_;
 };

@@ -68,6 +68,8 @@ struct SourceStats {
     std::atomic<uint64_t> session_expiries{0};   // ZooKeeper sessions that expired
     std::atomic<uint64_t> resyncs{0};            // full re-reads after the first (reconnect, compaction, stale watch)
     std::atomic<uint64_t> endpoint_failures{0};  // etcd / Patroni REST endpoints given up on, moving to the next
+    std::atomic<int> rest_authority{0};          // 1 while rw follows the members' REST APIs, not the DCS
+    std::atomic<uint64_t> rest_takeovers{0};     // times the REST fallback named a leader the DCS did not
 };
 
 // A topology source. start() begins publishing (the first snapshot may come

@@ -45,6 +45,9 @@ struct Topology {
     std::string leader;                   // who holds the write authority (Patroni's leader key, or the
                                           // static primary), even before it can take writes
     std::string primary_reason;           // why there is no primary, when there is none
+    // `leader` comes from the members' Patroni REST APIs (GET /primary),
+    // not from the DCS: the DCS is unreachable or its view is behind.
+    bool leader_from_rest = false;
     // A planned switchover away from `leader` is under way: Patroni wrote its
     // failover key (before it stops the old primary), naming `switchover_to`
     // ("" when any member may take over), first seen at `switchover_since`.

@@ -343,6 +343,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                 }
                 connected = true;
                 ever_connected = true;
+                follower->set_store_reachable(true);
                 backoff = std::chrono::milliseconds(500);
                 read_all();
                 register_self();
@@ -352,9 +353,11 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
                     log::warn("zookeeper: connection lost; keeping the last known topology while reconnecting");
                 connected = false;
                 if (opts.stats) opts.stats->connected.store(0, std::memory_order_relaxed);
+                follower->set_store_reachable(false);
                 arm_unreachable_warning();
             } else if (zstate == ZOO_EXPIRED_SESSION_STATE) {
                 log::warn("zookeeper: session expired; opening a new session and re-reading everything");
+                follower->set_store_reachable(false);
                 if (opts.stats) {
                     opts.stats->connected.store(0, std::memory_order_relaxed);
                     opts.stats->session_expiries.fetch_add(1, std::memory_order_relaxed);
@@ -488,6 +491,8 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
             follower->set_loaded();
         }
         follower->publish();
+        // Every read ZooKeeper answered is in: its view is current again.
+        if (pending == 0 && !round_failed) follower->note_store_answered();
     }
 };
 

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <regex>
 #include <sstream>
 #include <stdexcept>
@@ -181,6 +182,20 @@ std::string PatroniCluster::source_toml(const std::string& store_extra,
     }
     t << store_extra << "\n";
     return t.str();
+}
+
+uint16_t PatroniCluster::dcs_port() const {
+    const std::string& a = on_etcd() ? etcd_url_ : zk_hosts_;
+    return static_cast<uint16_t>(std::stoi(a.substr(a.rfind(':') + 1)));
+}
+
+std::string PatroniCluster::source_toml_via(uint16_t port, const std::string& store_extra) const {
+    std::string t = source_toml(store_extra);
+    const std::string real = on_etcd() ? etcd_url_ : zk_hosts_;
+    const std::string via = (on_etcd() ? "http://127.0.0.1:" : "127.0.0.1:") + std::to_string(port);
+    const size_t at = t.find("\"" + real + "\"");
+    if (at == std::string::npos) throw std::runtime_error("source_toml_via: no DCS address in the source");
+    return t.replace(at + 1, real.size(), via);
 }
 
 PatroniCluster::~PatroniCluster() { run_command("python3 " + patroni_script() + " down --dir " + dir_->path() + "/c"); }
@@ -723,20 +738,36 @@ std::optional<ErrorInfo> cancel_running_query(RawLogin& who, const std::string& 
 struct TcpForwarder::State {
     uint16_t upstream = 0;
     int listen_fd = -1;
-    int wake[2] = {-1, -1};  // a pipe: wakes the loop when the mode changes or on stop
-    std::atomic<int> mode{0};  // 0 pass, 1 blackhole, 2 cut
+    int wake[2] = {-1, -1};  // a pipe: wakes the loop when the faults change or on stop
+    std::mutex mu;           // guards the fault settings below
+    bool held[2] = {false, false};  // per direction (0 up: client -> upstream, 1 down): nothing delivered
+    bool stall_new = false;         // new connections get no upstream until heal
+    bool cut = false;               // reset everything, refuse new connections
     std::atomic<bool> stop{false};
     std::atomic<int> open{0};
+    std::atomic<uint64_t> accepted{0};
     std::thread thread;
+    static constexpr size_t kMaxPending = 256 * 1024;  // per direction; reading stops above it
     struct Pair {
-        int client, server;
+        int fd[2] = {-1, -1};    // client, upstream (-1 while stalled)
+        std::string pending[2];  // read from fd[d], to write to fd[1 - d]
+        bool eof[2] = {false, false};
+        bool shut[2] = {false, false};   // shutdown(SHUT_WR) sent on fd[1 - d] after eof[d]
+        bool client_gone = false;        // the client closed or reset (seen even while held)
     };
     std::vector<Pair> pairs;
 
+    static void set_nonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
     static void reset(int fd) {
+        if (fd < 0) return;
         linger l{1, 0};  // close with RST, as a cut path would
         ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
         ::close(fd);
+    }
+    static void reset(Pair& p) {
+        reset(p.fd[0]);
+        reset(p.fd[1]);
+        p.fd[0] = p.fd[1] = -1;
     }
     int connect_upstream() const {
         const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -748,72 +779,132 @@ struct TcpForwarder::State {
             ::close(fd);
             return -1;
         }
+        set_nonblocking(fd);
         return fd;
     }
+    // One direction's step after poll: read what may be read, write what is pending.
+    // Returns false when the pair is broken (a reset, or a failed write).
+    bool step(Pair& p, int d, short src_events, short dst_events, bool is_held, char* buf, size_t cap) {
+        const int src = p.fd[d], dst = p.fd[1 - d];
+        if (!is_held && (src_events & (POLLIN | POLLHUP | POLLERR)) && !p.eof[d]) {
+            const ssize_t n = ::recv(src, buf, cap, 0);
+            if (n > 0) p.pending[d].append(buf, size_t(n));
+            else if (n == 0) p.eof[d] = true;
+            else if (errno != EAGAIN && errno != EINTR) return false;
+        }
+        if (!is_held && dst >= 0 && !p.pending[d].empty() && (dst_events & POLLOUT)) {
+            const ssize_t w = ::send(dst, p.pending[d].data(), p.pending[d].size(), MSG_NOSIGNAL);
+            if (w > 0) p.pending[d].erase(0, size_t(w));
+            else if (w < 0 && errno != EAGAIN && errno != EINTR) return false;
+        }
+        if (!is_held && dst >= 0 && p.eof[d] && p.pending[d].empty() && !p.shut[d]) {
+            ::shutdown(dst, SHUT_WR);
+            p.shut[d] = true;
+        }
+        return true;
+    }
     void loop() {
-        char buf[65536];
+        std::vector<char> buf(65536);
         while (!stop) {
-            if (mode == 2) {
-                for (auto& p : pairs) {
-                    reset(p.client);
-                    reset(p.server);
-                }
+            bool h[2], stall, is_cut;
+            {
+                std::lock_guard lock(mu);
+                h[0] = held[0];
+                h[1] = held[1];
+                stall = stall_new;
+                is_cut = cut;
+            }
+            if (is_cut) {
+                for (auto& p : pairs) reset(p);
                 pairs.clear();
             }
-            open = static_cast<int>(pairs.size());
+            // A stalled connection gets its upstream once nothing stalls it.
+            for (auto& p : pairs)
+                if (p.fd[1] < 0 && !stall && !(h[0] && h[1]) && !p.client_gone) {
+                    p.fd[1] = connect_upstream();
+                    if (p.fd[1] < 0) reset(p);
+                }
+            std::erase_if(pairs, [](const Pair& p) { return p.fd[0] < 0; });
+            int live = 0;
+            for (const auto& p : pairs) live += p.client_gone ? 0 : 1;
+            open = live;
+
             std::vector<pollfd> fds;
             fds.push_back({wake[0], POLLIN, 0});
             fds.push_back({listen_fd, POLLIN, 0});
             for (const auto& p : pairs) {
-                fds.push_back({p.client, POLLIN, 0});
-                fds.push_back({p.server, POLLIN, 0});
+                for (int side = 0; side < 2; ++side) {
+                    short ev = 0;
+                    const int d = side;  // reading fd[side] is direction `side`
+                    if (p.fd[side] >= 0) {
+                        if (!h[d] && !p.eof[d] && p.pending[d].size() < kMaxPending && p.fd[1] >= 0) ev |= POLLIN;
+                        if (!h[1 - d] && !p.pending[1 - d].empty()) ev |= POLLOUT;
+                        // A held client is still watched for closing (without reading it).
+                        if (side == 0 && !p.client_gone && !(ev & POLLIN)) ev |= POLLRDHUP;
+                    }
+                    // Nothing wanted (held, or a gone client): not polled at
+                    // all, or its hang-up would wake the loop forever.
+                    fds.push_back({ev ? p.fd[side] : -1, ev, 0});
+                }
             }
             if (::poll(fds.data(), fds.size(), 200) <= 0) continue;
             if (fds[0].revents) {
                 char drain[64];
-                (void)!::read(wake[0], drain, sizeof drain);
+                while (::read(wake[0], drain, sizeof drain) > 0) {
+                }
             }
             const size_t polled = pairs.size();  // fds holds these pairs, not one accepted below
             if (fds[1].revents & POLLIN) {
-                const int c = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+                const int c = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
                 if (c >= 0) {
-                    const int u = mode == 2 ? -1 : connect_upstream();
-                    if (u < 0) reset(c);
-                    else pairs.push_back({c, u});
+                    ++accepted;
+                    Pair p;
+                    p.fd[0] = c;
+                    if (is_cut) {
+                        reset(c);
+                    } else {
+                        if (!stall && !(h[0] && h[1])) {
+                            p.fd[1] = connect_upstream();
+                            if (p.fd[1] < 0) {
+                                reset(c);
+                                p.fd[0] = -1;
+                            }
+                        }
+                        if (p.fd[0] >= 0) pairs.push_back(std::move(p));
+                    }
                 }
             }
-            std::vector<size_t> dead;
             for (size_t i = 0; i < polled; ++i) {
-                for (int side = 0; side < 2; ++side) {
-                    const pollfd& f = fds[2 + 2 * i + side];
-                    if (!(f.revents & (POLLIN | POLLHUP | POLLERR))) continue;
-                    const int from = side == 0 ? pairs[i].client : pairs[i].server;
-                    const int to = side == 0 ? pairs[i].server : pairs[i].client;
-                    const ssize_t n = ::recv(from, buf, sizeof buf, 0);
-                    if (n <= 0) {
-                        dead.push_back(i);
-                        break;
-                    }
-                    if (mode == 1) continue;  // blackhole: the bytes vanish
-                    for (ssize_t off = 0; off < n;) {
-                        const ssize_t w = ::send(to, buf + off, size_t(n - off), MSG_NOSIGNAL);
-                        if (w <= 0) break;
-                        off += w;
-                    }
+                Pair& p = pairs[i];
+                const short ev0 = fds[2 + 2 * i].revents, ev1 = fds[3 + 2 * i].revents;
+                if (!(fds[2 + 2 * i].events & POLLIN) && (ev0 & (POLLRDHUP | POLLHUP | POLLERR))) p.client_gone = true;
+                bool ok = step(p, 0, ev0, ev1, h[0], buf.data(), buf.size()) &&
+                          step(p, 1, ev1, ev0, h[1], buf.data(), buf.size());
+                if (p.eof[0]) p.client_gone = true;
+                const bool done = p.eof[0] && p.eof[1] && p.pending[0].empty() && p.pending[1].empty();
+                if (!ok) {
+                    reset(p);
+                } else if (done || (p.client_gone && p.fd[1] < 0)) {
+                    ::close(p.fd[0]);
+                    if (p.fd[1] >= 0) ::close(p.fd[1]);
+                    p.fd[0] = p.fd[1] = -1;
                 }
-            }
-            for (auto it = dead.rbegin(); it != dead.rend(); ++it) {
-                ::close(pairs[*it].client);
-                ::close(pairs[*it].server);
-                pairs.erase(pairs.begin() + static_cast<std::ptrdiff_t>(*it));
             }
         }
         for (auto& p : pairs) {
-            ::close(p.client);
-            ::close(p.server);
+            if (p.fd[0] >= 0) ::close(p.fd[0]);
+            if (p.fd[1] >= 0) ::close(p.fd[1]);
         }
     }
     void poke() { (void)!::write(wake[1], "x", 1); }
+    template <class F>
+    void set(F f) {
+        {
+            std::lock_guard lock(mu);
+            f();
+        }
+        poke();
+    }
 };
 
 TcpForwarder::TcpForwarder(uint16_t upstream_port) : st_(std::make_unique<State>()) {
@@ -841,17 +932,24 @@ TcpForwarder::~TcpForwarder() {
 }
 
 void TcpForwarder::cut() {
-    st_->mode = 2;
-    st_->poke();
+    st_->set([s = st_.get()] { s->cut = true; });
 }
-void TcpForwarder::blackhole() {
-    st_->mode = 1;
-    st_->poke();
+void TcpForwarder::blackhole(Direction d) {
+    st_->set([s = st_.get(), d] {
+        if (d != Direction::Down) s->held[0] = true;
+        if (d != Direction::Up) s->held[1] = true;
+    });
+}
+void TcpForwarder::stall_new() {
+    st_->set([s = st_.get()] { s->stall_new = true; });
 }
 void TcpForwarder::heal() {
-    st_->mode = 0;
-    st_->poke();
+    st_->set([s = st_.get()] {
+        s->held[0] = s->held[1] = false;
+        s->stall_new = s->cut = false;
+    });
 }
 int TcpForwarder::connections() const { return st_->open.load(); }
+uint64_t TcpForwarder::accepted() const { return st_->accepted.load(); }
 
 }  // namespace pgrelay::test

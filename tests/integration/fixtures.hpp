@@ -97,6 +97,10 @@ public:
     // before the real endpoint.
     std::string source_toml(const std::string& store_extra = "",
                             const std::vector<std::string>& endpoints_before = {}) const;
+    // The same, but reaching the DCS at 127.0.0.1:`port` (a TcpForwarder in
+    // front of it) instead of the DCS itself.
+    std::string source_toml_via(uint16_t port, const std::string& store_extra = "") const;
+    uint16_t dcs_port() const;  // the DCS's client port (etcd: its plain http listener)
     // What pgrelay's reroute log line measures from on this DCS.
     std::string leader_event() const { return on_etcd() ? "leader key event" : "leader znode event"; }
     // Runs a fixture command ("list", "switchover", "kill pg0", ...); throws on failure.
@@ -190,20 +194,32 @@ private:
     std::string dir_, name_, cert_, key_;
 };
 
-// A TCP forwarder on loopback between a client (pgrelay) and a server (etcd,
-// PostgreSQL), for faults a process kill cannot make: cut() resets every
-// connection and refuses new ones until heal(); blackhole() keeps them open but
-// drops every byte both ways, so the peers see silence. Its own thread; at
-// most a few hundred connections.
+// A fault-injecting TCP forwarder on loopback, in the spirit of Toxiproxy,
+// between a client (pgrelay) and a server (ZooKeeper, etcd, PostgreSQL), for
+// the partial faults a process kill cannot make. Faults, until heal():
+//  - cut(): every connection is reset, new ones are reset on accept;
+//  - blackhole(direction): nothing more is delivered that way (up: client ->
+//    server, down: server -> client, or both), so the peers see silence.
+//    What was sent is kept and delivered at heal(), as TCP retransmission
+//    delivers it once a real path heals. With both directions held, new
+//    connections are accepted and stalled (a SYN that reached the far side's
+//    backlog, then nothing). A client closing a held connection is noticed,
+//    and that connection no longer counts in connections();
+//  - stall_new(): open connections flow; new ones are accepted but get no
+//    upstream (and nothing is read from them) until heal().
+// Its own thread, non-blocking sockets; at most a few hundred connections.
 class TcpForwarder {
 public:
+    enum class Direction { Up, Down, Both };
     explicit TcpForwarder(uint16_t upstream_port);
     ~TcpForwarder();
     uint16_t port() const { return port_; }
     void cut();
-    void blackhole();
+    void blackhole(Direction d = Direction::Both);
+    void stall_new();
     void heal();
-    int connections() const;  // open client connections
+    int connections() const;    // open client connections
+    uint64_t accepted() const;  // connections accepted so far
 
 private:
     struct State;

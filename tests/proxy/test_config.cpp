@@ -669,6 +669,28 @@ TEST_CASE("config: [topology.patroni_api]", "[config][patroni_api]") {
     require_error_at_marker(kListen + "[topology]\nsource = \"patroni_api\" # <- here\n", "needs a [topology.patroni_api]");
 }
 
+TEST_CASE("config: [topology.rest_fallback]", "[config][rest_fallback]") {
+    const std::string zk = kListen + "[topology]\nsource = \"zookeeper\"\n[topology.zookeeper]\nhosts = \"h:2181\"\n"
+                                     "scope = \"s\"\n";
+    auto c = parse_config(zk, "t.toml");
+    CHECK(c.rest_fallback.enabled);  // on by default
+    CHECK(c.rest_fallback.interval == 250ms);
+    CHECK(c.rest_fallback.request_timeout == 500ms);
+    c = parse_config(zk + "[topology.rest_fallback]\nenabled = false\ninterval = \"1s\"\nrequest_timeout = \"2s\"\n",
+                     "t.toml");
+    CHECK_FALSE(c.rest_fallback.enabled);
+    CHECK(c.rest_fallback.interval == 1s);
+    CHECK(c.rest_fallback.request_timeout == 2s);
+    require_error_at_marker(zk + "[topology.rest_fallback]\ninterval = \"10ms\" # <- here\n", "at least 50ms");
+    require_error_at_marker(zk + "[topology.rest_fallback]\nrequest_timeout = \"50ms\" # <- here\n", "at least 100ms");
+    require_error_at_marker(zk + "[topology.rest_fallback]\nurls = [] # <- here\n", "unknown key");
+    require_error_at_marker(zk + "[topology.rest_fallback]\nca = \"/nonexistent/ca.crt\" # <- here\n", "/nonexistent/ca.crt");
+    // patroni_api reads the REST API already; static has no Patroni.
+    require_error_at_marker(kListen + "[topology]\nsource = \"patroni_api\"\n[topology.patroni_api]\nurls = [\"h\"]\n"
+                                      "[topology.rest_fallback] # <- here\nenabled = true\n",
+                            "only for source \"zookeeper\" or \"etcd\"");
+}
+
 namespace {
 
 using pgrelay::PoolConfig;

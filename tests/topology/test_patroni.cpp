@@ -1215,3 +1215,23 @@ TEST_CASE("parse_cluster: paused, standby leader, members without host, garbage"
     REQUIRE(junk->members.size() == 1);
     CHECK(junk->members[0].port == 5432);
 }
+
+TEST_CASE("patroni: a member's api_url is kept as the REST API's base", "[patroni][rest_fallback]") {
+    using pgrelay::topology::patroni::api_base;
+    CHECK(api_base("http://127.0.0.1:8008/patroni") == "http://127.0.0.1:8008");
+    CHECK(api_base("https://db1.example:8443/patroni?x=1") == "https://db1.example:8443");
+    CHECK(api_base("http://[::1]:8008") == "http://[::1]:8008");
+    CHECK(api_base("http://h") == "http://h");
+    CHECK(api_base("ftp://h:21/").empty());
+    CHECK(api_base("http:///patroni").empty());
+    CHECK(api_base("http://user@h:8008/").empty());
+    CHECK(api_base("127.0.0.1:8008").empty());
+    std::string err;
+    auto m = pgrelay::topology::patroni::parse_member(
+        "pg1", R"({"conn_url":"postgres://127.0.0.1:5443/postgres","api_url":"http://127.0.0.1:8011/patroni"})", err);
+    REQUIRE(m);
+    CHECK(m->api_url == "http://127.0.0.1:8011");
+    m = pgrelay::topology::patroni::parse_member("pg1", R"({"conn_url":"postgres://127.0.0.1:5443/postgres"})", err);
+    REQUIRE(m);
+    CHECK(m->api_url.empty());
+}
