@@ -100,6 +100,7 @@ std::string topology_json(const topology::Topology* t, const topology::RoutingOp
         j["tags"] = std::move(tags);
         j["weight"] = m.weight;
         j["excluded"] = m.excluded;
+        if (m.unreachable) j["unreachable"] = true;
         j["is_primary"] = t->primary == i;
         const std::string why = t->primary == i ? "it is the primary" : topology::ro_ineligibility(m, routing);
         j["ro_eligible"] = why.empty();

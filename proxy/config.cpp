@@ -376,7 +376,7 @@ public:
         if (!t) fail(nullptr, "missing [topology] section (source and members)");
         only_keys(*t, "[topology]",
                   {"source", "health_check_interval", "health_check_timeout", "members", "zookeeper", "etcd",
-                   "patroni_api", "probe", "rest_fallback", "backend_tls", "backend_tls_ca", "backend_tls_sni"});
+                   "patroni_api", "probe", "rest_fallback", "member_addresses", "backend_tls", "backend_tls_ca", "backend_tls_sni"});
         load_backend_tls(*t, c);
         c.topology_source = get_string(*t, "source", "static");
         if (c.topology_source != "static" && c.topology_source != "zookeeper" && c.topology_source != "etcd" &&
@@ -400,6 +400,16 @@ public:
             if (c.probe.interval.count() == 0) fail(p->get("interval"), "probe interval must be above 0");
             if (c.probe.connect_timeout.count() < 1000)
                 fail(p->get("connect_timeout"), "probe connect_timeout must be at least 1s (libpq's granularity)");
+        }
+        if (const toml::table* a = table(*t, "member_addresses")) {
+            if (c.topology_source == "static")
+                fail(t->get("member_addresses"), "[topology.member_addresses] is only for the Patroni sources");
+            for (const auto& [name, v] : *a) {
+                const auto* text = v.as_string();
+                if (!text || !topology::parse_host_port(text->get()))
+                    fail(&v, "[topology.member_addresses] " + std::string(name.str()) + " must be \"host:port\"");
+                c.member_addresses[std::string(name.str())] = text->get();
+            }
         }
         if (const toml::table* f = table(*t, "rest_fallback")) {
             if (c.topology_source != "zookeeper" && c.topology_source != "etcd")

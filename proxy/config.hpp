@@ -76,7 +76,8 @@ struct Config {
     // transaction) gets 57P05 and is closed. 0 = never.
     std::chrono::milliseconds idle_client_timeout{0};
     // TCP keepalive on client and backend sockets (TCP_KEEPIDLE/INTVL/CNT):
-    // a peer that vanished is noticed after idle + interval * count.
+    // a peer that vanished is noticed after idle + interval * count, also
+    // with data in flight (TCP_USER_TIMEOUT is set to the same).
     std::chrono::seconds keepalive_idle{60};
     std::chrono::seconds keepalive_interval{10};
     unsigned keepalive_count = 6;
@@ -157,6 +158,12 @@ struct Config {
         std::chrono::milliseconds request_timeout{500};
         std::string ca, cert, key;  // https api_urls: CA to verify Patroni with, optional client certificate
     } rest_fallback;
+
+    // [topology.member_addresses] (Patroni sources): where pgrelay reaches a
+    // member, by name, instead of the host:port in its conn_url (NAT, a
+    // member advertising an address pgrelay cannot use). Sessions and probes
+    // use it.
+    std::map<std::string, std::string> member_addresses;
 
     struct Probe {
         std::string user = "postgres";

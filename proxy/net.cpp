@@ -42,6 +42,11 @@ void tune_socket(tcp::socket& s, const Config& cfg) {
     ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
     ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
     ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    // The same bound while data is in flight: keepalive only probes an idle
+    // connection, so a query sent into a blackholed path would otherwise wait
+    // for TCP's retransmissions to give up (about 15 minutes).
+    const unsigned user_timeout_ms = static_cast<unsigned>((idle + intvl * cnt) * 1000);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms);
 }
 
 std::string tls_description(TlsStream& s) {

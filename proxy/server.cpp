@@ -334,6 +334,9 @@ int Server::run() {
         fo.probe.sslrootcert = cfg.backend_tls_ca;
         fo.on_reroute = [&reg](double secs) { reg.reroute_seconds.observe(secs); };
         fo.stats = &reg.source;
+        fo.addresses = cfg.member_addresses;
+        for (const auto& [name, addr] : cfg.member_addresses)
+            log::info("topology: member {} is reached at {} (member_addresses)", name, addr);
         if (cfg.topology_source != "patroni_api") {
             fo.rest.enabled = cfg.rest_fallback.enabled;
             fo.rest.interval = cfg.rest_fallback.interval;

@@ -209,13 +209,18 @@ void ReplayProbe::run() {
             auto& [target, conn] = conns[t.member];
             target = t;
             std::optional<uint64_t> replayed;
-            std::string error;  // an unreachable replica just has unknown replay
+            std::string error;
+            bool reachable = true;
             if (PGresult* res = conn.query(opts_, t.host, t.port,
                                            "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint", error)) {
                 if (!PQgetisnull(res, 0, 0)) replayed = std::stoull(PQgetvalue(res, 0, 0));
                 PQclear(res);
+            } else {
+                // libpq reports what the server said as "FATAL: ..."; anything
+                // else (refused, timeout expired, no answer) never reached it.
+                reachable = error.find("FATAL") != std::string::npos;
             }
-            report_(t.member, replayed);
+            report_(t.member, replayed, reachable);
         }
         std::unique_lock lock(mu_);
         pause(lock, opts_.interval, gen);

@@ -99,7 +99,10 @@ public:
         uint16_t port = 0;
         friend bool operator==(const Target&, const Target&) = default;
     };
-    using Report = std::function<void(const std::string& member, std::optional<uint64_t> replayed)>;
+    // `reachable` is false when the replica's PostgreSQL could not be reached
+    // at all (no connection, no answer within the probe's TCP bounds); a
+    // server that answered with an error (starting up, a bad login) is reachable.
+    using Report = std::function<void(const std::string& member, std::optional<uint64_t> replayed, bool reachable)>;
     ReplayProbe(ProbeOptions opts, Report report);
     ~ReplayProbe();
     void set_targets(std::vector<Target> targets);

@@ -286,6 +286,7 @@ std::shared_ptr<Topology> build_topology(const ClusterState& s, const BuildOptio
         else if (mi.reported_lag) m.lag_bytes = mi.reported_lag;
         if (auto w = o.weights.find(name); w != o.weights.end()) m.weight = w->second;
         m.excluded = std::find(o.exclude.begin(), o.exclude.end(), name) != o.exclude.end();
+        m.unreachable = s.unreachable.count(name) > 0;
         t->members.push_back(std::move(m));
     }
     if (!s.leader) {

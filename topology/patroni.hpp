@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -99,6 +100,7 @@ struct ClusterState {
     // From pgrelay's own probes (fresher than Patroni's loop_wait updates):
     std::optional<uint64_t> leader_wal;          // the leader's pg_current_wal_lsn(), in bytes
     std::map<std::string, uint64_t> replayed;    // replica -> pg_last_wal_replay_lsn(), in bytes
+    std::set<std::string> unreachable;           // replicas the replay probe could not reach at its last try
 };
 
 struct BuildOptions {

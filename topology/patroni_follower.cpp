@@ -39,9 +39,10 @@ void PatroniFollower::start() {
                 });
         });
     replay_probe_ = std::make_unique<ReplayProbe>(
-        opts_.probe, [weak](const std::string& member, std::optional<uint64_t> replayed) {
+        opts_.probe, [weak](const std::string& member, std::optional<uint64_t> replayed, bool reachable) {
             if (auto self = weak.lock())
-                asio::post(self->ctx_, [self, member, replayed] { self->replay_report(member, replayed); });
+                asio::post(self->ctx_,
+                           [self, member, replayed, reachable] { self->replay_report(member, replayed, reachable); });
         });
 }
 
@@ -112,6 +113,11 @@ void PatroniFollower::set_leader(std::optional<std::string> leader) {
 
 void PatroniFollower::set_member(patroni::MemberInfo m) {
     vanished_.erase(m.name);
+    if (auto a = opts_.addresses.find(m.name); a != opts_.addresses.end())
+        if (auto hp = parse_host_port(a->second)) {
+            m.host = hp->host;
+            m.port = hp->port;
+        }
     std::string name = m.name;
     state_.members[name] = std::move(m);
 }
@@ -134,6 +140,7 @@ void PatroniFollower::member_gone(const std::string& name) {
         self->vanished_.erase(it);
         self->state_.members.erase(name);
         self->state_.replayed.erase(name);
+        self->state_.unreachable.erase(name);
         log::info("{}: member {} is gone", self->opts_.source, name);
         self->publish();
     });
@@ -160,10 +167,16 @@ void PatroniFollower::probe_report(const std::string& member, patroni::ProbeStat
     publish();
 }
 
-void PatroniFollower::replay_report(const std::string& member, std::optional<uint64_t> replayed) {
+void PatroniFollower::replay_report(const std::string& member, std::optional<uint64_t> replayed, bool reachable) {
     if (stopped_) return;
     if (replayed) state_.replayed[member] = *replayed;
     else state_.replayed.erase(member);
+    // A replica pgrelay cannot reach gets no new ro connections until it
+    // answers again (each would wait out connect_timeout first).
+    if (!reachable && state_.unreachable.insert(member).second)
+        log::warn("probe: replica {} unreachable; no new ro connections go there until it answers", member);
+    else if (reachable && state_.unreachable.erase(member))
+        log::info("probe: replica {} answers again", member);
     publish();
 }
 
@@ -407,6 +420,7 @@ std::string PatroniFollower::summarize(const Topology& t, bool with_lag) const {
         if (with_lag && m.lag_bytes) os << " lag=" << *m.lag_bytes;
         if (m.role == Role::Replica && (!m.lag_bytes || *m.lag_bytes > opts_.max_replica_lag))
             os << (m.lag_bytes ? " lagging" : " lag-unknown");
+        if (m.unreachable) os << " unreachable";
         for (const auto& tag : m.tags) os << " +" << tag;
         first = false;
     }

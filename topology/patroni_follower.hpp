@@ -9,6 +9,7 @@
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -51,6 +52,8 @@ struct FollowerOptions {
     std::function<void(double seconds)> on_reroute;
     ProbeOptions probe;
     RestFallbackOptions rest;
+    // Member name -> "host:port" pgrelay uses instead of its conn_url's.
+    std::map<std::string, std::string> addresses;
     SourceStats* stats = nullptr;  // optional: the REST fallback's gauge and counter
 };
 
@@ -109,7 +112,7 @@ private:
     PatroniFollower(boost::asio::io_context& ctx, SnapshotHub& hub, FollowerOptions opts);
     void probe_report(const std::string& member, patroni::ProbeStatus status, std::optional<uint64_t> wal,
                       const std::string& detail);
-    void replay_report(const std::string& member, std::optional<uint64_t> replayed);
+    void replay_report(const std::string& member, std::optional<uint64_t> replayed, bool reachable);
     std::string summarize(const Topology& t, bool with_lag) const;
     // REST fallback: start or stop the per-member checks as rest_wanted() says.
     bool rest_wanted() const;

@@ -46,6 +46,7 @@ const Member* Topology::find(std::string_view name) const noexcept {
 
 std::string ro_ineligibility(const Member& m, const RoutingOptions& opts) {
     if (m.excluded) return "excluded in config";
+    if (m.unreachable) return "pgrelay's probe cannot reach it";
     if (m.role != Role::Replica) return "role is " + std::string(to_string(m.role));
     if (m.state != State::Running) return "state is " + std::string(to_string(m.state));
     if (m.has_tag("noloadbalance")) return "tagged noloadbalance";

@@ -32,6 +32,7 @@ struct Member {
     std::vector<std::string> tags;      // set tags (e.g. "noloadbalance")
     uint32_t weight = 1;                // 0 = never chosen for reads
     bool excluded = false;              // operator's static exclude list
+    bool unreachable = false;           // pgrelay's probe cannot reach it (no new ro connections)
 
     bool has_tag(std::string_view t) const noexcept;
     std::string address() const;  // "host:port"

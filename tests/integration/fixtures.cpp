@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -733,6 +734,77 @@ std::optional<ErrorInfo> cancel_running_query(RawLogin& who, const std::string& 
         20s));
 }
 
+// ---------------------------------------------------------------- NetnsLink
+
+namespace {
+void ip(const std::string& args) {
+    std::string out;
+    if (run_command("ip " + args, &out) != 0) throw std::runtime_error("ip " + args + " failed: " + out);
+}
+}  // namespace
+
+NetnsLink::NetnsLink() {
+    static std::atomic<int> seq{0};
+    const std::string tag = std::to_string(::getpid() % 100000) + "x" + std::to_string(seq++);
+    name_ = "pgrelay-t" + tag;
+    veth_ = "pgr" + tag;  // interface names: at most 15 characters
+    std::string addrs;
+    run_command("ip -o -4 addr show", &addrs);
+    int n = 1;
+    while (n < 250 && addrs.find("10.254." + std::to_string(n) + ".1/") != std::string::npos) ++n;
+    if (n == 250) throw std::runtime_error("NetnsLink: no free 10.254.N.0/30");
+    const std::string net = "10.254." + std::to_string(n) + ".";
+    outer_ = net + "1";
+    inner_ = net + "2";
+    ip("netns add " + name_);
+    try {
+        ip("link add " + veth_ + "a type veth peer name " + veth_ + "b");
+        ip("link set " + veth_ + "b netns " + name_);
+        ip("addr add " + outer_ + "/30 dev " + veth_ + "a");
+        ip("link set " + veth_ + "a up");
+        ip("-n " + name_ + " addr add " + inner_ + "/30 dev " + veth_ + "b");
+        ip("-n " + name_ + " link set " + veth_ + "b up");
+        ip("-n " + name_ + " link set lo up");
+    } catch (...) {
+        run_command("ip link del " + veth_ + "a");
+        run_command("ip netns del " + name_);
+        throw;
+    }
+}
+
+NetnsLink::~NetnsLink() {
+    run_command("ip link del " + veth_ + "a");  // takes its peer in the namespace along
+    run_command("ip netns del " + name_);
+}
+
+void NetnsLink::blackhole() {
+    if (blackholed_) return;
+    ip("-n " + name_ + " route add blackhole " + outer_ + "/32");
+    blackholed_ = true;
+}
+
+void NetnsLink::heal() {
+    if (!blackholed_) return;
+    ip("-n " + name_ + " route del blackhole " + outer_ + "/32");
+    blackholed_ = false;
+}
+
+void NetnsLink::run_inside(const std::function<void()>& f) const {
+    std::string error;
+    std::thread t([&] {
+        const int fd = ::open(("/run/netns/" + name_).c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || ::setns(fd, CLONE_NEWNET) != 0) {
+            error = "cannot enter network namespace " + name_;
+            if (fd >= 0) ::close(fd);
+            return;
+        }
+        ::close(fd);
+        f();  // the thread ends inside the namespace: nothing else runs on it
+    });
+    t.join();
+    if (!error.empty()) throw std::runtime_error(error);
+}
+
 // ---------------------------------------------------------------- TcpForwarder
 
 struct TcpForwarder::State {
@@ -907,15 +979,22 @@ struct TcpForwarder::State {
     }
 };
 
-TcpForwarder::TcpForwarder(uint16_t upstream_port) : st_(std::make_unique<State>()) {
+TcpForwarder::TcpForwarder(uint16_t upstream_port, const NetnsLink* link) : st_(std::make_unique<State>()) {
     st_->upstream = upstream_port;
     if (::pipe2(st_->wake, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe failed");
-    st_->listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (link) host_ = link->inner_address();
     sockaddr_in a{};
     a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::bind(st_->listen_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(st_->listen_fd, 64) != 0)
-        throw std::runtime_error("forwarder: cannot listen");
+    ::inet_pton(AF_INET, host_.c_str(), &a.sin_addr);
+    bool listening = false;
+    auto make = [&] {
+        st_->listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        listening = ::bind(st_->listen_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                    ::listen(st_->listen_fd, 64) == 0;
+    };
+    if (link) link->run_inside(make);
+    else make();
+    if (!listening) throw std::runtime_error("forwarder: cannot listen on " + host_);
     socklen_t len = sizeof a;
     ::getsockname(st_->listen_fd, reinterpret_cast<sockaddr*>(&a), &len);
     port_ = ntohs(a.sin_port);

@@ -194,6 +194,33 @@ private:
     std::string dir_, name_, cert_, key_;
 };
 
+// A network namespace of the test's own, joined to the root namespace by a
+// veth pair: the root side is 10.254.N.1/30, the namespace side 10.254.N.2/30
+// (N unused so far on this machine). A TcpForwarder can listen inside it, so
+// that pgrelay reaches a server through a real link whose packets can be
+// dropped: blackhole() makes the namespace answer nothing (a blackhole route
+// for the root side there), so connects from the root side hang and data
+// sent is never acknowledged, as on a partitioned network: keepalive and
+// TCP_USER_TIMEOUT are what notice it. Removed (with the veth pair) on
+// destruction. Traffic never leaves the machine.
+class NetnsLink {
+public:
+    NetnsLink();
+    ~NetnsLink();
+    NetnsLink(const NetnsLink&) = delete;
+    NetnsLink& operator=(const NetnsLink&) = delete;
+    const std::string& name() const { return name_; }
+    const std::string& inner_address() const { return inner_; }  // 10.254.N.2
+    void blackhole();
+    void heal();
+    // Runs `f` on a thread inside the namespace (sockets it creates belong there).
+    void run_inside(const std::function<void()>& f) const;
+
+private:
+    std::string name_, outer_, inner_, veth_;
+    bool blackholed_ = false;
+};
+
 // A fault-injecting TCP forwarder on loopback, in the spirit of Toxiproxy,
 // between a client (pgrelay) and a server (ZooKeeper, etcd, PostgreSQL), for
 // the partial faults a process kill cannot make. Faults, until heal():
@@ -211,9 +238,12 @@ private:
 class TcpForwarder {
 public:
     enum class Direction { Up, Down, Both };
-    explicit TcpForwarder(uint16_t upstream_port);
+    // Listens on 127.0.0.1, or inside `link` on its inner address; the
+    // upstream is 127.0.0.1:upstream_port in the root namespace.
+    explicit TcpForwarder(uint16_t upstream_port, const NetnsLink* link = nullptr);
     ~TcpForwarder();
     uint16_t port() const { return port_; }
+    const std::string& host() const { return host_; }
     void cut();
     void blackhole(Direction d = Direction::Both);
     void stall_new();
@@ -225,6 +255,7 @@ private:
     struct State;
     std::unique_ptr<State> st_;
     uint16_t port_ = 0;
+    std::string host_ = "127.0.0.1";
 };
 
 // libpq connection with the SQLSTATE of a failed connect kept apart.

@@ -134,7 +134,11 @@ private:
                 last_ok = now;
             } else {
                 const char* code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-                note_error(code ? code : "no-sqlstate");
+                // libpq drops the SQLSTATE of an ErrorResponse that came just
+                // before the connection closed; keep the message's first line.
+                std::string msg = PQresultErrorMessage(res);
+                msg = msg.substr(0, msg.find('\n'));
+                note_error(code ? std::string(code) : "no-sqlstate: " + msg);
                 in_outage = true;
                 c = PgConn();  // reconnect through pgrelay
             }

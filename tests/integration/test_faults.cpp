@@ -148,3 +148,173 @@ TEST_CASE("faults: DCS blackholed from pgrelay, switchover 1 s in: rw follows Pa
     // 20 s: the ZooKeeper session expires during the cut.
     SECTION("a long cut: the DCS session expires") { blackholed_dcs_switchover(20s); }
 }
+
+namespace {
+
+// pgrelay's TCP bounds for these cases: a vanished peer is noticed after
+// 2 + 1 * 3 = 5 s, idle or with a query in flight.
+const std::string kShortKeepalive = "tcp_keepalive_idle = \"2s\"\ntcp_keepalive_interval = \"1s\"\ntcp_keepalive_count = 3\n";
+constexpr double kKeepaliveBound = 5;
+
+// [topology.member_addresses]: `member` reached through `via`.
+std::string through(const std::string& member, const TcpForwarder& via) {
+    return "[topology.member_addresses]\n" + member + " = \"" + via.host() + ":" + std::to_string(via.port()) + "\"\n";
+}
+
+}  // namespace
+
+TEST_CASE("faults: pgrelay blackholed from the primary only: sessions get 08006 within the keepalive bound, new rw "
+          "connections are held, writes resume after the heal or once the leader moves",
+          "[patroni][faults]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    const std::string leader = cluster.leader();
+    NetnsLink link;
+    TcpForwarder to_leader(cluster.node(leader).pg_port, &link);
+    Pgrelay r(cluster, "hold_timeout = \"60s\"\n",
+              PgrelayOptions{.extra_server = kShortKeepalive,
+                             .source_toml = cluster.source_toml() + through(leader, to_leader)});
+    REQUIRE(eventually([&] { return port_via(r.rw_port()) == pg_port_of(leader); }, 30s));
+    REQUIRE(to_leader.accepted() > 0);  // rw really goes through the link
+
+    RawSession idle = md5_login(r.rw_port(), "md5user", "md5pass");
+    RawSession busy = md5_login(r.rw_port(), "md5user", "md5pass");
+    REQUIRE(idle.error.empty());
+    REQUIRE(busy.error.empty());
+    Writer writer(r.rw_port());
+    Reader reader(r.ro_port());
+    REQUIRE(writer.wait_more(20, 30s));
+
+    // 1. The path to the primary goes silent; the primary itself is fine.
+    link.blackhole();
+    const auto cut_at = Clock::now();
+    const size_t acked_before = writer.acked();
+    // A query sent into the silence: TCP_USER_TIMEOUT gives up on it; the
+    // idle session: keepalive. Either way pgrelay says why.
+    REQUIRE(busy.client->send(query_message("SELECT 1")));
+    auto has_error = [](const std::string& b) { return first_error(b).has_value(); };
+    std::optional<ErrorInfo> busy_bye, idle_bye;
+    double busy_noticed = 0, idle_noticed = 0;
+    std::thread busy_wait([&] {
+        busy_bye = first_error(busy.client->read_until(has_error, 30s));
+        busy_noticed = seconds_since(cut_at);
+    });
+    idle_bye = first_error(idle.client->read_until(has_error, 30s));
+    idle_noticed = seconds_since(cut_at);
+    busy_wait.join();
+    for (const auto* bye : {&busy_bye, &idle_bye}) {
+        REQUIRE(*bye);
+        CHECK((*bye)->sqlstate == "08006");
+        CHECK_THAT((*bye)->message, Catch::Contains("lost the connection to backend " + leader));
+    }
+    // The writer's reconnection is held: the probe cannot reach the leader either.
+    CHECK(eventually([&] { return r.metric("pgrelay_held_connections") >= 1; }, 30s));
+    CHECK_THAT(r.http_get("/topology").second, Catch::Contains("\"primary\":null"));
+    const size_t acked_during = writer.acked() - acked_before;
+    std::this_thread::sleep_for(2s);
+
+    // 2. Healed: the held connection proceeds, writes flow again.
+    link.heal();
+    const auto healed_at = Clock::now();
+    CHECK(writer.wait_more(20, 60s));
+    const double resumed_after_heal = seconds_since(healed_at);
+
+    // 3. Silent again, and this time the leader moves to a member pgrelay
+    // reaches directly: writes resume on the new leader.
+    REQUIRE(eventually([&] { return routes_to(r, leader); }, 30s));
+    link.blackhole();
+    const auto cut2_at = Clock::now();
+    std::this_thread::sleep_for(2s);
+    const std::string out = cluster.run("switchover");
+    INFO(out);
+    const std::string new_leader = cluster.leader();
+    REQUIRE(new_leader != leader);
+    CHECK(writer.wait_more(20, 60s));
+    const double resumed_after_move = seconds_since(cut2_at);
+    CHECK(routes_to(r, new_leader));
+    link.heal();
+    writer.stop();
+    reader.stop();
+
+    std::string errs;
+    for (const auto& e : writer.errors()) errs += e + " ";
+    WARN(cluster.dcs() << ", pgrelay blackholed from primary " << leader << " (keepalive bound " << kKeepaliveBound
+                       << " s): idle session got 08006 after " << idle_noticed << " s, the busy one after "
+                       << busy_noticed << " s; " << acked_during << " writes acknowledged meanwhile; writes resumed "
+                       << resumed_after_heal << " s after the heal; with the leader moved to " << new_leader
+                       << " during a second cut, writes resumed " << resumed_after_move
+                       << " s after that cut began; ro: " << reader.reads() << " reads, " << reader.errors()
+                       << " errors; writer errors: " << errs);
+    CHECK(idle_noticed < 30);
+    check_no_lost_writes(writer, new_leader, {pg_port_of(leader), pg_port_of(new_leader)});
+    CHECK(r.running());
+}
+
+TEST_CASE("faults: a replica blackholed: new ro connections go to the other replica, none waits beyond connect_timeout",
+          "[patroni][faults]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    // The load-balanced replicas (the backup node pg3 takes no ro clients).
+    std::vector<std::string> replicas;
+    for (const auto& n : cluster.list())
+        if (n.name != cluster.leader() && n.name != "pg3") replicas.push_back(n.name);
+    REQUIRE(replicas.size() == 2);
+    const std::string victim = replicas[0], other = replicas[1];
+    NetnsLink link;
+    TcpForwarder to_victim(cluster.node(victim).pg_port, &link);
+    // connect_timeout 2 s (the fixture's default).
+    Pgrelay r(cluster, "hold_timeout = \"60s\"\n",
+              PgrelayOptions{.extra_server = kShortKeepalive,
+                             .source_toml = cluster.source_toml() + through(victim, to_victim)});
+    std::set<std::string> reached;
+    REQUIRE(eventually(
+        [&] {
+            reached.insert(port_via(r.ro_port()));
+            return reached.count(pg_port_of(victim)) && reached.count(pg_port_of(other));
+        },
+        30s));
+    // A session on the other replica, which must never notice.
+    PgConn on_other;
+    REQUIRE(eventually(
+        [&] {
+            on_other = pg_connect(user_conninfo(r.ro_port()));
+            return on_other.ok() && query_value(on_other.conn, "SELECT inet_server_port()") == pg_port_of(other);
+        },
+        30s));
+
+    link.blackhole();
+    const auto cut_at = Clock::now();
+    // New ro connections, one after the other, for 12 s: each reaches a
+    // replica, and only the first ones (before the probe noticed) pay the
+    // connect_timeout on the victim first.
+    double slowest = 0;
+    size_t n = 0, to_victim_after = 0, errors = 0;
+    std::optional<double> excluded_at;
+    while (seconds_since(cut_at) < 12) {
+        const auto t0 = Clock::now();
+        const std::string port = port_via(r.ro_port());
+        const double took = seconds_since(t0);
+        slowest = std::max(slowest, took);
+        ++n;
+        if (port.rfind("error", 0) == 0) ++errors;
+        if (!excluded_at && r.http_get("/topology").second.find("\"unreachable\":true") != std::string::npos)
+            excluded_at = seconds_since(cut_at);
+        if (excluded_at && port == pg_port_of(victim)) ++to_victim_after;
+        INFO("ro connection " << n << " reached " << port << " in " << took << " s");
+        CHECK(port == pg_port_of(other));
+        CHECK(took < 2.0 + 1.0);  // connect_timeout (2 s), plus the second replica's login
+        std::this_thread::sleep_for(100ms);
+    }
+    REQUIRE(excluded_at);
+    CHECK(to_victim_after == 0);
+    CHECK(query_value(on_other.conn, "SELECT 1") == "1");  // sessions on the other replica never noticed
+    CHECK_THAT(r.log(), Catch::Contains("probe: replica " + victim + " unreachable"));
+
+    link.heal();
+    CHECK(eventually([&] { return r.http_get("/topology").second.find("\"unreachable\":true") == std::string::npos; },
+                     30s));
+    CHECK(eventually([&] { return port_via(r.ro_port()) == pg_port_of(victim); }, 30s));
+    WARN(cluster.dcs() << ", replica " << victim << " blackholed: the probe excluded it from ro after " << *excluded_at
+                       << " s; " << n << " ro connections meanwhile, slowest " << slowest << " s, " << errors
+                       << " errors");
+}

@@ -669,6 +669,19 @@ TEST_CASE("config: [topology.patroni_api]", "[config][patroni_api]") {
     require_error_at_marker(kListen + "[topology]\nsource = \"patroni_api\" # <- here\n", "needs a [topology.patroni_api]");
 }
 
+TEST_CASE("config: [topology.member_addresses]", "[config]") {
+    const std::string zk = kListen + "[topology]\nsource = \"zookeeper\"\n[topology.zookeeper]\nhosts = \"h:2181\"\n"
+                                     "scope = \"s\"\n";
+    auto c = parse_config(zk + "[topology.member_addresses]\npg0 = \"10.0.0.5:6432\"\npg1 = \"[::1]:5432\"\n", "t.toml");
+    CHECK(c.member_addresses.size() == 2);
+    CHECK(c.member_addresses.at("pg0") == "10.0.0.5:6432");
+    CHECK(c.member_addresses.at("pg1") == "[::1]:5432");
+    require_error_at_marker(zk + "[topology.member_addresses]\npg0 = \"10.0.0.5\" # <- here\n", "must be \"host:port\"");
+    require_error_at_marker(zk + "[topology.member_addresses]\npg0 = 5 # <- here\n", "must be \"host:port\"");
+    require_error_at_marker(kListen + kTopology + "[topology.member_addresses] # <- here\npg0 = \"h:1\"\n",
+                            "only for the Patroni sources");
+}
+
 TEST_CASE("config: [topology.rest_fallback]", "[config][rest_fallback]") {
     const std::string zk = kListen + "[topology]\nsource = \"zookeeper\"\n[topology.zookeeper]\nhosts = \"h:2181\"\n"
                                      "scope = \"s\"\n";
