@@ -16,8 +16,9 @@ PACKAGES=(
   etcd-server etcd-client python3-etcd
   # promtool, to check /metrics output and the alert rules
   prometheus
-  # the openssl CLI, used by tests
-  openssl
+  # the openssl CLI, used by tests; ip (network namespaces and veth pairs for
+  # the fault campaign's real packet loss, tests/integration/fixtures.hpp)
+  openssl iproute2
   # the benchmark harness (bench/run): the proxies pgrelay is compared with,
   # the failover write loop, the charts
   haproxy pgbouncer python3-psycopg2 python3-matplotlib
