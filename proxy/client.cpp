@@ -44,6 +44,22 @@ asio::awaitable<void> ClientConn::send_error(const char* sqlstate, const std::st
     co_await write_bounded(out);
 }
 
+asio::awaitable<bool> ClientConn::startup_read_ok(bool timed_out, boost::system::error_code ec,
+                                                  bool nothing_yet) {
+    if (timed_out) {
+        log::warn("[{}] client={} startup not completed within {} ms, closing", role_name(), peer_,
+                  cfg_->startup_timeout.count());
+        co_await send_error("08P01", std::string("pgrelay ") + role_name() + ": startup packet not received in time");
+        co_return false;
+    }
+    if (!ec) co_return true;
+    if (nothing_yet && ec == asio::error::eof)
+        log::debug("[{}] client={} closed before sending a startup packet", role_name(), peer_);
+    else
+        log::info("[{}] client={} connection ended during startup: {}", role_name(), peer_, ec.message());
+    co_return false;
+}
+
 asio::awaitable<bool> ClientConn::startup(std::string& startup_bytes, protocol::StartupPacket& packet,
                                           std::string& pipelined) {
     const bool tls_offered = tls_ctx_->server && cfg_->tls.client != Config::ClientTls::Disable;
@@ -56,17 +72,8 @@ asio::awaitable<bool> ClientConn::startup(std::string& startup_bytes, protocol::
         uint8_t first = 0;
         auto r = co_await (sock_.async_receive(asio::buffer(&first, 1), tcp::socket::message_peek, use_tuple) ||
                            deadline.async_wait(use_tuple));
-        if (r.index() == 1) {
-            log::warn("[{}] client={} startup not completed within {} ms, closing", role_name(), peer_,
-                      cfg_->startup_timeout.count());
-            co_await send_error("08P01", std::string("pgrelay ") + role_name() + ": startup packet not received in time");
+        if (!co_await startup_read_ok(r.index() == 1, r.index() == 0 ? std::get<0>(std::get<0>(r)) : boost::system::error_code(), true))
             co_return false;
-        }
-        if (auto [ec, n] = std::get<0>(r); ec) {
-            if (ec == asio::error::eof) log::debug("[{}] client={} closed before sending a startup packet", role_name(), peer_);
-            else log::info("[{}] client={} connection ended during startup: {}", role_name(), peer_, ec.message());
-            co_return false;
-        }
         if (protocol::is_direct_tls(first)) {
             if (!co_await tls_handshake(deadline, true)) co_return false;
             op.note_direct_tls();
@@ -78,20 +85,8 @@ asio::awaitable<bool> ClientConn::startup(std::string& startup_bytes, protocol::
         switch (action.kind) {
             case K::ReadMore: {
                 auto r = co_await (read(asio::buffer(chunk)) || deadline.async_wait(use_tuple));
-                if (r.index() == 1) {
-                    log::warn("[{}] client={} startup not completed within {} ms, closing", role_name(), peer_,
-                              cfg_->startup_timeout.count());
-                    co_await send_error("08P01", std::string("pgrelay ") + role_name() + ": startup packet not received in time");
-                    co_return false;
-                }
-                auto [ec, n] = std::get<0>(r);
-                if (ec) {
-                    if (buf.empty() && ec == asio::error::eof)
-                        log::debug("[{}] client={} closed before sending a startup packet", role_name(), peer_);
-                    else
-                        log::info("[{}] client={} connection ended during startup: {}", role_name(), peer_, ec.message());
-                    co_return false;
-                }
+                const auto [ec, n] = r.index() == 0 ? std::get<0>(r) : net::IoResult{};
+                if (!co_await startup_read_ok(r.index() == 1, ec, buf.empty())) co_return false;
                 buf.append(reinterpret_cast<const char*>(chunk), n);
                 continue;
             }
@@ -234,23 +229,15 @@ asio::awaitable<void> ClientConn::forward_cancel(const protocol::CancelKey& key,
         log::info("[{}] client={} cancel request with unknown key ignored", role_name(), peer_);
         co_return;
     }
-    tcp::socket sock(sock_.get_executor());
-    boost::system::error_code ec;
     const Target t{target->member, target->host, target->port};
-    if (!co_await net::connect_with_timeout(sock, t, cfg_->connect_timeout, ec)) {
-        metrics::Registry::instance().cancel_failed.fetch_add(1, std::memory_order_relaxed);
-        log::warn("[{}] client={} cancel: cannot reach backend {} ({}): {}", role_name(), peer_, t.member, t.address(),
-                  ec.message());
-        co_return;
-    }
     std::string out;
     protocol::encode_cancel_request(out, target->backend_key);
-    co_await asio::async_write(sock, asio::buffer(out), use_tuple);
-    // The backend closes the connection once it has read the request; waiting
-    // for that keeps the cancel ordered before the client's next query.
-    asio::steady_timer t2(sock.get_executor(), cfg_->connect_timeout);
-    uint8_t dummy[16];
-    co_await (sock.async_read_some(asio::buffer(dummy), use_tuple) || t2.async_wait(use_tuple));
+    // The backend closes the connection once it has read the request.
+    if (const std::string err = co_await deliver_cancel(t, out, cfg_->connect_timeout); !err.empty()) {
+        metrics::Registry::instance().cancel_failed.fetch_add(1, std::memory_order_relaxed);
+        log::warn("[{}] client={} cancel: backend {} ({}): {}", role_name(), peer_, t.member, t.address(), err);
+        co_return;
+    }
     metrics::Registry::instance().cancel_forwarded.fetch_add(1, std::memory_order_relaxed);
     log::info("[{}] client={} cancel forwarded to {} ({})", role_name(), peer_, t.member, t.address());
 }
@@ -258,32 +245,42 @@ asio::awaitable<void> ClientConn::forward_cancel(const protocol::CancelKey& key,
 asio::awaitable<void> ClientConn::send_cancel_to_peer(const protocol::CancelKey& key, const topology::InstanceInfo& p) {
     auto& reg = metrics::Registry::instance();
     const auto hp = topology::parse_host_port(p.peer_address);  // checked when the entry was read
-    tcp::socket sock(sock_.get_executor());
-    boost::system::error_code ec;
-    const Target t{p.id, hp ? hp->host : std::string(), hp ? hp->port : uint16_t(0)};
-    if (!hp || !co_await net::connect_with_timeout(sock, t, cfg_->connect_timeout, ec)) {
+    std::string err = "bad address";
+    if (hp) {
+        std::string out;
+        protocol::encode_cancel_request(out, key, true);
+        // The peer closes once its backend has read the request: twice the
+        // time, as it connects to that backend in between.
+        // A named Target: GCC 12 destroys a braced temporary in a co_await
+        // expression twice.
+        const Target to{p.id, hp->host, hp->port};
+        err = co_await deliver_cancel(to, out, cfg_->connect_timeout * 2);
+    }
+    if (!err.empty()) {
         reg.cancel_peer_unreachable.fetch_add(1, std::memory_order_relaxed);
-        log::warn("[{}] client={} cancel: cannot reach instance {} ({}): {}", role_name(), peer_, log::printable(p.id),
-                  p.peer_address, hp ? ec.message() : std::string("bad address"));
+        log::warn("[{}] client={} cancel: instance {} ({}): {}", role_name(), peer_, log::printable(p.id),
+                  p.peer_address, err);
         co_return;
     }
-    std::string out;
-    protocol::encode_cancel_request(out, key, true);
-    if (auto [wec, wn] = co_await asio::async_write(sock, asio::buffer(out), use_tuple); wec) {
-        reg.cancel_peer_unreachable.fetch_add(1, std::memory_order_relaxed);
-        log::warn("[{}] client={} cancel: sending to instance {} ({}) failed: {}", role_name(), peer_,
-                  log::printable(p.id), p.peer_address, wec.message());
-        co_return;
-    }
-    // The peer closes once its backend has read the request: waiting for
-    // that keeps the cancel ordered before the client's next query, as for
-    // a local one.
-    asio::steady_timer t2(sock.get_executor(), cfg_->connect_timeout * 2);
-    uint8_t dummy[16];
-    co_await (sock.async_read_some(asio::buffer(dummy), use_tuple) || t2.async_wait(use_tuple));
     reg.cancel_to_peer.fetch_add(1, std::memory_order_relaxed);
     log::info("[{}] client={} cancel sent on to instance {} ({})", role_name(), peer_, log::printable(p.id),
               p.peer_address);
+}
+
+asio::awaitable<std::string> ClientConn::deliver_cancel(Target t, std::string request,
+                                                        std::chrono::milliseconds wait_close) {
+    tcp::socket sock(sock_.get_executor());
+    boost::system::error_code ec;
+    if (!co_await net::connect_with_timeout(sock, t, cfg_->connect_timeout, ec))
+        co_return "cannot connect: " + ec.message();
+    if (auto [wec, wn] = co_await asio::async_write(sock, asio::buffer(request), use_tuple); wec)
+        co_return "sending failed: " + wec.message();
+    // Waiting for the far side to close keeps the cancel ordered before the
+    // client's next query.
+    asio::steady_timer t2(sock.get_executor(), wait_close);
+    uint8_t dummy[16];
+    co_await (sock.async_read_some(asio::buffer(dummy), use_tuple) || t2.async_wait(use_tuple));
+    co_return std::string();
 }
 
 asio::awaitable<void> ClientConn::linger_close() {

@@ -16,6 +16,7 @@
 #include "protocol/encode.hpp"
 #include "protocol/startup.hpp"
 #include "proxy/cancel_registry.hpp"
+#include "proxy/router.hpp"
 #include "proxy/config.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/net.hpp"
@@ -81,8 +82,16 @@ private:
     // direct one (which must have chosen ALPN "postgresql"); false when the
     // connection is done.
     boost::asio::awaitable<bool> tls_handshake(boost::asio::steady_timer& deadline, bool direct);
+    // After a startup-phase read: false (the client told, when it timed
+    // out, and the end logged) when it timed out or failed.
+    boost::asio::awaitable<bool> startup_read_ok(bool timed_out, boost::system::error_code ec, bool nothing_yet);
     boost::asio::awaitable<void> forward_cancel(const protocol::CancelKey& key, bool from_peer);
     boost::asio::awaitable<void> send_cancel_to_peer(const protocol::CancelKey& key, const topology::InstanceInfo& peer);
+    // Connects to `t`, sends a CancelRequest and waits (up to `wait_close`)
+    // for the far side to close; the failure, or empty. By value: a
+    // coroutine's reference parameters may outlive a caller's temporaries.
+    boost::asio::awaitable<std::string> deliver_cancel(Target t, std::string request,
+                                                       std::chrono::milliseconds wait_close);
 
     net::tcp::socket sock_;
     std::unique_ptr<net::TlsStream> tls_stream_;  // after sock_: holds a reference to it

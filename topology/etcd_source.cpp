@@ -192,16 +192,23 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
         }
     }
 
+    // GET /version: which gateway prefix (/v3, /v3beta) this etcd serves;
+    // sets `api`. The failure, or empty.
+    asio::awaitable<std::string> fetch_api(http::Client& c) {
+        auto r = co_await c.request("GET", "/version", "", "", opts.request_timeout);
+        if (!r.error.empty()) co_return "GET /version: " + r.error;
+        if (r.status != 200) co_return "GET /version: " + reason(r.status, r.body);
+        std::string err;
+        auto p = etcd::api_prefix(r.body, err);
+        if (!p) co_return err;
+        api = *p;
+        co_return std::string();
+    }
+
     asio::awaitable<std::string> register_on(std::shared_ptr<http::Client> c) {
         const RegistrationOptions& ro = opts.registration;
-        if (api.empty()) {
-            auto r = co_await c->request("GET", "/version", "", "", opts.request_timeout);
-            if (!r.error.empty()) co_return "GET /version: " + r.error;
-            std::string err;
-            auto p = etcd::api_prefix(r.body, err);
-            if (!p) co_return err;
-            api = *p;
-        }
+        if (api.empty())
+            if (std::string err = co_await fetch_api(*c); !err.empty()) co_return err;
         if (!opts.username.empty() && reg_token.empty()) {
             std::string err = co_await authenticate(*c, reg_token);
             if (!err.empty()) co_return err;
@@ -334,15 +341,7 @@ struct EtcdSource::Impl : std::enable_shared_from_this<Impl> {
     asio::awaitable<std::string> follow(const http::Url& ep, bool& synced) {
         unary = std::make_shared<http::Client>(ctx.get_executor(), ep, tls);
         auto u = unary;
-        {
-            auto r = co_await u->request("GET", "/version", "", "", opts.request_timeout);
-            if (!r.error.empty()) co_return "GET /version: " + r.error;
-            if (r.status != 200) co_return "GET /version: " + reason(r.status, r.body);
-            std::string err;
-            auto p = etcd::api_prefix(r.body, err);
-            if (!p) co_return err;
-            api = *p;
-        }
+        if (std::string err = co_await fetch_api(*u); !err.empty()) co_return err;
         if (!opts.username.empty()) {
             std::string err = co_await authenticate(*u);
             if (!err.empty()) co_return err;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -145,7 +146,7 @@ PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patro
     if (dcs_ != "zookeeper" && dcs_ != "etcd") throw std::runtime_error("PGRELAY_TEST_DCS must be zookeeper or etcd");
     const std::string dcs_args =
         dcs_ == "etcd" ? " --dcs etcd --etcd-auth --etcd-tls --etcd-token-ttl " + std::to_string(kEtcdTokenTtl) : "";
-    const std::string out = run("up --nodes 4 --tags pg3=noloadbalance,nofailover" + dcs_args, 600);
+    const std::string out = run("up --nodes 4 --dcs-members 3 --tags pg3=noloadbalance,nofailover" + dcs_args, 600);
     std::istringstream in(out);
     std::string line;
     while (std::getline(in, line)) {
@@ -155,6 +156,13 @@ PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patro
         if (word == "zookeeper") ls >> zk_hosts_;
         else if (word == "etcd") ls >> etcd_url_;
         else if (word == "etcd_auth") ls >> etcd_user_ >> etcd_password_;
+        else if (word == "dcs_members") {
+            std::string list, addr;
+            ls >> list;
+            std::istringstream ms(list);
+            while (std::getline(ms, addr, ','))
+                dcs_ports_.push_back(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+        }
         else if (word == "etcd_tls") ls >> etcd_tls_.url >> etcd_tls_.ca >> etcd_tls_.cert >> etcd_tls_.key;
         else if (word == "scope") ls >> scope_;
         else if (word == "node") {
@@ -165,38 +173,35 @@ PatroniCluster::PatroniCluster() : dir_(std::make_unique<TempDir>("pgrelay-patro
     }
     const bool store_known =
         dcs_ == "etcd" ? !etcd_url_.empty() && !etcd_user_.empty() && !etcd_tls_.key.empty() : !zk_hosts_.empty();
-    if (!store_known || scope_.empty() || nodes_.size() != 4)
+    if (!store_known || scope_.empty() || nodes_.size() != 4 || dcs_ports_.size() != 3)
         throw std::runtime_error("unexpected patroni_cluster output:\n" + out);
 }
 
 std::string PatroniCluster::source_toml(const std::string& store_extra,
                                         const std::vector<std::string>& endpoints_before) const {
+    return source_toml_for(dcs_ports_, store_extra, endpoints_before);
+}
+
+std::string PatroniCluster::source_toml_via(const std::vector<uint16_t>& ports, const std::string& store_extra) const {
+    return source_toml_for(ports, store_extra, {});
+}
+
+std::string PatroniCluster::source_toml_for(const std::vector<uint16_t>& ports, const std::string& store_extra,
+                                            const std::vector<std::string>& endpoints_before) const {
     std::ostringstream t;
     if (on_etcd()) {
         t << "source = \"etcd\"\n[topology.etcd]\nendpoints = [";
         for (const auto& e : endpoints_before) t << "\"" << e << "\", ";
-        t << "\"" << etcd_url_ << "\"]\nnamespace = \"service\"\nscope = \"" << scope_ << "\"\nusername = \""
-          << etcd_user_ << "\"\npassword = \"" << etcd_password_ << "\"\n";
+        for (size_t i = 0; i < ports.size(); ++i) t << (i ? ", " : "") << "\"http://127.0.0.1:" << ports[i] << "\"";
+        t << "]\nnamespace = \"service\"\nscope = \"" << scope_ << "\"\nusername = \"" << etcd_user_
+          << "\"\npassword = \"" << etcd_password_ << "\"\n";
     } else {
-        t << "source = \"zookeeper\"\n[topology.zookeeper]\nhosts = \"" << zk_hosts_
-          << "\"\nnamespace = \"service\"\nscope = \"" << scope_ << "\"\nsession_timeout = \"10s\"\n";
+        t << "source = \"zookeeper\"\n[topology.zookeeper]\nhosts = \"";
+        for (size_t i = 0; i < ports.size(); ++i) t << (i ? "," : "") << "127.0.0.1:" << ports[i];
+        t << "\"\nnamespace = \"service\"\nscope = \"" << scope_ << "\"\nsession_timeout = \"10s\"\n";
     }
     t << store_extra << "\n";
     return t.str();
-}
-
-uint16_t PatroniCluster::dcs_port() const {
-    const std::string& a = on_etcd() ? etcd_url_ : zk_hosts_;
-    return static_cast<uint16_t>(std::stoi(a.substr(a.rfind(':') + 1)));
-}
-
-std::string PatroniCluster::source_toml_via(uint16_t port, const std::string& store_extra) const {
-    std::string t = source_toml(store_extra);
-    const std::string real = on_etcd() ? etcd_url_ : zk_hosts_;
-    const std::string via = (on_etcd() ? "http://127.0.0.1:" : "127.0.0.1:") + std::to_string(port);
-    const size_t at = t.find("\"" + real + "\"");
-    if (at == std::string::npos) throw std::runtime_error("source_toml_via: no DCS address in the source");
-    return t.replace(at + 1, real.size(), via);
 }
 
 PatroniCluster::~PatroniCluster() { run_command("python3 " + patroni_script() + " down --dir " + dir_->path() + "/c"); }
@@ -744,8 +749,25 @@ void ip(const std::string& args) {
 }  // namespace
 
 NetnsLink::NetnsLink() {
+    // Links left by a test process that was killed (no destructor ran): gone
+    // with their namespace, whose name carries the dead process's pid.
+    {
+        std::string list;
+        run_command("ip netns list", &list);
+        std::istringstream in(list);
+        std::string name, rest;
+        while (in >> name) {
+            std::getline(in, rest);
+            if (name.rfind("pgrelay-t", 0) != 0) continue;
+            const int pid = std::atoi(name.c_str() + 9);
+            if (pid > 0 && pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH) {
+                run_command("ip link del pgr" + name.substr(9) + "a");
+                run_command("ip netns del " + name);
+            }
+        }
+    }
     static std::atomic<int> seq{0};
-    const std::string tag = std::to_string(::getpid() % 100000) + "x" + std::to_string(seq++);
+    const std::string tag = std::to_string(::getpid()) + "x" + std::to_string(seq++ % 100);
     name_ = "pgrelay-t" + tag;
     veth_ = "pgr" + tag;  // interface names: at most 15 characters
     std::string addrs;

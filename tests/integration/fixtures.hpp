@@ -97,10 +97,14 @@ public:
     // before the real endpoint.
     std::string source_toml(const std::string& store_extra = "",
                             const std::vector<std::string>& endpoints_before = {}) const;
-    // The same, but reaching the DCS at 127.0.0.1:`port` (a TcpForwarder in
-    // front of it) instead of the DCS itself.
-    std::string source_toml_via(uint16_t port, const std::string& store_extra = "") const;
-    uint16_t dcs_port() const;  // the DCS's client port (etcd: its plain http listener)
+    // The same, but reaching the DCS members at 127.0.0.1:`ports` (a
+    // TcpForwarder in front of each) instead of the members themselves.
+    std::string source_toml_via(const std::vector<uint16_t>& ports, const std::string& store_extra = "") const;
+    // The DCS is an ensemble of three (ZooKeeper) or a cluster of three
+    // (etcd): each member's client port, in the fixture's member order
+    // (kill-dcs-member N / start-dcs-member N count from 1). etcd: the plain
+    // http listeners; etcd_url() is the first member's.
+    const std::vector<uint16_t>& dcs_ports() const { return dcs_ports_; }
     // What pgrelay's reroute log line measures from on this DCS.
     std::string leader_event() const { return on_etcd() ? "leader key event" : "leader znode event"; }
     // Runs a fixture command ("list", "switchover", "kill pg0", ...); throws on failure.
@@ -113,8 +117,11 @@ public:
 
 private:
     PatroniCluster();
+    std::string source_toml_for(const std::vector<uint16_t>& ports, const std::string& store_extra,
+                                const std::vector<std::string>& endpoints_before) const;
     std::unique_ptr<TempDir> dir_;
     std::string dcs_, zk_hosts_, etcd_url_, etcd_user_, etcd_password_, scope_;
+    std::vector<uint16_t> dcs_ports_;
     EtcdTls etcd_tls_;
     std::vector<PatroniNode> nodes_;
 };

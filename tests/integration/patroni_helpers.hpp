@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <regex>
@@ -223,5 +224,76 @@ inline std::optional<int64_t> reroute_ms(const Pgrelay& r, const std::string& le
     if (!std::regex_search(ts, m, std::regex(R"((\d\d):(\d\d):(\d\d)\.(\d\d\d))"))) return std::nullopt;
     return ((std::stoll(m[1]) * 60 + std::stoll(m[2])) * 60 + std::stoll(m[3])) * 1000 + std::stoll(m[4]);
 }
+
+// Reads through ro on one connection, reconnecting on errors; counts both.
+class Reader {
+public:
+    explicit Reader(uint16_t port) : port_(port), thread_([this] { loop(); }) {}
+    ~Reader() { stop(); }
+    void stop() {
+        stop_ = true;
+        if (thread_.joinable()) thread_.join();
+    }
+    size_t reads() const { return reads_; }
+    size_t errors() const { return errors_; }
+
+private:
+    void loop() {
+        const auto deadline = std::chrono::steady_clock::now() + 600s;  // bounded whatever happens
+        PgConn c;
+        while (!stop_ && std::chrono::steady_clock::now() < deadline) {
+            if (!c.ok()) c = pg_connect(user_conninfo(port_));
+            if (c.ok()) {
+                try {
+                    query_value(c.conn, "SELECT count(*) FROM pg_class");
+                    ++reads_;
+                } catch (const std::exception&) {
+                    ++errors_;
+                    c = PgConn();
+                }
+            } else {
+                ++errors_;
+            }
+            std::this_thread::sleep_for(50ms);
+        }
+    }
+    uint16_t port_;
+    std::atomic<bool> stop_{false};
+    std::atomic<size_t> reads_{0}, errors_{0};
+    std::thread thread_;
+};
+
+// One TcpForwarder in front of each DCS member.
+struct Forwarders {
+    std::vector<std::unique_ptr<TcpForwarder>> all;
+    explicit Forwarders(const std::vector<uint16_t>& upstreams) {
+        for (uint16_t p : upstreams) all.push_back(std::make_unique<TcpForwarder>(p));
+    }
+    std::vector<uint16_t> ports() const {
+        std::vector<uint16_t> out;
+        for (const auto& f : all) out.push_back(f->port());
+        return out;
+    }
+    void blackhole() {
+        for (auto& f : all) f->blackhole();
+    }
+    void heal() {
+        for (auto& f : all) f->heal();
+    }
+    TcpForwarder& operator[](size_t i) { return *all.at(i); }
+    // The member (0-based) pgrelay holds connections to, when exactly one.
+    std::optional<size_t> used() const {
+        std::optional<size_t> at;
+        for (size_t i = 0; i < all.size(); ++i)
+            if (all[i]->connections() > 0) {
+                if (at) return std::nullopt;
+                at = i;
+            }
+        return at;
+    }
+};
+
+inline double seconds_since(std::chrono::steady_clock::time_point t) { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count(); }
+
 
 }  // namespace pgrelay::test

@@ -8,6 +8,8 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <memory>
+#include <optional>
 #include <regex>
 #include <thread>
 
@@ -20,44 +22,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Reads through ro on one connection, reconnecting on errors; counts both.
-class Reader {
-public:
-    explicit Reader(uint16_t port) : port_(port), thread_([this] { loop(); }) {}
-    ~Reader() { stop(); }
-    void stop() {
-        stop_ = true;
-        if (thread_.joinable()) thread_.join();
-    }
-    size_t reads() const { return reads_; }
-    size_t errors() const { return errors_; }
-
-private:
-    void loop() {
-        const auto deadline = Clock::now() + 600s;  // bounded whatever happens
-        PgConn c;
-        while (!stop_ && Clock::now() < deadline) {
-            if (!c.ok()) c = pg_connect(user_conninfo(port_));
-            if (c.ok()) {
-                try {
-                    query_value(c.conn, "SELECT count(*) FROM pg_class");
-                    ++reads_;
-                } catch (const std::exception&) {
-                    ++errors_;
-                    c = PgConn();
-                }
-            } else {
-                ++errors_;
-            }
-            std::this_thread::sleep_for(50ms);
-        }
-    }
-    uint16_t port_;
-    std::atomic<bool> stop_{false};
-    std::atomic<size_t> reads_{0}, errors_{0};
-    std::thread thread_;
-};
-
 std::string topology_of(const Pgrelay& r) { return r.http_get("/topology").second; }
 
 // "N ms" from pgrelay's reroute line for `leader` measured from `what`, or "?".
@@ -68,17 +32,15 @@ std::string reroute_after(const Pgrelay& r, const std::string& leader, const std
     return std::regex_search(log, m, line) ? m[1].str() : "?";
 }
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
 // Scenario 1: pgrelay cannot hear the DCS (a blackhole both ways) while
 // Patroni switches over, 1 s into the cut. The cut lasts `cut` in all, or
 // (cut = 0) ends as soon as rw reaches the new leader.
 void blackholed_dcs_switchover(std::chrono::seconds cut) {
     auto& cluster = PatroniCluster::shared();
     wait_healthy();
-    TcpForwarder dcs(cluster.dcs_port());
-    Pgrelay r(cluster, "hold_timeout = \"60s\"\n",
-              PgrelayOptions{.source_toml = cluster.source_toml_via(dcs.port(), "")});
+    // Every DCS member behind a forwarder of its own: the blackhole is total.
+    Forwarders dcs(cluster.dcs_ports());
+    Pgrelay r(cluster, "hold_timeout = \"60s\"\n", PgrelayOptions{.source_toml = cluster.source_toml_via(dcs.ports())});
     const std::string old_leader = cluster.leader();
     REQUIRE(eventually([&] { return routes_to(r, old_leader); }, 30s));
     REQUIRE(r.metric("pgrelay_dcs_rest_fallback") == 0);
@@ -317,4 +279,71 @@ TEST_CASE("faults: a replica blackholed: new ro connections go to the other repl
     WARN(cluster.dcs() << ", replica " << victim << " blackholed: the probe excluded it from ro after " << *excluded_at
                        << " s; " << n << " ro connections meanwhile, slowest " << slowest << " s, " << errors
                        << " errors");
+}
+
+TEST_CASE("faults: the DCS member pgrelay uses is killed, then blackholed: pgrelay moves to another member, no "
+          "session drops",
+          "[patroni][faults]") {
+    auto& cluster = PatroniCluster::shared();
+    wait_healthy();
+    REQUIRE(cluster.dcs_ports().size() == 3);
+    Forwarders dcs(cluster.dcs_ports());
+    // Without registration (etcd's runs on a connection of its own), the
+    // forwarders show which member pgrelay follows the cluster on.
+    Pgrelay r(cluster, "hold_timeout = \"60s\"\n",
+              PgrelayOptions{.source_toml = cluster.source_toml_via(dcs.ports()),
+                             .extra_sections = "[instance]\nregister = false\n"});
+    REQUIRE(eventually([&] { return routes_to(r, cluster.leader()); }, 30s));
+    std::optional<size_t> first;
+    REQUIRE(eventually([&] { return (first = dcs.used()).has_value(); }, 20s));
+    PgConn rw = pg_connect(user_conninfo(r.rw_port()));
+    PgConn ro = pg_connect(user_conninfo(r.ro_port()));
+    REQUIRE(rw.ok());
+    REQUIRE(ro.ok());
+    Writer writer(r.rw_port());
+    REQUIRE(writer.wait_more(20, 30s));
+    const double expiries = r.metric("pgrelay_zookeeper_session_expiries_total");
+    const std::string leader = cluster.leader();
+
+    // 1. kill -9 of that member: the other two keep a quorum.
+    const auto killed_at = Clock::now();
+    cluster.run("kill-dcs-member " + std::to_string(*first + 1));
+    std::optional<size_t> second;
+    CHECK(eventually([&] { return (second = dcs.used()).has_value() && *second != *first; }, 30s));
+    CHECK(eventually([&] { return r.metric("pgrelay_dcs_connected") == 1; }, 30s));
+    const double moved_after_kill = seconds_since(killed_at);
+    CHECK(query_value(rw.conn, "SELECT 1") == "1");
+    CHECK(query_value(ro.conn, "SELECT 1") == "1");
+    CHECK(writer.wait_more(20, 30s));
+    cluster.run("start-dcs-member " + std::to_string(*first + 1));
+    // etcd may move on again while the member rejoins (a request timing out
+    // in its election): settle on where pgrelay is now.
+    std::this_thread::sleep_for(3s);
+    REQUIRE(eventually([&] { return (second = dcs.used()).has_value(); }, 20s));
+
+    // 2. Blackhole the member it uses now: silence, no reset.
+    const auto cut_at = Clock::now();
+    dcs[*second].blackhole();
+    std::optional<size_t> third;
+    CHECK(eventually([&] { return (third = dcs.used()).has_value() && *third != *second; }, 30s));
+    CHECK(eventually([&] { return r.metric("pgrelay_dcs_connected") == 1; }, 30s));
+    const double moved_after_cut = seconds_since(cut_at);
+    CHECK(query_value(rw.conn, "SELECT 1") == "1");
+    CHECK(query_value(ro.conn, "SELECT 1") == "1");
+    dcs[*second].heal();
+
+    // Still following: a switchover is seen through the member it uses now.
+    const std::string out = cluster.run("switchover");
+    INFO(out);
+    const std::string new_leader = cluster.leader();
+    REQUIRE(new_leader != leader);
+    CHECK(eventually([&] { return routes_to(r, new_leader); }, 30s));
+    CHECK(writer.wait_more(20, 60s));
+    writer.stop();
+    if (!cluster.on_etcd()) CHECK(r.metric("pgrelay_zookeeper_session_expiries_total") == expiries);
+    WARN(cluster.dcs() << ": member " << *first + 1 << " killed: pgrelay on member " << (second ? *second + 1 : 0)
+                       << " after " << moved_after_kill << " s; member " << (second ? *second + 1 : 0)
+                       << " blackholed: on member " << (third ? *third + 1 : 0) << " after " << moved_after_cut
+                       << " s; sessions never noticed; longest write outage " << writer.longest_outage_s() << " s");
+    check_no_lost_writes(writer, new_leader, {pg_port_of(leader), pg_port_of(new_leader)});
 }

@@ -22,6 +22,7 @@
 #include <set>
 #include <thread>
 
+#include "checks.hpp"
 #include "fixtures.hpp"
 #include "patroni_helpers.hpp"
 
@@ -829,16 +830,6 @@ std::set<std::string> peers_of(const Pgrelay& r) {
     return out;
 }
 
-
-// The query on `who` ends with 57014 once its key, sent to host:port, reaches it.
-void check_cancelled_via(RawLogin& who, const std::string& host, uint16_t port) {
-    std::string answer;
-    const auto err = cancel_running_query(who, host, port, cancel_request(who.pid, who.secret), &answer);
-    CHECK(answer.empty());
-    REQUIRE(err);
-    CHECK(err->sqlstate == "57014");
-}
-
 }  // namespace
 
 TEST_CASE("three instances on 127.0.0.1-3 behind one name: peers, cancel across instances, a switchover followed by all, "
@@ -884,7 +875,7 @@ TEST_CASE("three instances on 127.0.0.1-3 behind one name: peers, cancel across 
         INFO(plain.error);
         REQUIRE(plain.error.empty());
         REQUIRE(plain.secret.size() == 4);
-        check_cancelled_via(plain, "127.0.0.2", rw);
+        expect_cancelled(plain, "127.0.0.2", rw, cancel_request(plain.pid, plain.secret));
         CHECK(lb[1]->metric("pgrelay_cancel_requests_total{outcome=\"to_peer\"}") == 1);
         CHECK(lb[0]->metric("pgrelay_cancel_requests_total{outcome=\"forwarded\"}") == 1);
 
@@ -892,7 +883,7 @@ TEST_CASE("three instances on 127.0.0.1-3 behind one name: peers, cancel across 
         INFO(long_key.error);
         REQUIRE(long_key.error.empty());
         REQUIRE(long_key.secret.size() == 32);
-        check_cancelled_via(long_key, "127.0.0.3", ro);
+        expect_cancelled(long_key, "127.0.0.3", ro, cancel_request(long_key.pid, long_key.secret));
         CHECK(lb[2]->metric("pgrelay_cancel_requests_total{outcome=\"to_peer\"}") == 1);
         CHECK(lb[0]->metric("pgrelay_cancel_requests_total{outcome=\"forwarded\"}") == 2);
         // A wrong secret is passed on once, and dropped by the owner.

@@ -30,6 +30,7 @@
 #include <set>
 #include <thread>
 
+#include "checks.hpp"
 #include "fixtures.hpp"
 
 using namespace pgrelay::test;
@@ -1443,14 +1444,6 @@ TEST_CASE("a grease startup (3.9999 with a _pq_ option) gets NegotiateProtocolVe
 
 // A query started on `who` (logged in by hand) ends with 57014 when
 // `cancel` arrives on another connection to host:port, which gets no answer.
-void expect_cancelled(RawLogin& who, const std::string& host, uint16_t port, const std::string& cancel) {
-    std::string answer;
-    const auto err = cancel_running_query(who, host, port, cancel, &answer);
-    CHECK(answer.empty());
-    REQUIRE(err);
-    CHECK(err->sqlstate == "57014");
-}
-
 TEST_CASE("protocol 3.2 pooled: no negotiation, a 32-byte key of pgrelay's that cancels; 3.0 gets 4 bytes", "[pool]") {
     Pgrelay& relay = relays().main();
     const uint16_t port = relay.rw_port();
