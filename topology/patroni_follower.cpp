@@ -312,7 +312,7 @@ void PatroniFollower::rest_update() {
     }
     for (const auto& [name, m] : state_.members) {
         if (m.api_url.empty()) continue;
-        if (m.api_url.rfind("https://", 0) == 0 && !opts_.rest.tls) continue;  // the config loader warned
+        if (m.api_url.rfind("https://", 0) == 0 && !opts_.rest.tls) continue;  // no TLS context to reach it with
         auto it = rest_checks_.find(name);
         if (it != rest_checks_.end() && it->second.url == m.api_url) continue;
         const uint64_t ticket = ++rest_tickets_;
