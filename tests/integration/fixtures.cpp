@@ -229,7 +229,9 @@ std::vector<PatroniNode> PatroniCluster::list() const {
 }
 
 std::string PatroniCluster::leader() const {
-    std::string l = run("leader");
+    // The member asked may have a view without a leader for a moment (its
+    // DCS connection moving between ensemble members): wait up to 15 s.
+    std::string l = run("leader --wait 15");
     while (!l.empty() && (l.back() == '\n' || l.back() == ' ')) l.pop_back();
     return l;
 }
