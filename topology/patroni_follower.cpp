@@ -317,12 +317,14 @@ void PatroniFollower::rest_update() {
         if (it != rest_checks_.end() && it->second.url == m.api_url) continue;
         const uint64_t ticket = ++rest_tickets_;
         rest_checks_[name] = RestCheck{m.api_url, ticket};
-        asio::co_spawn(ctx_, rest_check(name, m.api_url, ticket), asio::detached);
+        // The owner goes in by value, taken here while this object surely
+        // lives: the check may outlive a stop() by one interval.
+        asio::co_spawn(ctx_, rest_check(shared_from_this(), name, m.api_url, ticket), asio::detached);
     }
 }
 
-asio::awaitable<void> PatroniFollower::rest_check(std::string member, std::string url_text, uint64_t ticket) {
-    auto self = shared_from_this();  // the check may outlive a stop() by one interval
+asio::awaitable<void> PatroniFollower::rest_check([[maybe_unused]] std::shared_ptr<PatroniFollower> self,
+                                                  std::string member, std::string url_text, uint64_t ticket) {
     const auto url = http::parse_url(url_text, false, 8008);
     if (!url) co_return;
     auto client = std::make_shared<http::Client>(ctx_.get_executor(), *url, url->tls ? opts_.rest.tls : nullptr);

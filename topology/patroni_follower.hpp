@@ -117,7 +117,9 @@ private:
     // REST fallback: start or stop the per-member checks as rest_wanted() says.
     bool rest_wanted() const;
     void rest_update();
-    boost::asio::awaitable<void> rest_check(std::string member, std::string url, uint64_t ticket);
+    // `self` keeps this object alive for the check's whole life.
+    boost::asio::awaitable<void> rest_check(std::shared_ptr<PatroniFollower> self, std::string member, std::string url,
+                                            uint64_t ticket);
     void rest_decide();
     void rest_clear(const char* why);
 

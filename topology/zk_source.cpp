@@ -26,16 +26,14 @@ struct HandleCtx {
     std::weak_ptr<ZkSource::Impl> impl;
     uint64_t generation;
 };
-struct Request {
-    HandleCtx* handle;
-    std::string path;
-};
-// What a registration request's completion carries to the control thread.
+// What a request's completion carries to the control thread.
 struct OpResult {
     std::string value;               // aget: the data
     int64_t owner = 0;               // aexists: the ephemeral owner's session
     std::vector<std::string> names;  // aget_children
 };
+// One request in flight: its continuation runs on the control thread, unless
+// the handle it was made on is gone by then (a new session, or stop()).
 struct Op {
     HandleCtx* handle;
     std::function<void(ZkSource::Impl&, int rc, const OpResult&)> then;
@@ -96,36 +94,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         });
     }
 
-    static void on_data(int rc, const char* value, int len, const struct Stat*, const void* data) {
-        std::unique_ptr<Request> req(static_cast<Request*>(const_cast<void*>(data)));
-        auto impl = req->handle->impl.lock();
-        if (!impl) return;
-        std::string v = value && len > 0 ? std::string(value, size_t(len)) : std::string();
-        asio::post(impl->ctx, [impl, gen = req->handle->generation, rc, p = req->path, v = std::move(v)] {
-            impl->data_done(gen, rc, p, v);
-        });
-    }
-
-    static void on_exists(int rc, const struct Stat*, const void* data) {
-        std::unique_ptr<Request> req(static_cast<Request*>(const_cast<void*>(data)));
-        auto impl = req->handle->impl.lock();
-        if (!impl) return;
-        asio::post(impl->ctx, [impl, gen = req->handle->generation, rc, p = req->path] { impl->exists_done(gen, rc, p); });
-    }
-
-    static void on_children(int rc, const struct String_vector* strings, const void* data) {
-        std::unique_ptr<Request> req(static_cast<Request*>(const_cast<void*>(data)));
-        auto impl = req->handle->impl.lock();
-        if (!impl) return;
-        std::vector<std::string> names;
-        if (rc == ZOK && strings)
-            for (int i = 0; i < strings->count; ++i) names.emplace_back(strings->data[i]);
-        asio::post(impl->ctx, [impl, gen = req->handle->generation, rc, names = std::move(names)] {
-            impl->children_done(gen, rc, names);
-        });
-    }
-
-    // Registration requests: each completion posts its continuation.
+    // Each completion posts its continuation.
     static void post_op(std::unique_ptr<Op> op, int rc, OpResult r) {
         auto impl = op->handle->impl.lock();
         if (!impl) return;
@@ -399,22 +368,23 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         read(failover_path);
     }
 
+    // The reads of the cluster state count in `pending` until they complete.
     void read(const std::string& path) {
         if (!zh) return;
-        auto* req = new Request{handle.get(), path};
+        Op* o = op([path](Impl& self, int rc, const OpResult& r) { self.data_done(rc, path, r.value); });
         ++pending;
-        if (zoo_awget(zh, path.c_str(), &Impl::on_watch, handle.get(), &Impl::on_data, req) != ZOK) {
-            delete req;
+        if (zoo_awget(zh, path.c_str(), &Impl::on_watch, handle.get(), &Impl::op_data, o) != ZOK) {
+            delete o;
             --pending;
         }
     }
 
     void read_children() {
         if (!zh) return;
-        auto* req = new Request{handle.get(), members_path};
+        Op* o = op([](Impl& self, int rc, const OpResult& r) { self.children_done(rc, r.names); });
         ++pending;
-        if (zoo_awget_children(zh, members_path.c_str(), &Impl::on_watch, handle.get(), &Impl::on_children, req) != ZOK) {
-            delete req;
+        if (zoo_awget_children(zh, members_path.c_str(), &Impl::on_watch, handle.get(), &Impl::op_children, o) != ZOK) {
+            delete o;
             --pending;
         }
     }
@@ -422,16 +392,15 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
     // An absent znode cannot carry a data watch: watch for its creation.
     void watch_exists(const std::string& path) {
         if (!zh) return;
-        auto* req = new Request{handle.get(), path};
+        Op* o = op([path](Impl& self, int rc, const OpResult&) { self.exists_done(rc, path); });
         ++pending;
-        if (zoo_awexists(zh, path.c_str(), &Impl::on_watch, handle.get(), &Impl::on_exists, req) != ZOK) {
-            delete req;
+        if (zoo_awexists(zh, path.c_str(), &Impl::on_watch, handle.get(), &Impl::op_stat, o) != ZOK) {
+            delete o;
             --pending;
         }
     }
 
-    void data_done(uint64_t gen, int rc, const std::string& path, const std::string& value) {
-        if (gen != generation || stopped) return;
+    void data_done(int rc, const std::string& path, const std::string& value) {
         --pending;
         if (rc == ZOK) {
             apply(path, &value);
@@ -446,8 +415,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         maybe_publish();
     }
 
-    void exists_done(uint64_t gen, int rc, const std::string& path) {
-        if (gen != generation || stopped) return;
+    void exists_done(int rc, const std::string& path) {
         --pending;
         // Created between our read and the watch: read it (the members
         // parent needs its children read, which re-arms the child watch).
@@ -459,8 +427,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         maybe_publish();
     }
 
-    void children_done(uint64_t gen, int rc, const std::vector<std::string>& names) {
-        if (gen != generation || stopped) return;
+    void children_done(int rc, const std::vector<std::string>& names) {
         --pending;
         if (rc == ZOK) {
             std::set<std::string> now(names.begin(), names.end());

@@ -914,6 +914,11 @@ struct TcpForwarder::State {
                 for (auto& p : pairs) reset(p);
                 pairs.clear();
             }
+            // Pairs closed in the last round go first: a closed pair has no
+            // upstream either, and must not get one below (it would leak an
+            // upstream connection that never speaks; PostgreSQL then waits out
+            // authentication_timeout for it before a shutdown completes).
+            std::erase_if(pairs, [](const Pair& p) { return p.fd[0] < 0; });
             // A stalled connection gets its upstream once nothing stalls it.
             for (auto& p : pairs)
                 if (p.fd[1] < 0 && !stall && !(h[0] && h[1]) && !p.client_gone) {

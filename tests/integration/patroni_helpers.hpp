@@ -85,7 +85,8 @@ protected:
 // committed them, and every SQLSTATE of a failure.
 class Writer : public AckedWrites {
 public:
-    explicit Writer(uint16_t port) : port_(port) {
+    // Writes for at most `bound` (every loop here is bounded; a soak passes more).
+    explicit Writer(uint16_t port, std::chrono::seconds bound = 600s) : port_(port), bound_(bound) {
         prepare(user_conninfo(port_), "failover_writes");
         thread_ = std::thread([this] { loop(); });
     }
@@ -106,7 +107,7 @@ public:
 
 private:
     void loop() {
-        const auto deadline = std::chrono::steady_clock::now() + 600s;  // bounded whatever happens
+        const auto deadline = std::chrono::steady_clock::now() + bound_;  // bounded whatever happens
         PgConn c;
         std::chrono::steady_clock::time_point last_ok = std::chrono::steady_clock::now();
         bool in_outage = false;
@@ -152,6 +153,7 @@ private:
     }
 
     uint16_t port_;
+    std::chrono::seconds bound_;
     std::atomic<bool> stop_{false};
     std::thread thread_;
     std::multiset<std::string> errors_;
@@ -228,7 +230,8 @@ inline std::optional<int64_t> reroute_ms(const Pgrelay& r, const std::string& le
 // Reads through ro on one connection, reconnecting on errors; counts both.
 class Reader {
 public:
-    explicit Reader(uint16_t port) : port_(port), thread_([this] { loop(); }) {}
+    explicit Reader(uint16_t port, std::chrono::seconds bound = 600s)
+        : port_(port), bound_(bound), thread_([this] { loop(); }) {}
     ~Reader() { stop(); }
     void stop() {
         stop_ = true;
@@ -239,7 +242,7 @@ public:
 
 private:
     void loop() {
-        const auto deadline = std::chrono::steady_clock::now() + 600s;  // bounded whatever happens
+        const auto deadline = std::chrono::steady_clock::now() + bound_;  // bounded whatever happens
         PgConn c;
         while (!stop_ && std::chrono::steady_clock::now() < deadline) {
             if (!c.ok()) c = pg_connect(user_conninfo(port_));
@@ -258,6 +261,7 @@ private:
         }
     }
     uint16_t port_;
+    std::chrono::seconds bound_;
     std::atomic<bool> stop_{false};
     std::atomic<size_t> reads_{0}, errors_{0};
     std::thread thread_;

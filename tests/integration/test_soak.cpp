@@ -35,8 +35,9 @@ namespace {
 // misses its own deadlines, and the soak would test the machine.
 class PgbenchLoop {
 public:
-    PgbenchLoop(uint16_t port, std::string mode, unsigned rate)
-        : port_(port), mode_(std::move(mode) + " -R " + std::to_string(rate)), thread_([this] { loop(); }) {}
+    PgbenchLoop(uint16_t port, std::string mode, unsigned rate, std::chrono::seconds bound)
+        : port_(port), mode_(std::move(mode) + " -R " + std::to_string(rate)), bound_(bound),
+          thread_([this] { loop(); }) {}
     ~PgbenchLoop() { stop(); }
     void stop() {
         stop_ = true;
@@ -48,7 +49,7 @@ public:
 
 private:
     void loop() {
-        const auto deadline = Clock::now() + 3600s;  // bounded whatever happens
+        const auto deadline = Clock::now() + bound_;  // bounded whatever happens
         static const std::regex processed("number of transactions actually processed: ([0-9]+)");
         while (!stop_ && Clock::now() < deadline) {
             std::string out;
@@ -67,6 +68,7 @@ private:
     }
     uint16_t port_;
     std::string mode_;
+    std::chrono::seconds bound_;
     std::atomic<bool> stop_{false};
     std::atomic<uint64_t> tx_{0}, runs_{0}, failed_{0};
     std::thread thread_;
@@ -135,10 +137,12 @@ TEST_CASE("soak: seeded rounds of mixed failures under pgbench; no acknowledged 
                                 std::to_string(r.rw_port()) + " -U scramuser postgres 2>&1",
                             &out) == 0);
     }
-    Writer writer(r.rw_port());
-    Reader reader(r.ro_port());
-    PgbenchLoop tpcb(r.rw_port(), "-b tpcb-like", 200);
-    PgbenchLoop selects(r.ro_port(), "-S", 1000);
+    // The load runs for the whole soak, bounded (a round takes well under 3 minutes).
+    const std::chrono::seconds bound(300 + 180 * rounds);
+    Writer writer(r.rw_port(), bound);
+    Reader reader(r.ro_port(), bound);
+    PgbenchLoop tpcb(r.rw_port(), "-b tpcb-like", 200, bound);
+    PgbenchLoop selects(r.ro_port(), "-S", 1000, bound);
     REQUIRE(writer.wait_more(20, 30s));
     std::this_thread::sleep_for(3s);
     const long rss0 = rss_kib(pid);
