@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command: install dependencies, build, run the whole suite (unit and
-# integration tests against real PostgreSQL) with ctest; then the same suite
-# under ASan+UBSan (.ci/sanitize.sh), except the benchmark smoke run (it
+# integration tests against real PostgreSQL and Patroni on ZooKeeper and etcd,
+# the fault campaign and a 6-round soak on each DCS) with ctest; then the same
+# suite under ASan+UBSan (.ci/sanitize.sh), except the benchmark smoke run (it
 # exercises the harness, which the first pass already did, and costs two
-# minutes under ASan), and the protocol fuzzer for 60 s (.ci/fuzz.sh).
+# minutes under ASan), the soak, and on etcd the cases that do not depend on
+# the DCS (tests/CMakeLists.txt); then the protocol fuzzer (.ci/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/deps.sh

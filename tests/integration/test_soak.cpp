@@ -1,7 +1,8 @@
-// The soak (issue #14): rounds of a seeded random mix of failures on the
-// shared Patroni cluster, under pgbench tpcb-like through rw, select-only
-// through ro, and the acknowledged-write checker, against one pgrelay that
-// must never restart. Every member and every DCS member is reached through a
+// The soak (issue #14): rounds of a seeded random mix of failures (dealt from
+// a shuffled deck, so that every fault comes up) on the shared Patroni
+// cluster, under pgbench tpcb-like through rw, select-only through ro, and
+// the acknowledged-write checker, against one pgrelay that must never
+// restart. Every member and every DCS member is reached through a
 // fault-injecting path (a NetnsLink per member, a TcpForwarder per DCS
 // member), so the faults of test_faults.cpp can be part of the mix.
 //
@@ -12,6 +13,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
@@ -152,11 +154,15 @@ TEST_CASE("soak: seeded rounds of mixed failures under pgbench; no acknowledged 
         const std::string port = pg_port_of(cluster.leader());
         if (leader_ports.back() != port) leader_ports.push_back(port);
     };
+    std::vector<std::string> deck = kFaults;
     long rss_max = rss0;
     int fds_max = fds0;
 
     for (unsigned round = 1; round <= rounds; ++round) {
-        const std::string fault = kFaults[rng() % kFaults.size()];
+        // Dealt from a deck shuffled anew every kFaults.size() rounds: every
+        // fault comes up (6 rounds in CI: 6 different ones), in a seeded order.
+        if ((round - 1) % kFaults.size() == 0) std::shuffle(deck.begin(), deck.end(), rng);
+        const std::string fault = deck[(round - 1) % deck.size()];
         const std::string leader = cluster.leader();
         std::vector<std::string> replicas;
         for (const auto& n : cluster.list())
@@ -228,8 +234,10 @@ TEST_CASE("soak: seeded rounds of mixed failures under pgbench; no acknowledged 
     writer.stop();
     reader.stop();
     note_leader();
-    std::string errs;
-    for (const auto& e : writer.errors()) errs += e + "; ";
+    std::string errs;  // each distinct error once, with its count
+    const auto all_errors = writer.errors();
+    for (auto it = all_errors.begin(); it != all_errors.end(); it = all_errors.upper_bound(*it))
+        errs += std::to_string(all_errors.count(*it)) + " x " + *it + "; ";
     WARN("soak on " << cluster.dcs() << ", seed " << seed << ", " << rounds << " rounds: " << writer.acked()
                     << " writes acknowledged, longest outage " << writer.longest_outage_s() << " s; pgbench tpcb "
                     << tpcb.transactions() << " tx in " << tpcb.runs() << " runs (" << tpcb.failed_runs()

@@ -39,7 +39,12 @@ constexpr const char* kPgOddScram =
     "SCRAM-SHA-256$4096:SQpWCUYLjtwcdC7kSlOeIg==$CT+tISuO6NEzDfd8xs1PwXwwKlS/BNC5316JSI2ACHc=:"
     "8NBh2PCNovyI5xghjg9W35tOtcR6DCURbBgU32AVgzk=";
 
-auth::ScramSecret rfc_secret() { return auth::scram_secret_from_password("pencil", *base64_decode(kRfcSalt), 4096); }
+// Derived once (4096 PBKDF2 rounds); the loops below make many servers from it.
+const auth::ScramSecret& rfc_secret() {
+    static const auth::ScramSecret secret =
+        auth::scram_secret_from_password("pencil", *base64_decode(kRfcSalt), 4096);
+    return secret;
+}
 
 auth::ScramSecret pg_secret(const char* text = kPgScram) {
     auto s = auth::parse_scram_secret(text);
