@@ -914,14 +914,13 @@ struct TcpForwarder::State {
                 for (auto& p : pairs) reset(p);
                 pairs.clear();
             }
-            // Pairs closed in the last round go first: a closed pair has no
-            // upstream either, and must not get one below (it would leak an
-            // upstream connection that never speaks; PostgreSQL then waits out
-            // authentication_timeout for it before a shutdown completes).
-            std::erase_if(pairs, [](const Pair& p) { return p.fd[0] < 0; });
-            // A stalled connection gets its upstream once nothing stalls it.
+            // A stalled connection gets its upstream once nothing stalls it. A
+            // pair closed in the last round (fd[0] < 0, erased below) has no
+            // upstream either and must not get one: it would leak a connection
+            // that never speaks, and PostgreSQL waits out authentication_timeout
+            // for it before a shutdown completes.
             for (auto& p : pairs)
-                if (p.fd[1] < 0 && !stall && !(h[0] && h[1]) && !p.client_gone) {
+                if (p.fd[0] >= 0 && p.fd[1] < 0 && !stall && !(h[0] && h[1]) && !p.client_gone) {
                     p.fd[1] = connect_upstream();
                     if (p.fd[1] < 0) reset(p);
                 }
