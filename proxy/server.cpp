@@ -21,6 +21,7 @@
 #include "proxy/cancel_registry.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/log.hpp"
+#include "proxy/relay_loop.hpp"
 #include "proxy/router.hpp"
 #include "proxy/session.hpp"
 #include "topology/etcd_source.hpp"
@@ -68,6 +69,9 @@ struct Worker {
     // destroying the io_context destroys suspended session coroutines, whose
     // destructors unregister from shared.sessions.
     WorkerShared shared;
+    // Before ctx, so it outlives it: sessions destroyed with ctx leave the
+    // loop. Its wait on ctx ends in ~Worker (detach), before ctx goes.
+    std::unique_ptr<RelayLoop> relay;
     asio::io_context ctx{1};
     std::vector<std::pair<tcp::acceptor, PortRole>> acceptors;
     std::thread thread;
@@ -76,6 +80,8 @@ struct Worker {
            Router& router, CancelRegistry& cancels)
         : shared{std::move(cfg), std::move(tls), topology::SnapshotHub::Reader(hub), &router, &cancels, {}, nullptr} {
         shared.topology_changed = std::make_unique<asio::steady_timer>(ctx, asio::steady_timer::time_point::max());
+        relay = std::make_unique<RelayLoop>(ctx);
+        shared.relay_loop = relay.get();
     }
     // The pooled ports' pools and secrets, on the first worker only.
     std::unique_ptr<PoolManager> pools;
@@ -83,6 +89,7 @@ struct Worker {
 
     ~Worker() {
         if (thread.joinable()) thread.join();
+        relay->detach();
         acceptors.clear();
         shared.pools = nullptr;
         shared.auth = nullptr;

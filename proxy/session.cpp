@@ -3,7 +3,9 @@
 // PostgreSQL ErrorResponse with a SQLSTATE (docs/INTERNALS.md has the table).
 #include "proxy/session.hpp"
 
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -15,7 +17,9 @@
 #include <boost/asio/write.hpp>
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <string>
 
 #include "protocol/encode.hpp"
@@ -28,6 +32,7 @@
 #include "proxy/server_conn.hpp"
 #include "proxy/log.hpp"
 #include "proxy/metrics.hpp"
+#include "proxy/relay_loop.hpp"
 
 namespace pgrelay {
 
@@ -50,7 +55,7 @@ using net::take_carried;
 using net::TlsStream;
 using net::use_tuple;
 
-class Session final : public SessionHandle {
+class Session final : public SessionHandle, private RelayLoop::Client {
 public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
         : client_(std::move(client), role, shared.config, shared.tls, *shared.cancels, shared.draining),
@@ -64,6 +69,12 @@ public:
 
     ~Session() {
         *alive_ = false;
+        if (fast_) {
+            // Gone with the worker while relaying: the sockets are ours.
+            end_relay();
+            ::close(fds_[0]);
+            ::close(fds_[1]);
+        }
         if (member_stats_) member_stats_->backend_open.fetch_sub(1, std::memory_order_relaxed);
         if (proxy_key_) shared_.cancels->remove(*proxy_key_);
         if (counted_) shared_.router->closed(target_.member);
@@ -106,12 +117,51 @@ private:
     }
 
     asio::awaitable<void> watch_idle();
+
+    // The relay's per-message work, shared by the coroutine relay (TLS) and
+    // the epoll one (plaintext). scan_*: the frames in [0, len), with `pos`
+    // advanced past what may be forwarded; false when the relay must end
+    // (end_sqlstate_ or backend_closed_ says why). sent_*: a chunk went out whole.
+    void init_scanners();
+    bool scan_up(uint8_t* data, size_t len, size_t& pos, bool& terminate);
+    bool scan_down(uint8_t* data, size_t len, size_t& pos, char& chunk_last_type);
+    void sent_up(size_t n);
+    void sent_down(size_t n, char chunk_last_type);
+
+    // The epoll relay (plaintext on both sides).
+    struct Pipe {
+        int src = -1, dst = -1;
+        RelayBuffer buf;       // held while it has bytes, else back in the pool
+        size_t len = 0;        // bytes in buf
+        size_t pos = 0;        // [0, pos) scanned, to be sent
+        size_t sent = 0;       // of those, sent
+        bool readable = false; // src may have bytes (an edge not yet read empty)
+        bool hup = false;      // src's peer shut down: read on until EOF
+        bool blocked = false;  // dst's buffer was full: waiting for EPOLLOUT
+        bool terminate = false;  // up: the chunk ends the session (Terminate)
+        char last_type = 0;      // down: type of the chunk's last frame header
+    };
+    // False when the loop refused the sockets (the coroutine relay runs then).
+    bool start_fast_relay();
+    void on_events(int tag, uint32_t events) override;
+    void on_resume() override;
+    // Flushes what is pending, then reads once (or scans what is buffered).
+    void pump(Pipe& p, bool scan_buffered);
+    // Sends [sent, pos); true when all of it went out and the relay goes on.
+    bool flush(Pipe& p);
+    void end_relay();
+    // The sockets back into Asio, for the ending (errors, linger, close).
+    void restore_sockets();
     asio::awaitable<void> relay_task(asio::awaitable<void> (Session::*body)());
 
     // Ends the relay: every loop returns at its next step, and the reads and
     // writes in flight are cancelled (all on this thread, so a loop is either
     // suspended in one of them or checks stopping_ before starting the next).
     void stop_relay() {
+        if (fast_) {
+            end_relay();
+            return;
+        }
         if (stopping_) return;
         stopping_ = true;
         boost::system::error_code ec;
@@ -179,7 +229,13 @@ private:
     bool client_at_boundary_ = true;  // what the client received so far ends at a message boundary
     const char* end_sqlstate_ = nullptr;  // pgrelay's own error to report, if any
     std::string end_message_;
-    protocol::FrameScanner down_scanner_{1};  // replaced in relay_backend_to_client
+    protocol::FrameScanner up_scanner_{1};    // replaced in init_scanners
+    protocol::FrameScanner down_scanner_{1};
+    Pipe up_, down_;
+    bool fast_ = false;        // the sockets are in the relay loop, released from Asio
+    bool relay_over_ = false;  // the epoll relay ended
+    int fds_[2] = {-1, -1};    // client, backend, while fast_
+    bool client_v6_ = false, backend_v6_ = false;
     // Type of the last message header forwarded to the client: an
     // ErrorResponse read but never written (the session stopped first) does
     // not count as the client having been told.
@@ -272,11 +328,107 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
     }
 }
 
+bool Session::scan_up(uint8_t* data, size_t len, size_t& pos, bool& terminate) {
+    protocol::Frame f;
+    for (;;) {
+        auto st = up_scanner_.next({data, len}, pos, f);
+        if (st == protocol::FrameScanner::Status::NeedMore) return true;
+        if (st == protocol::FrameScanner::Status::Error) {
+            end_sqlstate_ = "08P01";
+            end_message_ = std::string("pgrelay ") + role_name() + ": invalid message from client (type '" +
+                           std::string(1, up_scanner_.bad_type()) + "', length " +
+                           std::to_string(up_scanner_.bad_length()) + ", max_frame_size " +
+                           std::to_string(cfg_->max_frame_size) + ")";
+            return false;
+        }
+        switch (static_cast<protocol::FrontendType>(f.type)) {
+            case protocol::FrontendType::Terminate: terminate = true; break;
+            case protocol::FrontendType::Query:
+            case protocol::FrontendType::Sync:
+            case protocol::FrontendType::FunctionCall:
+                // Each of these is answered by exactly one ReadyForQuery.
+                if (outstanding_ < request_started_.size()) request_started_[outstanding_] = steady_clock::now();
+                ++outstanding_;
+                break;
+            default: break;
+        }
+    }
+}
+
+bool Session::scan_down(uint8_t* data, size_t len, size_t& pos, char& chunk_last_type) {
+    protocol::Frame f;
+    const std::span<uint8_t> buf(data, len);
+    for (;;) {
+        auto st = down_scanner_.next(buf, pos, f);
+        if (st == protocol::FrameScanner::Status::NeedMore) return true;
+        if (st == protocol::FrameScanner::Status::Error) {
+            log::error("[{}] client={} backend {} sent an invalid frame (type '{}', length {})", role_name(), peer_,
+                       target_.member, down_scanner_.bad_type(), down_scanner_.bad_length());
+            backend_closed_ = true;
+            return false;
+        }
+        chunk_last_type = f.type;
+        if (f.type == static_cast<char>(protocol::BackendType::ReadyForQuery) && f.complete) {
+            on_ready_for_query(protocol::decode_ready_for_query(f.body(buf)));
+        } else if (f.type == static_cast<char>(protocol::BackendType::ErrorResponse) && f.complete) {
+            if (auto e = protocol::decode_error_fields(f.body(buf)))
+                metrics::Registry::instance().count_error("backend", e->sqlstate);
+        }
+        if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && !f.complete) {
+            // Longer than any key (kMaxWatched is far above 3.2's 264
+            // bytes), so streamed: never passed on.
+            log::error("[{}] client={} backend {} sent a BackendKeyData of {} bytes; closing", role_name(), peer_,
+                       target_.member, f.length);
+            backend_closed_ = true;
+            return false;
+        }
+        if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && f.complete) {
+            // The client gets a key of pgrelay's with the backend's secret
+            // length (4 bytes in protocol 3.0, PostgreSQL 18's 32 in 3.2),
+            // so the frame is rewritten in place. A key pgrelay cannot
+            // replace is never passed on: it would show the backend's.
+            auto body = f.body(buf);
+            auto key = protocol::decode_backend_key_data(body);
+            if (!key) {
+                log::error("[{}] client={} backend {} sent a malformed BackendKeyData ({} bytes); closing", role_name(),
+                           peer_, target_.member, body.size());
+                backend_closed_ = true;
+                return false;
+            }
+            const size_t secret_len = key->secret.size();
+            if (proxy_key_) shared_.cancels->remove(*proxy_key_);
+            proxy_key_ = shared_.cancels->add(CancelTarget{target_.member, target_.host, target_.port, std::move(*key)},
+                                              secret_len);
+            protocol::rewrite_backend_key_data(body, *proxy_key_);
+        }
+    }
+}
+
+void Session::sent_up(size_t n) {
+    bytes_up_ += n;
+    member_stats_->bytes_from_client.fetch_add(n, std::memory_order_relaxed);
+}
+
+void Session::sent_down(size_t n, char chunk_last_type) {
+    client_at_boundary_ = down_scanner_.at_boundary();
+    last_down_type_ = chunk_last_type;
+    bytes_down_ += n;
+    member_stats_->bytes_to_client.fetch_add(n, std::memory_order_relaxed);
+}
+
+void Session::init_scanners() {
+    up_scanner_ = protocol::FrameScanner(cfg_->max_frame_size);
+    down_scanner_ = protocol::FrameScanner(UINT32_MAX, kMaxWatched);
+    down_scanner_.watch(static_cast<char>(protocol::BackendType::BackendKeyData));
+    down_scanner_.watch(static_cast<char>(protocol::BackendType::ReadyForQuery));
+    down_scanner_.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
+}
+
+// The coroutine relay, for sessions with TLS on either side.
 asio::awaitable<void> Session::relay_client_to_backend() {
     RelayBuffer buf;
     bool drained = true;
     uint8_t idle[kIdleRead];
-    protocol::FrameScanner scanner(cfg_->max_frame_size);
     size_t len = take_carried(pipelined_, buf);
     for (bool carried = len > 0;; carried = false) {
         if (stopping_) co_return;
@@ -290,30 +442,8 @@ asio::awaitable<void> Session::relay_client_to_backend() {
             len += n;
         }
         size_t pos = 0;
-        protocol::Frame f;
         bool terminate = false;
-        for (;;) {
-            auto st = scanner.next({buf.data(), len}, pos, f);
-            if (st == protocol::FrameScanner::Status::NeedMore) break;
-            if (st == protocol::FrameScanner::Status::Error) {
-                end_sqlstate_ = "08P01";
-                end_message_ = std::string("pgrelay ") + role_name() + ": invalid message from client (type '" +
-                               std::string(1, scanner.bad_type()) + "', length " + std::to_string(scanner.bad_length()) +
-                               ", max_frame_size " + std::to_string(cfg_->max_frame_size) + ")";
-                co_return;
-            }
-            switch (static_cast<protocol::FrontendType>(f.type)) {
-                case protocol::FrontendType::Terminate: terminate = true; break;
-                case protocol::FrontendType::Query:
-                case protocol::FrontendType::Sync:
-                case protocol::FrontendType::FunctionCall:
-                    // Each of these is answered by exactly one ReadyForQuery.
-                    if (outstanding_ < request_started_.size()) request_started_[outstanding_] = steady_clock::now();
-                    ++outstanding_;
-                    break;
-                default: break;
-            }
-        }
+        if (!scan_up(buf.data(), len, pos, terminate)) co_return;
         if (pos > 0) {
             if (stopping_) co_return;
             auto [wec, wn] = co_await backend_write(asio::buffer(buf.data(), pos));
@@ -321,8 +451,7 @@ asio::awaitable<void> Session::relay_client_to_backend() {
                 if (wec != asio::error::operation_aborted) backend_closed_ = true;
                 co_return;
             }
-            bytes_up_ += pos;
-            member_stats_->bytes_from_client.fetch_add(pos, std::memory_order_relaxed);
+            sent_up(pos);
         }
         if (terminate) {
             client_closed_ = true;
@@ -337,10 +466,6 @@ asio::awaitable<void> Session::relay_backend_to_client() {
     RelayBuffer buf;
     bool drained = true;
     uint8_t idle[kIdleRead];
-    down_scanner_ = protocol::FrameScanner(UINT32_MAX, kMaxWatched);
-    down_scanner_.watch(static_cast<char>(protocol::BackendType::BackendKeyData));
-    down_scanner_.watch(static_cast<char>(protocol::BackendType::ReadyForQuery));
-    down_scanner_.watch(static_cast<char>(protocol::BackendType::ErrorResponse));
     size_t len = take_carried(backend_prefix_, buf);
     for (bool carried = len > 0;; carried = false) {
         if (stopping_) co_return;
@@ -353,52 +478,8 @@ asio::awaitable<void> Session::relay_backend_to_client() {
             len += n;
         }
         size_t pos = 0;
-        protocol::Frame f;
         char chunk_last_type = last_down_type_;
-        for (;;) {
-            auto st = down_scanner_.next({buf.data(), len}, pos, f);
-            if (st == protocol::FrameScanner::Status::NeedMore) break;
-            if (st == protocol::FrameScanner::Status::Error) {
-                log::error("[{}] client={} backend {} sent an invalid frame (type '{}', length {})", role_name(), peer_,
-                           target_.member, down_scanner_.bad_type(), down_scanner_.bad_length());
-                backend_closed_ = true;
-                co_return;
-            }
-            chunk_last_type = f.type;
-            if (f.type == static_cast<char>(protocol::BackendType::ReadyForQuery) && f.complete) {
-                on_ready_for_query(protocol::decode_ready_for_query(f.body({buf.data(), len})));
-            } else if (f.type == static_cast<char>(protocol::BackendType::ErrorResponse) && f.complete) {
-                if (auto e = protocol::decode_error_fields(f.body({buf.data(), len})))
-                    metrics::Registry::instance().count_error("backend", e->sqlstate);
-            }
-            if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && !f.complete) {
-                // Longer than any key (kMaxWatched is far above 3.2's 264
-                // bytes), so streamed: never passed on.
-                log::error("[{}] client={} backend {} sent a BackendKeyData of {} bytes; closing", role_name(), peer_,
-                           target_.member, f.length);
-                backend_closed_ = true;
-                co_return;
-            }
-            if (f.type == static_cast<char>(protocol::BackendType::BackendKeyData) && f.complete) {
-                // The client gets a key of pgrelay's with the backend's secret
-                // length (4 bytes in protocol 3.0, PostgreSQL 18's 32 in 3.2),
-                // so the frame is rewritten in place. A key pgrelay cannot
-                // replace is never passed on: it would show the backend's.
-                auto body = f.body({buf.data(), len});
-                auto key = protocol::decode_backend_key_data(body);
-                if (!key) {
-                    log::error("[{}] client={} backend {} sent a malformed BackendKeyData ({} bytes); closing",
-                               role_name(), peer_, target_.member, body.size());
-                    backend_closed_ = true;
-                    co_return;
-                }
-                const size_t secret_len = key->secret.size();
-                if (proxy_key_) shared_.cancels->remove(*proxy_key_);
-                proxy_key_ = shared_.cancels->add(CancelTarget{target_.member, target_.host, target_.port, std::move(*key)},
-                                                  secret_len);
-                protocol::rewrite_backend_key_data(body, *proxy_key_);
-            }
-        }
+        if (!scan_down(buf.data(), len, pos, chunk_last_type)) co_return;
         if (pos > 0) {
             if (stopping_) co_return;
             down_writing_ = true;
@@ -411,15 +492,188 @@ asio::awaitable<void> Session::relay_backend_to_client() {
                 if (wec != asio::error::operation_aborted) client_closed_ = true;
                 co_return;
             }
-            client_at_boundary_ = down_scanner_.at_boundary();
-            last_down_type_ = chunk_last_type;
-            bytes_down_ += pos;
-            member_stats_->bytes_to_client.fetch_add(pos, std::memory_order_relaxed);
+            sent_down(pos, chunk_last_type);
             if (terminate_pending_) co_return;
         }
         std::memmove(buf.data(), buf.data() + pos, len - pos);
         len -= pos;
     }
+}
+
+// The epoll relay, for plaintext sessions (relay_loop.hpp). Each direction
+// is a Pipe: one read per readiness edge into a pooled buffer, the frames
+// scanned, then one send. A pipe whose send was short waits for its
+// destination's EPOLLOUT and reads nothing meanwhile (the source's edge is
+// remembered in `readable`). A read that filled the buffer, or one after the
+// peer's shutdown, leaves more behind: the pipe reads again next round.
+bool Session::start_fast_relay() {
+    const int cfd = client_.socket().native_handle();
+    const int bfd = backend_->socket().native_handle();
+    boost::system::error_code ec;
+    client_v6_ = client_.socket().local_endpoint(ec).address().is_v6();
+    backend_v6_ = backend_->socket().local_endpoint(ec).address().is_v6();
+    if (!shared_.relay_loop->add(cfd, this, 0)) return false;
+    if (!shared_.relay_loop->add(bfd, this, 1)) {
+        shared_.relay_loop->remove(cfd);
+        return false;
+    }
+    // Out of Asio's reactor: its epoll would wake for every message too.
+    client_.socket().release();
+    backend_->socket().release();
+    fast_ = true;
+    fds_[0] = cfd;
+    fds_[1] = bfd;
+    up_.src = down_.dst = cfd;
+    up_.dst = down_.src = bfd;
+    up_.len = take_carried(pipelined_, up_.buf);
+    down_.len = take_carried(backend_prefix_, down_.buf);
+    // Both sockets may hold bytes already: their edges came before the
+    // registration, so read each once.
+    up_.readable = down_.readable = true;
+    pump(down_, down_.len > 0);
+    if (!relay_over_) pump(up_, up_.len > 0);
+    return true;
+}
+
+void Session::on_events(int tag, uint32_t events) {
+    if (relay_over_) return;
+    Pipe& in = tag == 0 ? up_ : down_;   // this socket is its source
+    Pipe& out = tag == 0 ? down_ : up_;  // and this one's destination
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) in.hup = true;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) in.readable = true;
+    if ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) && out.blocked) {
+        out.blocked = false;
+        pump(out, false);
+        if (relay_over_) return;
+    }
+    if (in.readable && !in.blocked) pump(in, false);
+}
+
+void Session::on_resume() {
+    if (relay_over_) return;
+    if (down_.readable && !down_.blocked) pump(down_, false);
+    if (!relay_over_ && up_.readable && !up_.blocked) pump(up_, false);
+}
+
+void Session::pump(Pipe& p, bool scan_buffered) {
+    const bool up = &p == &up_;
+    if (p.sent < p.pos && !flush(p)) return;
+    if (!scan_buffered) {
+        if (!p.readable) {
+            if (p.len == 0) p.buf.release();
+            return;
+        }
+        p.buf.ensure();
+        const size_t space = kRelayBuffer - p.len;
+        ssize_t n;
+        do n = ::recv(p.src, p.buf.data() + p.len, space, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            p.readable = false;
+            if (p.len == 0) p.buf.release();
+            return;
+        }
+        if (n <= 0) {
+            // EOF or a reset: the source is gone.
+            (up ? client_closed_ : backend_closed_) = true;
+            end_relay();
+            return;
+        }
+        if (up && track_idle_) last_activity_ = steady_clock::now();
+        p.len += static_cast<size_t>(n);
+        // A short read emptied the socket: the next byte brings a new edge.
+        p.readable = static_cast<size_t>(n) == space || p.hup;
+    }
+    p.pos = 0;
+    bool ok;
+    if (up) {
+        ok = scan_up(p.buf.data(), p.len, p.pos, p.terminate);
+    } else {
+        p.last_type = last_down_type_;
+        ok = scan_down(p.buf.data(), p.len, p.pos, p.last_type);
+    }
+    if (!ok) {
+        end_relay();
+        return;
+    }
+    if (p.pos > 0 && !flush(p)) return;
+    if (p.readable) shared_.relay_loop->defer(this);
+    else if (p.len == 0) p.buf.release();
+}
+
+bool Session::flush(Pipe& p) {
+    const bool up = &p == &up_;
+    if (stopping_) return false;
+    while (p.sent < p.pos) {
+        const ssize_t n = ::send(p.dst, p.buf.data() + p.sent, p.pos - p.sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            p.blocked = true;
+            if (!up) down_writing_ = true;
+            return false;
+        }
+        if (n < 0) {
+            (up ? backend_closed_ : client_closed_) = true;
+            end_relay();
+            return false;
+        }
+        p.sent += static_cast<size_t>(n);
+        if (p.sent < p.pos) {
+            // Short: the socket's buffer is full, and EPOLLOUT will say
+            // when it has room (a second send now would only fail).
+            p.blocked = true;
+            if (!up) down_writing_ = true;
+            return false;
+        }
+    }
+    const size_t n = p.pos;
+    if (up) {
+        sent_up(n);
+    } else {
+        down_writing_ = false;
+        sent_down(n, p.last_type);
+    }
+    std::memmove(p.buf.data(), p.buf.data() + n, p.len - n);
+    p.len -= n;
+    p.pos = p.sent = 0;
+    if (up && p.terminate) {
+        client_closed_ = true;
+        end_relay();
+        return false;
+    }
+    if (!up && terminate_pending_) {
+        end_relay();
+        return false;
+    }
+    return true;
+}
+
+// Out of the loop; run() takes the sockets back for the ending.
+void Session::end_relay() {
+    if (relay_over_) return;
+    relay_over_ = true;
+    stopping_ = true;
+    shared_.relay_loop->remove(fds_[0]);
+    shared_.relay_loop->remove(fds_[1]);
+    shared_.relay_loop->forget(this);
+    // Part of a chunk went out: the client stream stops inside a message.
+    if (down_.sent > 0) client_at_boundary_ = false;
+    down_writing_ = false;
+    up_.buf.release();
+    down_.buf.release();
+    idle_timer_.cancel();
+    relay_done_.cancel();
+}
+
+void Session::restore_sockets() {
+    if (!fast_) return;
+    fast_ = false;
+    boost::system::error_code ec;
+    client_.socket().assign(client_v6_ ? tcp::v6() : tcp::v4(), fds_[0], ec);
+    if (ec) ::close(fds_[0]);
+    backend_->socket().assign(backend_v6_ ? tcp::v6() : tcp::v4(), fds_[1], ec);
+    if (ec) ::close(fds_[1]);
+    fds_[0] = fds_[1] = -1;
 }
 
 // A relay coroutine spawned beside run(); whatever way it ends, the others
@@ -482,8 +736,17 @@ asio::awaitable<void> Session::run() {
     if (const auto& now = shared_.topology.current()) moved = lost_role_reason(*this, *now);
     track_idle_ = cfg_->idle_client_timeout.count() > 0;
     last_activity_ = steady_clock::now();
-    if (!moved.empty()) terminate("57P01", std::move(moved));
-    else {
+    init_scanners();
+    if (!moved.empty()) {
+        terminate("57P01", std::move(moved));
+    } else if (!client_.tls() && !backend_->tls() && shared_.relay_loop && start_fast_relay()) {
+        if (track_idle_ && !relay_over_) {
+            relays_running_ = 1;
+            asio::co_spawn(client_.socket().get_executor(), relay_task(&Session::watch_idle), asio::detached);
+        }
+        while (!relay_over_ || relays_running_ > 0) co_await relay_done_.async_wait(use_tuple);
+        restore_sockets();
+    } else {
         // One coroutine per direction, not `a || b`: the operators' parallel
         // group, cancellation signals and per-branch threads cost about 4 KiB
         // per session, which 10,000 idle clients notice.

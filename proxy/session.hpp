@@ -55,6 +55,7 @@ protected:
 // What every session on one worker thread shares. Owned by the worker.
 class PoolManager;
 class AuthStore;
+class RelayLoop;
 
 struct WorkerShared {
     std::shared_ptr<const Config> config;
@@ -69,6 +70,9 @@ struct WorkerShared {
     PoolManager* pools = nullptr;
     AuthStore* auth = nullptr;
     const std::atomic<bool>* draining = nullptr;  // set on SIGTERM: new sessions get 57P03
+    // Plaintext passthrough sessions relay through this thread's epoll loop
+    // (null: every session relays with coroutines).
+    RelayLoop* relay_loop = nullptr;
 };
 
 // Runs on the worker thread after a new snapshot: wakes held connections and
