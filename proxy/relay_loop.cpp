@@ -7,7 +7,8 @@
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/detail/reactor.hpp>
+#include <boost/asio/detail/reactor_op.hpp>
 #include <cerrno>
 #include <system_error>
 
@@ -20,39 +21,52 @@ constexpr int kBatch = 64;      // events taken per epoll_wait
 constexpr int kMaxRounds = 16;  // rounds in a row before other handlers get their turn
 }  // namespace
 
-struct RelayLoop::Waiter {
+// Asio's reactor watches epfd_ with one read operation that never completes:
+// each edge (a socket of ours became ready) runs a round inside the reactor's
+// own dispatch, and the operation stays queued for the next. An ordinary
+// async_wait would complete, and re-arming it costs an epoll_ctl and a
+// handler per wake-up. That needs Asio's reactor interface from
+// boost/asio/detail (stable in the Boost this builds with, 1.81).
+struct RelayLoop::Waiter : asio::detail::reactor_op {
     asio::io_context& ctx;
-    asio::posix::stream_descriptor desc;
-    bool waiting = false;
-    Waiter(asio::io_context& c, int fd) : ctx(c), desc(c, fd) {}
+    asio::detail::reactor& reactor;
+    asio::detail::reactor::per_descriptor_data data = nullptr;
+    RelayLoop* loop;
+    bool live = true;
+
+    Waiter(asio::io_context& c, RelayLoop* l)
+        : reactor_op(boost::system::error_code(), &Waiter::perform_round, &Waiter::complete),
+          ctx(c), reactor(asio::use_service<asio::detail::reactor>(c)), loop(l) {}
+    static status perform_round(reactor_op* op) {
+        auto* w = static_cast<Waiter*>(op);
+        if (w->live) w->loop->run_rounds();
+        return not_done;
+    }
+    // Called only when Asio drops the operation (its shutdown): the Waiter
+    // is the loop's, which outlives the io_context.
+    static void complete(void*, asio::detail::operation*, const boost::system::error_code&, std::size_t) {}
 };
 
 RelayLoop::RelayLoop(asio::io_context& ctx) {
     epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epfd_ < 0) throw std::system_error(errno, std::generic_category(), "epoll_create1");
-    waiter_ = std::make_unique<Waiter>(ctx, epfd_);
+    waiter_ = std::make_unique<Waiter>(ctx, this);
+    if (const int err = waiter_->reactor.register_descriptor(epfd_, waiter_->data); err != 0)
+        throw std::system_error(err, std::generic_category(), "registering the relay loop with the reactor");
+    waiter_->reactor.start_op(asio::detail::reactor::read_op, epfd_, waiter_->data, waiter_.get(), false, true);
 }
 
-RelayLoop::~RelayLoop() {
-    detach();
-    ::close(epfd_);
-}
+RelayLoop::~RelayLoop() { ::close(epfd_); }
 
-void RelayLoop::detach() noexcept {
-    if (!waiter_) return;
-    boost::system::error_code ec;
-    waiter_->desc.cancel(ec);
-    waiter_->desc.release();  // epfd_ is ours to close
-    waiter_.reset();
-}
+// The reactor drops the operation and the descriptor when the io_context
+// goes; until then no round may start.
+void RelayLoop::detach() noexcept { waiter_->live = false; }
 
 bool RelayLoop::add(int fd, Client* c, int tag) {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.u64 = reinterpret_cast<uintptr_t>(c) | static_cast<uintptr_t>(tag & 1);
-    if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0) return false;
-    arm();
-    return true;
+    return ::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0;
 }
 
 void RelayLoop::remove(int fd) noexcept { ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
@@ -64,19 +78,6 @@ void RelayLoop::defer(Client* c) {
 void RelayLoop::forget(Client* c) noexcept {
     std::erase(deferred_, c);
     std::replace(resuming_.begin(), resuming_.end(), c, static_cast<Client*>(nullptr));
-}
-
-// Asio's wait re-arms the descriptor in its own epoll (EPOLL_CTL_MOD), which
-// looks at our ready list afresh: an event that arrived after the last round
-// wakes us at once, so nothing is missed between a round and the wait.
-void RelayLoop::arm() {
-    if (!waiter_ || waiter_->waiting) return;
-    waiter_->waiting = true;
-    waiter_->desc.async_wait(asio::posix::descriptor_base::wait_read, [this](const boost::system::error_code& ec) {
-        if (ec) return;  // cancelled: detach(), the loop is going
-        waiter_->waiting = false;
-        run_rounds();
-    });
 }
 
 // A round: the events epoll has, then the clients that asked to resume. A
@@ -96,12 +97,11 @@ void RelayLoop::run_rounds() {
         for (Client* c : resuming_)
             if (c) c->on_resume();
         resuming_.clear();
-        if (n < kBatch && deferred_.empty()) {
-            arm();
-            return;
-        }
+        if (n < kBatch && deferred_.empty()) return;
     }
-    if (waiter_) asio::post(waiter_->ctx, [this] { run_rounds(); });
+    asio::post(waiter_->ctx, [this] {
+        if (waiter_->live) run_rounds();
+    });
 }
 
 }  // namespace pgrelay

@@ -1,7 +1,7 @@
 // The plaintext relay's event loop: one epoll instance per worker thread.
 // A relaying session's two sockets leave Asio's reactor for it
-// (edge-triggered, registered once for reading and writing), and Asio waits
-// only on the epoll descriptor itself: one wake-up per batch of events, where
+// (edge-triggered, registered once for reading and writing), and Asio watches
+// only the epoll descriptor itself: one wake-up per batch of events, where
 // a coroutine relay pays for an operation, a completion handler and a
 // resumption per message. That machinery was most of the user-space CPU a
 // transaction cost (bench/README.md has the profiles). Everything runs on the
@@ -48,12 +48,12 @@ public:
     void defer(Client* c);
     // Drops a pending defer (before c goes away).
     void forget(Client* c) noexcept;
-    // Stops waiting, before the io_context goes (remove() still works).
+    // No round starts after this (call it before the io_context goes;
+    // remove() still works).
     void detach() noexcept;
 
 private:
     struct Waiter;
-    void arm();
     void run_rounds();
 
     int epfd_ = -1;

@@ -71,7 +71,10 @@ public:
         *alive_ = false;
         if (fast_) {
             // Gone with the worker while relaying: the sockets are ours.
-            end_relay();
+            // (Only the loop is told: the timers' io_context is going.)
+            shared_.relay_loop->remove(fds_[0]);
+            shared_.relay_loop->remove(fds_[1]);
+            shared_.relay_loop->forget(this);
             ::close(fds_[0]);
             ::close(fds_[1]);
         }

@@ -76,6 +76,9 @@ std::shared_ptr<ssl::context> make_server(const Config& c) {
     // As PostgreSQL: no compression (CRIME), no renegotiation, the server's
     // cipher order.
     SSL_CTX_set_options(h, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    // OpenSSL frees a connection's record buffers while they are empty: an
+    // idle TLS client does not keep them.
+    SSL_CTX_set_mode(h, SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_set_cipher_list(h, c.tls.ciphers.c_str()) != 1)
         fail(c, "[tls] ciphers \"" + c.tls.ciphers + "\"", "no usable cipher (" + openssl_error() + ")");
     require_readable(c, "[tls] cert", c.tls.cert);
@@ -106,6 +109,7 @@ std::shared_ptr<ssl::context> make_backend(const Config& c) {
     SSL_CTX* h = ctx->native_handle();
     SSL_CTX_set_min_proto_version(h, TLS1_2_VERSION);
     SSL_CTX_set_options(h, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_mode(h, SSL_MODE_RELEASE_BUFFERS);
     // Offered as libpq 17 does; servers before 17 ignore it.
     SSL_CTX_set_alpn_protos(h, kAlpnList, sizeof kAlpnList);
     if (!c.backend_tls_ca.empty()) require_readable(c, "[topology] backend_tls_ca", c.backend_tls_ca);
