@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 
 #include <atomic>
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <set>
@@ -369,7 +370,9 @@ TEST_CASE("bulk results and COPY in and out pass whole; so does a result to a cl
         ++rows;
         // int2 column count, then (int4 length, bytes) per column: the i
         // column's text, then 1,000 copies of the letter it selects.
-        const uint32_t len1 = ntohl(*reinterpret_cast<const uint32_t*>(body.data() + 2));
+        uint32_t len1 = 0;
+        std::memcpy(&len1, body.data() + 2, 4);
+        len1 = ntohl(len1);
         const int i = std::stoi(body.substr(6, len1));
         const std::string v = body.substr(6 + len1 + 4);
         if (i != static_cast<int>(rows) || v != std::string(1000, static_cast<char>('A' + i % 26))) ++bad;
