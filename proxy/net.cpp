@@ -147,7 +147,9 @@ asio::awaitable<std::string> start_backend_tls(tcp::socket& sock, std::unique_pt
 }
 
 namespace {
-constexpr size_t kPoolMax = 32;  // per thread: 512 KiB kept for reuse at most
+// Per thread: 128 KiB kept for reuse at most. The epoll relay holds a
+// buffer only from a read until its bytes are sent, so few are out at once.
+constexpr size_t kPoolMax = 8;
 struct BufferPool {
     std::vector<uint8_t*> free;
     BufferPool() { free.reserve(kPoolMax); }

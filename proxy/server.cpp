@@ -90,6 +90,9 @@ struct Worker {
     ~Worker() {
         if (thread.joinable()) thread.join();
         relay->detach();
+        // Before ctx goes: their timers and sockets belong to its services.
+        const std::vector<SessionHandle*> sessions(shared.sessions.begin(), shared.sessions.end());
+        for (SessionHandle* s : sessions) s->abandon();
         acceptors.clear();
         shared.pools = nullptr;
         shared.auth = nullptr;

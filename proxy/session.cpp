@@ -59,25 +59,22 @@ class Session final : public SessionHandle, private RelayLoop::Client {
 public:
     Session(tcp::socket client, PortRole role, WorkerShared& shared)
         : client_(std::move(client), role, shared.config, shared.tls, *shared.cancels, shared.draining),
-          relay_done_(client_.socket().get_executor()), idle_timer_(client_.socket().get_executor()),
-          terminate_deadline_(client_.socket().get_executor()), shared_(shared),
-          cfg_(shared.config), peer_(client_.peer()), started_(steady_clock::now()) {
+          shared_(shared), cfg_(shared.config), peer_(client_.peer()), started_(steady_clock::now()) {
         this->role = role;
         port_stats_ = &client_.stats();
-        relay_done_.expires_at(steady_clock::time_point::max());
     }
 
     ~Session() {
         *alive_ = false;
         if (fast_) {
-            // Gone with the worker while relaying: the sockets are ours.
-            // (Only the loop is told: the timers' io_context is going.)
+            // Gone with the worker while relaying (abandon(), or the finish
+            // coroutine destroyed with the io_context): the sockets are ours.
             shared_.relay_loop->remove(fds_[0]);
             shared_.relay_loop->remove(fds_[1]);
             shared_.relay_loop->forget(this);
             ::close(fds_[0]);
-            ::close(fds_[1]);
         }
+        if (fds_[1] >= 0) ::close(fds_[1]);
         if (member_stats_) member_stats_->backend_open.fetch_sub(1, std::memory_order_relaxed);
         if (proxy_key_) shared_.cancels->remove(*proxy_key_);
         if (counted_) shared_.router->closed(target_.member);
@@ -99,17 +96,32 @@ public:
         // but a client that does not read must not pin the session: after 2 s
         // stop anyway (then without the ErrorResponse).
         terminate_pending_ = true;
-        terminate_deadline_.expires_after(std::chrono::seconds(2));
+        if (!terminate_deadline_) terminate_deadline_ = std::make_unique<asio::steady_timer>(executor());
+        terminate_deadline_->expires_after(std::chrono::seconds(2));
         // The handler may run after the session is gone (already queued when
         // the session ended): `alive` says whether `this` may be touched.
-        terminate_deadline_.async_wait([this, alive = alive_](const boost::system::error_code& ec) {
+        terminate_deadline_->async_wait([this, alive = alive_](const boost::system::error_code& ec) {
             if (!ec && *alive) stop_relay();
         });
     }
 
-    asio::awaitable<void> run();
+    // True when the session went on into the epoll relay: it then owns
+    // itself (adopt()) and deletes itself once ended.
+    asio::awaitable<bool> run();
+    void adopt();
+    // After a self-owned session's relay ended: waits for the idle watcher,
+    // gives the sockets back to Asio and runs the ending.
+    asio::awaitable<void> finish();
+    void spawn_finish();
+    // At the worker's shutdown: a session relaying in the loop has no
+    // coroutine that would destroy it with the io_context.
+    void abandon() noexcept override {
+        if (self_owned_ && !finishing_) delete this;
+    }
 
 private:
+    asio::any_io_executor executor() { return client_.socket().get_executor(); }
+    asio::awaitable<void> ending();
     const char* role_name() const { return to_string(role); }
     asio::awaitable<bool> establish();
     asio::awaitable<bool> connect_backend(const protocol::StartupPacket& packet, const std::string& startup_bytes);
@@ -170,7 +182,7 @@ private:
         boost::system::error_code ec;
         client_.socket().cancel(ec);
         if (backend_) backend_->socket().cancel(ec);
-        idle_timer_.cancel();
+        if (idle_timer_) idle_timer_->cancel();
     }
 
     // Client and backend I/O, through TLS when it was negotiated. These
@@ -195,15 +207,18 @@ private:
     ClientConn client_;  // the client side: socket, TLS, startup
     // The server side, bound to this client for its lifetime: the backend
     // authenticates the client through it (forward_startup).
-    std::optional<ServerConn> backend_;
-    // The relay runs as this coroutine (client -> backend) plus spawned ones
-    // (backend -> client, the idle watcher); the last to end cancels
-    // relay_done_, which run() waits on before the session may go away.
-    asio::steady_timer relay_done_;
-    asio::steady_timer idle_timer_;
+    // (The epoll relay keeps only its descriptor, fds_[1].)
+    std::unique_ptr<ServerConn> backend_;
+    // The coroutine relay runs as run() (client -> backend) plus spawned
+    // coroutines (backend -> client, the idle watcher); the last to end
+    // cancels relay_done_, which run() (or finish()) waits on before the
+    // session may go away. The timers exist only where they are used: an
+    // idle plaintext session has none.
+    std::unique_ptr<asio::steady_timer> relay_done_;
+    std::unique_ptr<asio::steady_timer> idle_timer_;
     int relays_running_ = 0;
     bool stopping_ = false;
-    asio::steady_timer terminate_deadline_;
+    std::unique_ptr<asio::steady_timer> terminate_deadline_;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
     bool registered_ = false;
     std::list<SessionHandle*>::iterator self_;
@@ -236,9 +251,11 @@ private:
     protocol::FrameScanner down_scanner_{1};
     Pipe up_, down_;
     bool fast_ = false;        // the sockets are in the relay loop, released from Asio
+    bool self_owned_ = false;  // relaying in the loop with no coroutine: adopt()
+    bool finishing_ = false;   // finish() runs, and owns the session
     bool relay_over_ = false;  // the epoll relay ended
     int fds_[2] = {-1, -1};    // client, backend, while fast_
-    bool client_v6_ = false, backend_v6_ = false;
+    bool client_v6_ = false;
     // Type of the last message header forwarded to the client: an
     // ErrorResponse read but never written (the session stopped first) does
     // not count as the client having been told.
@@ -249,6 +266,15 @@ private:
     bool track_idle_ = false;
     steady_clock::time_point last_activity_{};
 };
+
+// A self-owned session's ending; deletes it.
+asio::awaitable<void> finish_session(std::unique_ptr<Session> s) {
+    try {
+        co_await s->finish();
+    } catch (const std::exception& e) {
+        log::error("session ended by an unexpected error: {}", e.what());
+    }
+}
 
 asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& packet, const std::string& startup_bytes) {
     // While there is no primary (rw) or no topology yet (both ports), hold the
@@ -284,7 +310,7 @@ asio::awaitable<bool> Session::connect_backend(const protocol::StartupPacket& pa
         bool unreachable = false;  // some candidate failed at the TCP level (vs. answering 57P03)
         bool tls_config_failure = false;  // some candidate failed backend_tls: waiting will not help
         for (const Target& t : d.candidates) {
-            backend_.emplace(client_.socket().get_executor());
+            backend_ = std::make_unique<ServerConn>(executor());
             backend_prefix_.clear();
             std::optional<LoginError> refusal = co_await backend_->connect(*cfg_, *client_.tls_contexts(), t);
             if (!refusal) {
@@ -514,7 +540,6 @@ bool Session::start_fast_relay() {
     const int bfd = backend_->socket().native_handle();
     boost::system::error_code ec;
     client_v6_ = client_.socket().local_endpoint(ec).address().is_v6();
-    backend_v6_ = backend_->socket().local_endpoint(ec).address().is_v6();
     if (!shared_.relay_loop->add(cfd, this, 0)) return false;
     if (!shared_.relay_loop->add(bfd, this, 1)) {
         shared_.relay_loop->remove(cfd);
@@ -523,6 +548,7 @@ bool Session::start_fast_relay() {
     // Out of Asio's reactor: its epoll would wake for every message too.
     client_.socket().release();
     backend_->socket().release();
+    backend_.reset();  // nothing of it is needed past the startup but the descriptor
     fast_ = true;
     fds_[0] = cfd;
     fds_[1] = bfd;
@@ -664,8 +690,19 @@ void Session::end_relay() {
     down_writing_ = false;
     up_.buf.release();
     down_.buf.release();
-    idle_timer_.cancel();
-    relay_done_.cancel();
+    if (idle_timer_) idle_timer_->cancel();
+    spawn_finish();
+}
+
+void Session::spawn_finish() {
+    if (!self_owned_ || finishing_) return;
+    finishing_ = true;
+    asio::co_spawn(executor(), finish_session(std::unique_ptr<Session>(this)), asio::detached);
+}
+
+void Session::adopt() {
+    self_owned_ = true;
+    if (relay_over_) spawn_finish();
 }
 
 void Session::restore_sockets() {
@@ -674,9 +711,13 @@ void Session::restore_sockets() {
     boost::system::error_code ec;
     client_.socket().assign(client_v6_ ? tcp::v6() : tcp::v4(), fds_[0], ec);
     if (ec) ::close(fds_[0]);
-    backend_->socket().assign(backend_v6_ ? tcp::v6() : tcp::v4(), fds_[1], ec);
-    if (ec) ::close(fds_[1]);
-    fds_[0] = fds_[1] = -1;
+    fds_[0] = -1;
+}
+
+asio::awaitable<void> Session::finish() {
+    while (relays_running_ > 0) co_await relay_done_->async_wait(use_tuple);
+    restore_sockets();
+    co_await ending();
 }
 
 // A relay coroutine spawned beside run(); whatever way it ends, the others
@@ -688,7 +729,7 @@ asio::awaitable<void> Session::relay_task(asio::awaitable<void> (Session::*body)
         log::error("[{}] client={} relay ended by an unexpected error: {}", role_name(), peer_, e.what());
     }
     stop_relay();
-    if (--relays_running_ == 0) relay_done_.cancel();
+    if (--relays_running_ == 0 && relay_done_) relay_done_->cancel();
 }
 
 // idle_client_timeout: ends the session once the client has been silent that
@@ -699,8 +740,8 @@ asio::awaitable<void> Session::watch_idle() {
     auto due = last_activity_ + limit;
     for (;;) {
         if (stopping_) co_return;
-        idle_timer_.expires_at(due);
-        if (auto [ec] = co_await idle_timer_.async_wait(use_tuple); ec) co_return;
+        idle_timer_->expires_at(due);
+        if (auto [ec] = co_await idle_timer_->async_wait(use_tuple); ec) co_return;
         const auto now = steady_clock::now();
         due = last_activity_ + limit;
         if (now < due) continue;
@@ -728,8 +769,8 @@ asio::awaitable<bool> Session::establish() {
     co_return true;
 }
 
-asio::awaitable<void> Session::run() {
-    if (!co_await establish()) co_return;
+asio::awaitable<bool> Session::run() {
+    if (!co_await establish()) co_return false;
 
     self_ = shared_.sessions.insert(shared_.sessions.end(), this);
     registered_ = true;
@@ -740,26 +781,31 @@ asio::awaitable<void> Session::run() {
     track_idle_ = cfg_->idle_client_timeout.count() > 0;
     last_activity_ = steady_clock::now();
     init_scanners();
+    if (track_idle_) idle_timer_ = std::make_unique<asio::steady_timer>(executor());
+    auto start_watch_idle = [this] {
+        if (!track_idle_) return;
+        if (!relay_done_) relay_done_ = std::make_unique<asio::steady_timer>(executor(), steady_clock::time_point::max());
+        ++relays_running_;
+        asio::co_spawn(executor(), relay_task(&Session::watch_idle), asio::detached);
+    };
     if (!moved.empty()) {
         terminate("57P01", std::move(moved));
     } else if (!client_.tls() && !backend_->tls() && shared_.relay_loop && start_fast_relay()) {
-        if (track_idle_ && !relay_over_) {
-            relays_running_ = 1;
-            asio::co_spawn(client_.socket().get_executor(), relay_task(&Session::watch_idle), asio::detached);
+        if (!relay_over_) {
+            // From here the loop drives the session; no coroutine holds it
+            // (run_session adopts it).
+            start_watch_idle();
+            co_return true;
         }
-        while (!relay_over_ || relays_running_ > 0) co_await relay_done_.async_wait(use_tuple);
-        restore_sockets();
+        restore_sockets();  // it ended on the bytes it had already
     } else {
         // One coroutine per direction, not `a || b`: the operators' parallel
         // group, cancellation signals and per-branch threads cost about 4 KiB
         // per session, which 10,000 idle clients notice.
-        const auto ex = client_.socket().get_executor();
+        relay_done_ = std::make_unique<asio::steady_timer>(executor(), steady_clock::time_point::max());
         relays_running_ = 1;
-        asio::co_spawn(ex, relay_task(&Session::relay_backend_to_client), asio::detached);
-        if (track_idle_) {
-            ++relays_running_;
-            asio::co_spawn(ex, relay_task(&Session::watch_idle), asio::detached);
-        }
+        asio::co_spawn(executor(), relay_task(&Session::relay_backend_to_client), asio::detached);
+        start_watch_idle();
         try {
             co_await relay_client_to_backend();
         } catch (const std::exception& e) {
@@ -767,9 +813,13 @@ asio::awaitable<void> Session::run() {
         }
         stop_relay();
         // The spawned coroutines use this session: wait for them.
-        while (relays_running_ > 0) co_await relay_done_.async_wait(use_tuple);
+        while (relays_running_ > 0) co_await relay_done_->async_wait(use_tuple);
     }
+    co_await ending();
+    co_return false;
+}
 
+asio::awaitable<void> Session::ending() {
     // Only whole messages may precede pgrelay's own ErrorResponse.
     const bool can_tell_client = !client_closed_ && client_at_boundary_;
     if (end_sqlstate_ && can_tell_client) {
@@ -782,9 +832,15 @@ asio::awaitable<void> Session::run() {
                                          target_.member + (bytes_down_ == 0 ? " during startup" : ""),
                             "The server may have crashed or restarted; reconnect.");
     }
-    boost::system::error_code ec;
-    backend_->socket().shutdown(tcp::socket::shutdown_both, ec);
-    backend_->socket().close(ec);
+    if (backend_) {
+        boost::system::error_code ec;
+        backend_->socket().shutdown(tcp::socket::shutdown_both, ec);
+        backend_->socket().close(ec);
+    } else if (fds_[1] >= 0) {
+        ::shutdown(fds_[1], SHUT_RDWR);
+        ::close(fds_[1]);
+        fds_[1] = -1;
+    }
     if (!client_closed_) co_await client_.linger_close();
     client_.close();
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - started_).count();
@@ -835,8 +891,10 @@ void apply_topology_change(WorkerShared& shared, const topology::Topology& after
 
 asio::awaitable<void> run_session(tcp::socket client, PortRole role, WorkerShared& shared) {
     try {
-        Session s(std::move(client), role, shared);
-        co_await s.run();
+        auto s = std::make_unique<Session>(std::move(client), role, shared);
+        // Relaying in the epoll loop: the session owns itself from here, and
+        // this coroutine (and its frame) goes.
+        if (co_await s->run()) s.release()->adopt();
     } catch (const std::exception& e) {
         log::error("[{}] session ended by an unexpected error: {}", to_string(role), e.what());
     }

@@ -47,6 +47,10 @@ public:
     virtual void lost_role(std::string why) { terminate("57P01", std::move(why)); }
     // Pooled clients describe themselves for the admin console.
     virtual bool client_info(ClientInfo&) const { return false; }
+    // Called by the worker at shutdown, after its thread stopped: a session
+    // that no coroutine holds (one relaying in the epoll loop owns itself)
+    // deletes itself; the others go with the io_context.
+    virtual void abandon() noexcept {}
 
 protected:
     ~SessionHandle() = default;
