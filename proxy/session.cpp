@@ -10,6 +10,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -694,10 +695,16 @@ void Session::end_relay() {
     spawn_finish();
 }
 
+// Posted, never run inline: co_spawn starts the coroutine at once, and an
+// ending with nothing to send would delete the session inside the round
+// that ended it. Unrun (the worker stopping), the handler deletes it.
 void Session::spawn_finish() {
     if (!self_owned_ || finishing_) return;
     finishing_ = true;
-    asio::co_spawn(executor(), finish_session(std::unique_ptr<Session>(this)), asio::detached);
+    asio::post(executor(), [s = std::unique_ptr<Session>(this)]() mutable {
+        const auto ex = s->executor();
+        asio::co_spawn(ex, finish_session(std::move(s)), asio::detached);
+    });
 }
 
 void Session::adopt() {
