@@ -10,7 +10,10 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
+#include <unordered_set>
+#include <vector>
 #include "proxy/log.hpp"
 #include "topology/patroni_follower.hpp"
 
@@ -21,10 +24,18 @@ using std::chrono::steady_clock;
 
 namespace {
 // Ties a ZooKeeper handle's callbacks to the source. Lives until after
-// zookeeper_close(), which delivers every outstanding completion first.
+// zookeeper_close(), which delivers outstanding completions first (the
+// ones it does not are freed after it: HandleCtx::ops).
+struct Op;
 struct HandleCtx {
     std::weak_ptr<ZkSource::Impl> impl;
-    uint64_t generation;
+    uint64_t generation = 0;
+    // The requests in flight on this handle. zookeeper_close() does not
+    // always deliver every completion (one outstanding child-watch read was
+    // seen lost under LeakSanitizer at shutdown): whatever is still here
+    // once it has returned can never complete, and is freed then.
+    std::mutex mutex;
+    std::unordered_set<Op*> ops;
 };
 // What a request's completion carries to the control thread.
 struct OpResult {
@@ -37,6 +48,16 @@ struct OpResult {
 struct Op {
     HandleCtx* handle;
     std::function<void(ZkSource::Impl&, int rc, const OpResult&)> then;
+    Op(HandleCtx* h, std::function<void(ZkSource::Impl&, int rc, const OpResult&)> f) : handle(h), then(std::move(f)) {
+        std::lock_guard lock(handle->mutex);
+        handle->ops.insert(this);
+    }
+    ~Op() {
+        std::lock_guard lock(handle->mutex);
+        handle->ops.erase(this);
+    }
+    Op(const Op&) = delete;
+    Op& operator=(const Op&) = delete;
 };
 }  // namespace
 
@@ -125,7 +146,7 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
             for (int i = 0; i < strings->count; ++i) r.names.emplace_back(strings->data[i]);
         post_op(std::unique_ptr<Op>(static_cast<Op*>(const_cast<void*>(data))), rc, std::move(r));
     }
-    Op* op(std::function<void(Impl&, int, const OpResult&)> then) { return new Op{handle.get(), std::move(then)}; }
+    Op* op(std::function<void(Impl&, int, const OpResult&)> then) { return new Op(handle.get(), std::move(then)); }
 
     // Creates each missing parent of the registry path (persistent, empty),
     // then this instance's ephemeral znode.
@@ -255,7 +276,9 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         if (stopped) return;
         ++generation;
         pending = 0;  // completions of the old handle are ignored by generation
-        handle = std::make_unique<HandleCtx>(HandleCtx{weak_from_this(), generation});
+        handle = std::make_unique<HandleCtx>();
+        handle->impl = weak_from_this();
+        handle->generation = generation;
         zh = zookeeper_init(opts.hosts.c_str(), &Impl::on_watch, static_cast<int>(opts.session_timeout.count()), nullptr,
                             handle.get(), 0);
         if (!zh) {
@@ -291,6 +314,14 @@ struct ZkSource::Impl : std::enable_shared_from_this<Impl> {
         if (zh) {
             zookeeper_close(zh);  // runs outstanding completions (ZCLOSING) before returning
             zh = nullptr;
+        }
+        if (handle) {
+            std::vector<Op*> never_completed;
+            {
+                std::lock_guard lock(handle->mutex);
+                never_completed.assign(handle->ops.begin(), handle->ops.end());
+            }
+            for (Op* o : never_completed) delete o;
         }
         handle.reset();
         connected = false;
