@@ -216,10 +216,12 @@ TEST_CASE("soak: seeded rounds of mixed failures under pgbench; no acknowledged 
             const std::string what = e.what();
             const auto at = what.find("not streaming from ");
             if (at == std::string::npos) throw;
+            // "not streaming from LEADER: NAME, NAME" up to the line's end.
+            const size_t colon = what.find(':', at);
+            const std::string names = what.substr(colon, what.find('\n', colon) - colon);
             std::string lagging;
             for (const auto& n : cluster.nodes())
-                if (what.find(n.name, what.find(':', at)) != std::string::npos &&
-                    what.find(n.name, what.find(':', at)) < what.find('\n', at)) {
+                if (names.find(n.name) != std::string::npos) {
                     cluster.run("restart " + n.name);
                     lagging += n.name + " ";
                 }
