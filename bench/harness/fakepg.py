@@ -23,7 +23,9 @@ connections on this machine:
       them until a line (or EOF) arrives on stdin, then sends Terminate on
       every connection and prints "closed N". Exits 1 if any connection failed.
       With --password PW it answers an md5 (or cleartext) password request,
-      for a pooler that authenticates clients itself.
+      for a pooler that authenticates clients itself. With --tls each
+      connection sends an SSLRequest and, on 'S', does its startup over TLS
+      (any certificate is accepted).
 
 Stdlib only (asyncio protocols: one object per connection, no task).
 """
@@ -247,12 +249,54 @@ def startup_packet(user, dbname):
     return struct.pack("!I", len(body) + 4) + body
 
 
+class SslAnswer(asyncio.Protocol):
+    """Sends SSLRequest and waits for the one-byte answer."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def connection_made(self, transport):
+        transport.write(struct.pack("!II", 8, SSL_REQUEST))
+
+    def data_received(self, data):
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def connection_lost(self, exc):
+        if not self.answer.done():
+            self.answer.set_exception(RuntimeError("closed after SSLRequest: %s" % exc))
+
+
+def client_tls_context():
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE    # the bench's throwaway self-signed certificate
+    return ctx
+
+
 async def open_one(loop, args, startup):
     done = loop.create_future()
-    transport, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: HeldClient(startup, args.query, done, args.user,
-                                                  args.password),
-                               args.host, args.port), args.timeout)
+    if args.tls:
+        answer = loop.create_future()
+        raw, _ = await asyncio.wait_for(
+            loop.create_connection(lambda: SslAnswer(answer), args.host, args.port),
+            args.timeout)
+        try:
+            if await asyncio.wait_for(answer, args.timeout) != b"S":
+                raise RuntimeError("SSLRequest refused")
+            proto = HeldClient(startup, args.query, done, args.user, args.password)
+            transport = await asyncio.wait_for(
+                loop.start_tls(raw, proto, args.tls_context), args.timeout)
+        except BaseException:
+            raw.close()
+            raise
+        proto.connection_made(transport)
+    else:
+        transport, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: HeldClient(startup, args.query, done, args.user,
+                                                      args.password),
+                                   args.host, args.port), args.timeout)
     try:
         await asyncio.wait_for(done, args.timeout)
     except BaseException:
@@ -313,11 +357,15 @@ def main(argv=None):
     h.add_argument("--query", action="store_true")
     h.add_argument("--password", help="answer md5 or cleartext password requests (a "
                                       "pooler that authenticates clients itself)")
+    h.add_argument("--tls", action="store_true", help="SSLRequest, then TLS (no certificate "
+                                                   "check), before the startup")
     h.add_argument("--timeout", type=float, default=30.0, help="per connection")
     h.add_argument("--hold-max", type=float, default=600.0)
     h.add_argument("--max-errors", type=int, default=50)
     args = p.parse_args(argv)
     raise_nofile()
+    if args.command == "hold":
+        args.tls_context = client_tls_context() if args.tls else None
     try:
         if args.command == "serve":
             asyncio.run(serve(args))

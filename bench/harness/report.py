@@ -116,8 +116,9 @@ def summarize(results):
     mem = sc.get("memory")
     if mem:
         n = mem["config"]["connections"]
-        kib = per_target_median(mem["runs"], "kib_per_conn")
-        rss = {t: v / 1024.0 for t, v in per_target_median(mem["runs"], "rss_after_kib").items()}
+        kib = per_target_median(mem["runs"], "kib_per_conn", variant=None)
+        rss = {t: v / 1024.0 for t, v in per_target_median(mem["runs"], "rss_after_kib",
+                                                           variant=None).items()}
         met = None
         if set(PROXIES) <= set(kib):
             met = (kib["pgrelay"] <= 10.0 and kib["pgrelay"] < kib["haproxy"]
@@ -129,16 +130,28 @@ def summarize(results):
         rows.append({"scenario": "4. memory", "metric": "%s idle connections: RSS MiB"
                      % format(n, ","), "unit": "MiB", "fmt": "{:.1f}", "cells": cells(rss),
                      "target": "", "met": None})
+        tls = per_target_median(mem["runs"], "kib_per_conn", variant="tls")
+        if tls:
+            met = None
+            if {"pgrelay", "pgbouncer"} <= set(tls):
+                met = tls["pgrelay"] < tls["pgbouncer"]
+            rows.append({"scenario": "4. memory", "metric": "%s idle TLS connections (client "
+                         "side TLS, plaintext backend): RSS KiB per connection" % format(n, ","),
+                         "unit": "KiB", "fmt": "{:.2f}", "cells": cells(tls),
+                         "target": "< PgBouncer with TLS", "met": met})
 
     bk = sc.get("bulk")
     if bk:
-        mbs = per_target_median(bk["runs"], "mb_per_s")
-        ratio = round_ratios(bk["runs"], "mb_per_s")
-        met = ratio["pgrelay"] >= 0.95 if "pgrelay" in ratio else None
-        rows.append({"scenario": "5. bulk", "metric": "COPY TO STDOUT %s MB, rw: MB/s"
-                     % format(int(bk["config"]["megabytes"]), ","), "unit": "MB/s",
-                     "fmt": "{:,.0f}", "cells": cells(mbs, ratio),
-                     "target": ">= 0.95x direct", "met": met})
+        for direction, title in (("out", "COPY TO STDOUT"), ("in", "COPY FROM STDIN")):
+            mbs = per_target_median(bk["runs"], "mb_per_s", direction=direction)
+            if not mbs:
+                continue
+            ratio = round_ratios(bk["runs"], "mb_per_s", direction=direction)
+            met = ratio["pgrelay"] >= 0.95 if "pgrelay" in ratio else None
+            rows.append({"scenario": "5. bulk", "metric": "%s %s MB, rw: MB/s" % (
+                title, format(int(bk["config"]["megabytes"]), ",")), "unit": "MB/s",
+                "fmt": "{:,.0f}", "cells": cells(mbs, ratio),
+                "target": ">= 0.95x direct", "met": met})
 
     fo = sc.get("failover")
     if fo:
@@ -360,7 +373,7 @@ def markdown(results, rows):
         lines += [
         "",
         "pgbench -c 16 -j 2, -T %ss (connection rate -T %ss, md5 logins), scale %s; memory: %s "
-        "idle connections (%s rounds) to a fake backend; COPY %s MB; %s switchovers.%s%s" % (
+        "idle connections (%s rounds, plaintext and TLS) to a fake backend; COPY %s MB out, then in; %s switchovers.%s%s" % (
             o["duration"], o["conn_duration"], o["scale"], format(mem_n, ","),
             o["mem_rounds"], o["copy_mb"], o["switchovers"],
             " Quick mode: fewer rounds, shorter runs, %s instead of 10,000 idle connections, "
@@ -487,7 +500,10 @@ def charts(results, rows, outdir, name):
     if sc.get("connrate"):
         groups.append(("pgbench -C\nconnections/s", sc["connrate"]["runs"], "tps", {}, None))
     if sc.get("bulk"):
-        groups.append(("COPY\nMB/s", sc["bulk"]["runs"], "mb_per_s", {}, 0.95))
+        groups.append(("COPY out\nMB/s", sc["bulk"]["runs"], "mb_per_s", {"direction": "out"},
+                       0.95))
+        groups.append(("COPY in\nMB/s", sc["bulk"]["runs"], "mb_per_s", {"direction": "in"},
+                       0.95))
     if groups:
         fig, ax = plt.subplots(figsize=(10, 4.8))
         width = 0.26
@@ -530,7 +546,12 @@ def charts(results, rows, outdir, name):
     if sc.get("memory"):
         cost.append(("RSS KiB per idle connection\n(%s connections)"
                      % format(sc["memory"]["config"]["connections"], ","),
-                     per_target_median(sc["memory"]["runs"], "kib_per_conn"), 10.0))
+                     per_target_median(sc["memory"]["runs"], "kib_per_conn", variant=None),
+                     10.0))
+        tls = per_target_median(sc["memory"]["runs"], "kib_per_conn", variant="tls")
+        if tls:
+            cost.append(("RSS KiB per idle TLS connection\n(%s connections)"
+                         % format(sc["memory"]["config"]["connections"], ","), tls, None))
     if cost:
         fig, axes = plt.subplots(1, len(cost), figsize=(3.2 * len(cost), 3.8))
         axes = axes if len(cost) > 1 else [axes]

@@ -268,24 +268,100 @@ def copy_once(ep, rows, timeout):
     return r
 
 
+COPY_IN_TABLE = "bench_copy_in"
+
+
+def copy_in_once(ep, rows, timeout):
+    """COPY bench_copy_in FROM STDIN through psql, fed the same 1,001-byte
+    lines that copy_once reads, in 1 MB writes; psql's COPY tag
+    must count every row."""
+    sql = "COPY %s FROM STDIN" % COPY_IN_TABLE
+    argv = [PSQL, "-X", "-v", "ON_ERROR_STOP=1"] + conn_args(ep) + ["-d", ep.dbname, "-c", sql]
+    per_chunk = 1000
+    chunk = (b"x" * 1000 + b"\n") * per_chunk
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, env=pg_env(ep), cwd="/", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.PIPE,
+                            start_new_session=True)
+    # psql answers only at the end ("COPY n"), so its output pipes cannot
+    # fill while this thread writes; a timer kills it at the deadline.
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    fed, feed_error = 0, None
+    try:
+        left = rows
+        while left > 0:
+            n = min(per_chunk, left)
+            proc.stdin.write(chunk if n == per_chunk else chunk[:n * 1001])
+            fed += n * 1001
+            left -= n
+    except (BrokenPipeError, ValueError, OSError) as e:
+        feed_error = str(e)
+    try:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        out = proc.stdout.read()     # both tiny: the tag, or an error
+        err = proc.stderr.read()
+        proc.wait()
+    finally:
+        killer.cancel()
+        proc.stdout.close()
+        proc.stderr.close()
+    if time.monotonic() - t0 >= timeout:
+        raise BenchError("COPY FROM STDIN did not finish within %ss" % timeout)
+    elapsed = time.monotonic() - t0
+    out = out.decode(errors="replace").strip()
+    err = err.decode(errors="replace").strip()
+    m = re.search(r"^COPY (\d+)$", out, re.M)
+    copied = int(m.group(1)) if m else None
+    r = {"bytes": fed, "rows": copied, "seconds": round(elapsed, 3),
+         "mb_per_s": round(fed / 1e6 / elapsed, 1) if elapsed > 0 else None}
+    if proc.returncode != 0 or copied != rows or feed_error:
+        r["error"] = "psql exit %s, COPY tag %r for %d rows (writer: %s): %s" % (
+            proc.returncode, out[-80:], rows, feed_error, err[:300])
+    return r
+
+
 def bulk(bench):
-    """Scenario 5: one large COPY TO STDOUT through rw, per target and round."""
+    """Scenario 5: one large COPY TO STDOUT, then one COPY FROM STDIN of the
+    same size into an unlogged table (emptied before each, untimed), through
+    rw, per target and round."""
+    import psycopg2
     o = bench.opts
     rows = max(1, int(o.copy_mb * 1e6 / 1001))
+    direct = next(t for t in bench.targets if t.name == "direct")
+    admin = psycopg2.connect(direct.rw.dsn(connect_timeout=10, sslmode="disable"))
+    admin.autocommit = True
+    cur = admin.cursor()
+    cur.execute("CREATE UNLOGGED TABLE IF NOT EXISTS %s (line text)" % COPY_IN_TABLE)
     runs, errors = [], []
-    for rnd in range(1, o.rounds + 1):
-        for t in bench.targets:
-            c0 = cpu_or_none(t.pid)
-            r = measured(t, lambda: copy_once(t.rw, rows, timeout=600))
-            c1 = cpu_or_none(t.pid)
-            if c0 is not None and c1 is not None:
-                r["cpu_s"] = round(c1 - c0, 3)
-            r.update(scenario="bulk", round=rnd, target=t.name)
-            say("  COPY %d MB round %d %-9s %7.1f MB/s" % (o.copy_mb, rnd, t.name,
-                                                          r.get("mb_per_s") or 0))
-            record(runs, r, errors)
+    try:
+        for rnd in range(1, o.rounds + 1):
+            for direction in ("out", "in"):
+                for t in bench.targets:
+                    if direction == "in":
+                        cur.execute("TRUNCATE %s" % COPY_IN_TABLE)
+                        cur.execute("CHECKPOINT")
+                    c0 = cpu_or_none(t.pid)
+                    if direction == "out":
+                        r = measured(t, lambda: copy_once(t.rw, rows, timeout=600))
+                    else:
+                        r = measured(t, lambda: copy_in_once(t.rw, rows, timeout=900))
+                    c1 = cpu_or_none(t.pid)
+                    if c0 is not None and c1 is not None:
+                        r["cpu_s"] = round(c1 - c0, 3)
+                    r.update(scenario="bulk", round=rnd, target=t.name, direction=direction)
+                    say("  COPY %s %d MB round %d %-9s %7.1f MB/s" % (
+                        "TO STDOUT" if direction == "out" else "FROM STDIN", o.copy_mb, rnd,
+                        t.name, r.get("mb_per_s") or 0))
+                    record(runs, r, errors)
+        cur.execute("DROP TABLE IF EXISTS %s" % COPY_IN_TABLE)
+    finally:
+        admin.close()
     return {"config": {"rows": rows, "row_bytes": 1001, "megabytes": round(rows * 1001 / 1e6, 1),
-                       "rounds": o.rounds},
+                       "rounds": o.rounds, "copy_in_table": COPY_IN_TABLE + " (unlogged)"},
             "runs": runs, "errors": errors}
 
 
@@ -332,14 +408,42 @@ def haproxy_maxconn(count):
     return min(count + 100, (nofile - 100) // 2)
 
 
-def memory_proxy(bench, kind, backend_port, count):
-    """Start a fresh proxy of that kind in front of the fake backend."""
+def tls_pair(bench):
+    """A self-signed P-256 certificate for 127.0.0.1 in the run's temp dir,
+    readable by the server user (PgBouncer runs as postgres): (cert, key)."""
+    cert = os.path.join(bench.workdir, "bench-tls.crt")
+    key = os.path.join(bench.workdir, "bench-tls.key")
+    if not os.path.exists(cert):
+        common.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-keyout", key, "-out", cert], timeout=60)
+        os.chmod(key, 0o600)
+        for path in (cert, key):
+            common.chown_server(path)
+    return cert, key
+
+
+def memory_proxy(bench, kind, backend_port, count, tls=False):
+    """Start a fresh proxy of that kind in front of the fake backend; with
+    tls, the proxy requires TLS from its clients (the backend side stays
+    plaintext)."""
     reg, wd = bench.reg, bench.workdir
     port = common.free_ports(1)[0]
-    name = "%s-mem" % kind
+    name = "%s-mem%s" % (kind, "-tls" if tls else "")
+    cert, key = tls_pair(bench) if tls else (None, None)
     if kind == "pgrelay":
-        proc = services.start_pgrelay(reg, bench.pgrelay, wd, name,
-                                      services.pgrelay_static_config(port, backend_port), port)
+        text = services.pgrelay_static_config(port, backend_port)
+        if tls:
+            text += '[tls]\ncert = "%s"\nkey = "%s"\nclient_tls = "require"\n' % (cert, key)
+        proc = services.start_pgrelay(reg, bench.pgrelay, wd, name, text, port)
+        ep = services.Endpoint(port)
+    elif tls and kind == "pgbouncer":
+        text = services.pgbouncer_config(
+            wd, name, port, [(services.DBNAME, backend_port)], "trust",
+            max_client_conn=count + 1000, pool_size=count + 1000)
+        text += ("client_tls_sslmode = require\nclient_tls_cert_file = %s\n"
+                 "client_tls_key_file = %s\n" % (cert, key))
+        proc = services.start_pgbouncer(reg, wd, name, text, port)
         ep = services.Endpoint(port)
     elif kind == "haproxy":
         proc = services.start_haproxy(reg, wd, name, services.haproxy_static_config(
@@ -375,15 +479,23 @@ def memory(bench):
     common.wait_port(fake_port, 30, fake, "fake backend")
     runs, errors = [], []
     try:
+        # Plaintext clients through all three, then TLS clients through
+        # pgrelay and PgBouncer (HAProxy here is a TCP proxy: TLS would be
+        # its own termination mode, not the one PostgreSQL clients use).
+        variants = [(k, False) for k in ("pgrelay", "haproxy", "pgbouncer")]
+        variants += [(k, True) for k in ("pgrelay", "pgbouncer")]
         for rnd in range(1, o.mem_rounds + 1):
-            for kind in ("pgrelay", "haproxy", "pgbouncer"):
+            for kind, tls in variants:
                 r = {"scenario": "memory", "round": rnd, "target": kind, "connections": n}
+                if tls:
+                    r["variant"] = "tls"
                 try:
-                    r.update(memory_once(bench, kind, fake, fake_port, n))
+                    r.update(memory_once(bench, kind, fake, fake_port, n, tls=tls))
                 except BenchError as e:
                     r["error"] = str(e)
-                say("  %d idle connections round %d %-9s %s" % (
-                    n, rnd, kind, "%.2f KiB/connection (RSS %d -> %d KiB)" % (
+                say("  %d idle %sconnections round %d %-9s %s" % (
+                    n, "TLS " if tls else "", rnd, kind,
+                    "%.2f KiB/connection (RSS %d -> %d KiB)" % (
                         r["kib_per_conn"], r["rss_before_kib"], r["rss_after_kib"])
                     if "kib_per_conn" in r else ""))
                 record(runs, r, errors)
@@ -396,12 +508,16 @@ def memory(bench):
 
 
 def memory_once(bench, kind, fake, fake_port, n, start=None, fds_per_conn=2, password=None,
-                label=None):
+                label=None, tls=False):
     """start: memory_proxy (passthrough) or the pooled rows' own; a pooler in
-    transaction mode holds one descriptor per idle client (fds_per_conn=1)."""
+    transaction mode holds one descriptor per idle client (fds_per_conn=1).
+    tls: the clients negotiate TLS (SSLRequest) before their startup."""
     reg, wd = bench.reg, bench.workdir
-    label = label or kind
-    proc, ep = (start or memory_proxy)(bench, kind, fake_port, n)
+    label = label or (kind + ("-tls" if tls else ""))
+    if tls:
+        proc, ep = memory_proxy(bench, kind, fake_port, n, tls=True)
+    else:
+        proc, ep = (start or memory_proxy)(bench, kind, fake_port, n)
     holder = None
     try:
         time.sleep(1.0)   # let start-up allocations settle
@@ -410,7 +526,8 @@ def memory_once(bench, kind, fake, fake_port, n, start=None, fds_per_conn=2, pas
         holder = reg.spawn("hold-%s" % label, [
             common.PYTHON, bench.fakepg, "hold", "--port", str(ep.port), "--count", str(n),
             "--batch", str(bench.opts.mem_batch), "--user", ep.user, "--dbname", ep.dbname,
-            "--query", "--hold-max", "600"] + (["--password", password] if password else []),
+            "--query", "--hold-max", "600"] + (["--password", password] if password else [])
+            + (["--tls"] if tls else []),
             os.path.join(wd, "hold-%s.log" % label), stdin=True, stdout_pipe=True)
         lines = LineReader(holder.popen.stdout)
         seen = lines.until("ready", timeout=120 + n / 50)
