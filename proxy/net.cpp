@@ -184,13 +184,12 @@ void RelayBuffer::release() noexcept {
 
 asio::awaitable<IoResult> read_pooled(tcp::socket& sock, TlsStream* tls, RelayBuffer& buf, size_t len, bool& drained,
                                       uint8_t (&idle)[kIdleRead]) {
-    if (tls) {
-        buf.ensure();
-        co_return co_await tls->async_read_some(asio::buffer(buf.data() + len, kRelayBuffer - len), use_tuple);
-    }
     if (len == 0 && drained) {
         buf.release();
-        auto [ec, n] = co_await sock.async_read_some(asio::buffer(idle), use_tuple);
+        IoResult r;
+        if (tls) r = co_await tls->async_read_some(asio::buffer(idle), use_tuple);
+        else r = co_await sock.async_read_some(asio::buffer(idle), use_tuple);
+        auto [ec, n] = r;
         drained = n < kIdleRead;
         if (!ec) {
             buf.ensure();
@@ -199,7 +198,11 @@ asio::awaitable<IoResult> read_pooled(tcp::socket& sock, TlsStream* tls, RelayBu
         co_return IoResult{ec, n};
     }
     buf.ensure();
-    auto [ec, n] = co_await sock.async_read_some(asio::buffer(buf.data() + len, kRelayBuffer - len), use_tuple);
+    const auto into = asio::buffer(buf.data() + len, kRelayBuffer - len);
+    IoResult r;
+    if (tls) r = co_await tls->async_read_some(into, use_tuple);
+    else r = co_await sock.async_read_some(into, use_tuple);
+    auto [ec, n] = r;
     drained = n < kRelayBuffer - len;
     co_return IoResult{ec, n};
 }

@@ -79,7 +79,9 @@ private:
 // the pool and waits in a read of at most kIdleRead bytes into `idle`, a small
 // array of its own, which costs what a plain read costs (asio tries the read
 // first, then waits for epoll). The bytes move to a pooled buffer once they
-// arrive. TLS keeps its buffer: OpenSSL reads ahead of what it returns.
+// arrive. The same holds for TLS: a read shorter than asked for may leave
+// records in OpenSSL (it reads ahead), but the next read returns them without
+// waiting, so only the size of that read is affected, never its outcome.
 asio::awaitable<IoResult> read_pooled(tcp::socket& sock, TlsStream* tls, RelayBuffer& buf, size_t len, bool& drained,
                                       uint8_t (&idle)[kIdleRead]);
 

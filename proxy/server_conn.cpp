@@ -89,7 +89,9 @@ asio::awaitable<std::optional<LoginError>> ServerConn::forward_startup(const std
     scanner.watch(static_cast<char>(protocol::BackendType::Authentication));
     scanner.watch(static_cast<char>(protocol::BackendType::NegotiateProtocolVersion));
     asio::steady_timer deadline(sock_.get_executor(), timeout);
-    uint8_t chunk[4096];
+    // PostgreSQL's answer to a startup is about 500 bytes; this array is
+    // part of the coroutine's frame, allocated for every new session.
+    uint8_t chunk[1024];
     size_t pos = 0;
     for (;;) {
         auto r = co_await (read(asio::buffer(chunk)) || deadline.async_wait(use_tuple));

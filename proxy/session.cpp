@@ -627,8 +627,12 @@ void Session::pump(Pipe& p, bool scan_buffered) {
         return;
     }
     if (p.pos > 0 && !flush(p)) return;
+    // An empty buffer goes back to the pool even when the socket is read
+    // again next round: sessions starting together (each deferred once, its
+    // sockets unread) would otherwise each hold one, beyond what the pool
+    // keeps, and leave them as holes in the heap.
+    if (p.len == 0) p.buf.release();
     if (p.readable) shared_.relay_loop->defer(this);
-    else if (p.len == 0) p.buf.release();
 }
 
 bool Session::flush(Pipe& p) {
