@@ -25,6 +25,11 @@ PACKAGES=(
   # real application drivers for the pooling tests (tests/clients/): pgJDBC
   # run as a single-file Java program (needs a JDK, not a JRE)
   libpostgresql-jdbc-java default-jdk-headless
+  # the Debian package (CPack's DEB generator; dpkg-shlibdeps declares its
+  # dependencies) and `systemd-analyze verify` of its unit
+  dpkg-dev systemd
+  # the status page's test: headless Chromium, driven over the DevTools protocol
+  chromium python3-websocket
 )
 # node-postgres comes from npm (tests/clients/setup_node.sh); node and npm
 # from Debian, unless a node with its own npm is installed already (e.g.

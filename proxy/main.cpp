@@ -18,13 +18,15 @@ namespace {
 void usage(FILE* out) {
     std::fputs(
         "Usage: pgrelay --config FILE [--check-config]\n"
+        "       pgrelay --check-config FILE\n"
         "       pgrelay --version | --help\n"
         "\n"
         "PostgreSQL-aware proxy: a read-write port that reaches the primary and a\n"
         "read-only port that balances over the replicas.\n"
         "\n"
         "  -c, --config FILE   TOML configuration (see conf/pgrelay.toml)\n"
-        "      --check-config  validate FILE and exit (0 valid, 2 invalid)\n"
+        "      --check-config [FILE]\n"
+        "                      validate the configuration and exit (0 valid, 2 invalid)\n"
         "  -V, --version       print the version and exit\n"
         "  -h, --help          print this help and exit\n",
         out);
@@ -35,6 +37,11 @@ void usage(FILE* out) {
 int main(int argc, char** argv) {
     std::string config_path;
     bool check_only = false;
+    bool two_files = false;
+    auto set_path = [&](std::string p) {
+        two_files = two_files || !config_path.empty();
+        config_path = std::move(p);
+    };
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "-h" || a == "--help") {
@@ -45,15 +52,22 @@ int main(int argc, char** argv) {
             return 0;
         } else if (a == "--check-config") {
             check_only = true;
+            // `pgrelay --check-config FILE`, as well as `--config FILE --check-config`.
+            if (i + 1 < argc && argv[i + 1][0] != '-') set_path(argv[++i]);
         } else if ((a == "-c" || a == "--config") && i + 1 < argc) {
-            config_path = argv[++i];
+            set_path(argv[++i]);
         } else if (a.rfind("--config=", 0) == 0) {
-            config_path = a.substr(9);
+            set_path(a.substr(9));
         } else {
             std::fprintf(stderr, "pgrelay: unknown argument '%s'\n\n", a.c_str());
             usage(stderr);
             return 2;
         }
+    }
+    if (two_files) {
+        std::fprintf(stderr, "pgrelay: more than one configuration file given\n\n");
+        usage(stderr);
+        return 2;
     }
     if (config_path.empty()) {
         std::fprintf(stderr, "pgrelay: --config FILE is required\n\n");
