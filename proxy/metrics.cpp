@@ -48,6 +48,12 @@ MemberStats& Registry::member(PortRole port, const std::string& member) {
     return *slot;
 }
 
+int64_t Registry::backend_open(PortRole port, const std::string& member) const {
+    std::lock_guard lock(mu_);
+    auto it = members_.find({port, member});
+    return it == members_.end() ? 0 : it->second->backend_open.load(std::memory_order_relaxed);
+}
+
 void Registry::count_error(std::string_view origin, std::string_view sqlstate) {
     std::atomic<uint64_t>* c;
     {

@@ -79,6 +79,8 @@ public:
     static Registry& instance();
 
     MemberStats& member(PortRole port, const std::string& member);
+    // Backend connections open now to `member` from `port`; 0 when none ever were.
+    int64_t backend_open(PortRole port, const std::string& member) const;
     PortStats& port(PortRole r) { return r == PortRole::ReadWrite ? rw_ : ro_; }
     // Connections held right now, both ports.
     int64_t held_now() const {

@@ -145,6 +145,7 @@ struct Server::Impl {
     std::unique_ptr<AdminServer> admin;
     std::vector<std::unique_ptr<Worker>> workers;
     topology::PeerDirectory peers;
+    TopologyHistory changes;  // the recent routing changes, for /topology and the status page
     bool draining = false;
     std::atomic<bool> refusing{false};  // workers read it: new sessions get 57P03 while draining
     bool deregistered = false;  // the store answered the deregistration (or it timed out)
@@ -342,7 +343,10 @@ int Server::run() {
         fo.probe.connect_timeout = cfg.probe.connect_timeout;
         fo.probe.sslmode = to_string(cfg.backend_tls);
         fo.probe.sslrootcert = cfg.backend_tls_ca;
-        fo.on_reroute = [&reg](double secs) { reg.reroute_seconds.observe(secs); };
+        fo.on_reroute = [&reg, &s](double secs) {
+            reg.reroute_seconds.observe(secs);
+            s.changes.note_reroute(secs);
+        };
         fo.stats = &reg.source;
         fo.addresses = cfg.member_addresses;
         for (const auto& [name, addr] : cfg.member_addresses)
@@ -465,6 +469,7 @@ int Server::run() {
             s.admin = std::make_unique<AdminServer>(s.control, cfg.admin.host, cfg.admin.port, s.hub,
                                                     [&s] { return s.router.options(); });
             s.admin->set_peers(&s.peers);
+            s.admin->set_history(&s.changes);
         } catch (const std::exception& e) {
             throw std::runtime_error("cannot listen on admin port " + cfg.admin.host + ":" +
                                      std::to_string(cfg.admin.port) + ": " + e.what());
@@ -473,8 +478,12 @@ int Server::run() {
 
     // Every new snapshot reaches each worker on its own thread: held
     // connections re-route, sessions on a member that lost its role end.
-    s.hub.on_change([&s, &reg](const topology::TopologyPtr&, const topology::TopologyPtr& after) {
+    s.hub.on_change([&s, &reg](const topology::TopologyPtr& before, const topology::TopologyPtr& after) {
         reg.topology_changes.fetch_add(1, std::memory_order_relaxed);
+        s.changes.record(before.get(), *after,
+                         std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count());
         const std::string primary = after->primary ? after->members[*after->primary].name : "";
         if (primary != s.last_primary) {
             reg.primary_changes.fetch_add(1, std::memory_order_relaxed);
@@ -490,7 +499,7 @@ int Server::run() {
         if (l->enabled) log::info("listening on {} port {}:{} ({} threads)", to_string(l->role), l->host, l->port, n);
     if (s.admin) {
         s.admin->start();
-        log::info("admin HTTP on {}:{} (/metrics, /health, /health/ro, /topology)", cfg.admin.host, cfg.admin.port);
+        log::info("admin HTTP on {}:{} (/ status page, /metrics, /health, /health/ro, /topology, /pools)", cfg.admin.host, cfg.admin.port);
     }
 
     asio::signal_set stop_signals(s.control, SIGINT, SIGTERM);

@@ -114,6 +114,46 @@ TEST_CASE("/health, /health/ro and /topology tell what pgrelay can route", "[ops
     CHECK(relay.http_get("/nope").first == 404);
 }
 
+TEST_CASE("GET / serves the status page with a strict CSP and /topology has what it shows", "[ops]") {
+    auto& cluster = PgCluster::shared();
+    Pgrelay relay(cluster);
+    RawClient c(relay.admin_port());
+    REQUIRE(c.connected());
+    c.send("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    const std::string resp = c.read_all(5s);
+    const auto end = resp.find("\r\n\r\n");
+    REQUIRE(end != std::string::npos);
+    const std::string head = resp.substr(0, end), body = resp.substr(end + 4);
+    INFO(head);
+    CHECK(head.rfind("HTTP/1.1 200", 0) == 0);
+    CHECK_THAT(head, Catch::Contains("Content-Type: text/html; charset=utf-8"));
+    CHECK_THAT(head, Catch::Contains("Content-Security-Policy: default-src 'none'; script-src 'sha256-"));
+    CHECK_THAT(head, Catch::Contains("connect-src 'self'"));
+    CHECK_THAT(body, Catch::Contains("<!DOCTYPE html>") && Catch::Contains("id=\"leader\""));
+    CHECK_THAT(body, !Catch::Contains("http://") && !Catch::Contains("https://"));
+    CHECK(relay.http_get("/status").first == 200);
+
+    // The page's data: the first snapshot is in the changes, eligibility per
+    // port with reasons, backends and client connections.
+    PgConn held = pg_connect(relay.conninfo(relay.rw_port(), "md5user", "md5pass"));
+    REQUIRE(held.ok());
+    std::string topo;
+    CHECK(eventually(
+        [&] {
+            topo = relay.http_get("/topology").second;
+            return topo.find("\"backends\":{\"rw\":1") != std::string::npos;
+        },
+        5s));
+    INFO(topo);
+    CHECK_THAT(topo, Catch::Contains("\"changes\":[{\"at\":\""));
+    CHECK_THAT(topo, Catch::Contains("first topology from static: rw " + cluster.primary().name));
+    CHECK_THAT(topo, Catch::Contains("\"rw_eligible\":true"));
+    CHECK_THAT(topo, Catch::Contains("\"rw_excluded_because\":\""));
+    CHECK_THAT(topo, Catch::Contains("\"is_leader\":true"));
+    CHECK_THAT(topo, Catch::Contains("\"connections\":{\"rw\":{\"clients\":1"));
+    CHECK_THAT(topo, Catch::Contains("\"generated_at_unix_ms\":"));
+}
+
 TEST_CASE("SIGHUP: a new weight changes routing without dropping open sessions; a broken file changes nothing",
           "[ops]") {
     auto& cluster = PgCluster::shared();
