@@ -5,6 +5,7 @@
 #include <string>
 
 #include "proxy/config.hpp"
+#include "proxy/convert_pgbouncer.hpp"
 #include "proxy/tls.hpp"
 #include "proxy/log.hpp"
 #include "proxy/server.hpp"
@@ -19,6 +20,7 @@ void usage(FILE* out) {
     std::fputs(
         "Usage: pgrelay --config FILE [--check-config]\n"
         "       pgrelay --check-config FILE\n"
+        "       pgrelay --convert-pgbouncer PGBOUNCER.INI\n"
         "       pgrelay --version | --help\n"
         "\n"
         "PostgreSQL-aware proxy: a read-write port that reaches the primary and a\n"
@@ -27,6 +29,12 @@ void usage(FILE* out) {
         "  -c, --config FILE   TOML configuration (see conf/pgrelay.toml)\n"
         "      --check-config [FILE]\n"
         "                      validate the configuration and exit (0 valid, 2 invalid)\n"
+        "      --convert-pgbouncer PGBOUNCER.INI\n"
+        "                      print an equivalent pgrelay.toml on standard output and\n"
+        "                      one line per setting it cannot carry over on standard\n"
+        "                      error, and exit 0; exit 2, printing nothing on standard\n"
+        "                      output, when the file (or an %include) cannot be read\n"
+        "                      or has a line that does not parse\n"
         "  -V, --version       print the version and exit\n"
         "  -h, --help          print this help and exit\n",
         out);
@@ -36,6 +44,8 @@ void usage(FILE* out) {
 
 int main(int argc, char** argv) {
     std::string config_path;
+    std::string pgbouncer_path;
+    bool convert = false;
     bool check_only = false;
     bool two_files = false;
     auto set_path = [&](std::string p) {
@@ -54,6 +64,9 @@ int main(int argc, char** argv) {
             check_only = true;
             // `pgrelay --check-config FILE`, as well as `--config FILE --check-config`.
             if (i + 1 < argc && argv[i + 1][0] != '-') set_path(argv[++i]);
+        } else if (a == "--convert-pgbouncer" && i + 1 < argc && !convert) {
+            convert = true;
+            pgbouncer_path = argv[++i];
         } else if ((a == "-c" || a == "--config") && i + 1 < argc) {
             set_path(argv[++i]);
         } else if (a.rfind("--config=", 0) == 0) {
@@ -63,6 +76,21 @@ int main(int argc, char** argv) {
             usage(stderr);
             return 2;
         }
+    }
+    if (convert) {
+        if (check_only || !config_path.empty()) {
+            std::fprintf(stderr, "pgrelay: --convert-pgbouncer takes no other option\n\n");
+            usage(stderr);
+            return 2;
+        }
+        const pgrelay::ConvertResult r = pgrelay::convert_pgbouncer_file(pgbouncer_path);
+        for (const auto& n : r.notes) std::fprintf(stderr, "pgrelay: %s\n", n.describe().c_str());
+        if (!r.ok) {
+            std::fprintf(stderr, "pgrelay: cannot convert %s\n", pgbouncer_path.c_str());
+            return 2;
+        }
+        std::fwrite(r.toml.data(), 1, r.toml.size(), stdout);
+        return std::fflush(stdout) == 0 ? 0 : 1;
     }
     if (two_files) {
         std::fprintf(stderr, "pgrelay: more than one configuration file given\n\n");
