@@ -87,6 +87,78 @@ bool parse_duration(const std::string& s, std::chrono::milliseconds& out) {
 
 namespace {
 
+// Every table the parser reads and the keys it accepts there (a key that names
+// a subtable is listed as well), with whether SIGHUP applies a change or only
+// a restart does (proxy/server.cpp, Server::reload). [pool.rw] and [pool.ro]
+// take [pool]'s keys. The documentation test (tests/proxy/test_config_docs.cpp)
+// holds conf/pgrelay.toml, and so pgrelay.toml(5), to exactly this list.
+constexpr ConfigKey kSchema[] = {
+    {"", "server", false}, {"", "listen", false}, {"", "routing", false}, {"", "topology", false},
+    {"", "admin", false}, {"", "tls", false}, {"", "pool", false}, {"", "instance", false},
+
+    {"server", "threads", true}, {"server", "log_level", false}, {"server", "log_format", false},
+    {"server", "connect_timeout", false}, {"server", "startup_timeout", false}, {"server", "max_frame_size", false},
+    {"server", "shutdown_grace", false}, {"server", "max_client_connections", false},
+    {"server", "idle_client_timeout", false}, {"server", "tcp_keepalive_idle", false},
+    {"server", "tcp_keepalive_interval", false}, {"server", "tcp_keepalive_count", false},
+
+    {"tls", "cert", false}, {"tls", "key", false}, {"tls", "client_ca", false}, {"tls", "client_tls", false},
+    {"tls", "min_version", false}, {"tls", "ciphers", false},
+
+    {"listen", "rw", true}, {"listen", "ro", true},
+
+    {"instance", "id", true}, {"instance", "peer_address", true}, {"instance", "peers", false},
+    {"instance", "register", true}, {"instance", "registry_path", true}, {"instance", "ttl", true},
+
+    {"admin", "listen", true},
+
+    {"pool", "pool_mode", true}, {"pool", "pool_size", false}, {"pool", "min_pool_size", false},
+    {"pool", "max_db_connections", false}, {"pool", "server_lifetime", false},
+    {"pool", "server_idle_timeout", false}, {"pool", "query_wait_timeout", false},
+    {"pool", "server_reset_query", false}, {"pool", "auth_file", false}, {"pool", "auth_query", false},
+    {"pool", "auth_user", false}, {"pool", "admin_users", false}, {"pool", "rw", false}, {"pool", "ro", false},
+
+    {"routing", "ro_fallback_to_primary", false}, {"routing", "ro_balance", false},
+    {"routing", "max_replica_lag", false}, {"routing", "weights", false}, {"routing", "exclude", false},
+    {"routing", "hold_timeout", false}, {"routing", "switchover_hold", false},
+    {"routing", "allow_standby_leader", false},
+
+    {"topology", "source", true}, {"topology", "health_check_interval", true},
+    {"topology", "health_check_timeout", true}, {"topology", "members", true}, {"topology", "zookeeper", true},
+    {"topology", "etcd", true}, {"topology", "patroni_api", true}, {"topology", "probe", true},
+    {"topology", "rest_fallback", true}, {"topology", "member_addresses", true},
+    {"topology", "backend_tls", false}, {"topology", "backend_tls_ca", false}, {"topology", "backend_tls_sni", false},
+
+    {"topology.members", "name", true}, {"topology.members", "host", true}, {"topology.members", "port", true},
+    {"topology.members", "role", true}, {"topology.members", "tags", true},
+
+    {"topology.zookeeper", "hosts", true}, {"topology.zookeeper", "namespace", true},
+    {"topology.zookeeper", "scope", true}, {"topology.zookeeper", "session_timeout", true},
+
+    {"topology.etcd", "endpoints", true}, {"topology.etcd", "namespace", true}, {"topology.etcd", "scope", true},
+    {"topology.etcd", "username", true}, {"topology.etcd", "password", true},
+    {"topology.etcd", "password_file", true}, {"topology.etcd", "ca", true}, {"topology.etcd", "cert", true},
+    {"topology.etcd", "key", true}, {"topology.etcd", "request_timeout", true},
+    {"topology.etcd", "check_interval", true},
+
+    {"topology.patroni_api", "urls", true}, {"topology.patroni_api", "ca", true},
+    {"topology.patroni_api", "cert", true}, {"topology.patroni_api", "key", true},
+    {"topology.patroni_api", "interval", true}, {"topology.patroni_api", "request_timeout", true},
+
+    {"topology.probe", "user", true}, {"topology.probe", "password", true}, {"topology.probe", "dbname", true},
+    {"topology.probe", "interval", true}, {"topology.probe", "connect_timeout", true},
+
+    {"topology.rest_fallback", "enabled", true}, {"topology.rest_fallback", "interval", true},
+    {"topology.rest_fallback", "request_timeout", true}, {"topology.rest_fallback", "ca", true},
+    {"topology.rest_fallback", "cert", true}, {"topology.rest_fallback", "key", true},
+};
+
+}  // namespace
+
+std::span<const ConfigKey> config_keys() noexcept { return kSchema; }
+
+namespace {
+
 class Loader {
 public:
     explicit Loader(std::string path) : path_(std::move(path)) {}
@@ -95,17 +167,25 @@ public:
         throw ConfigError(path_, n ? static_cast<int>(n->source().begin.line) : 0, msg);
     }
 
-    // Rejects keys not in `allowed`: a misspelt option must not be ignored.
-    void only_keys(const toml::table& t, const std::string& where, std::initializer_list<std::string_view> allowed) {
-        only_keys(t, where, std::span<const std::string_view>(allowed.begin(), allowed.size()));
-    }
-    void only_keys(const toml::table& t, const std::string& where, std::span<const std::string_view> allowed) {
+    // Rejects keys the schema (kSchema) does not list for table `name` ("" =
+    // the top level; [pool.rw] and [pool.ro] take [pool]'s keys but rw and ro):
+    // a misspelt option must not be ignored.
+    void only_keys(const toml::table& t, std::string_view name) {
+        const bool port_pool = name == "pool.rw" || name == "pool.ro";
+        auto accepts = [&](const ConfigKey& k) {
+            if (port_pool) return k.table == "pool" && k.key != "rw" && k.key != "ro";
+            return k.table == name;
+        };
         for (const auto& [k, v] : t) {
             bool ok = false;
-            for (auto a : allowed) ok = ok || k.str() == a;
+            for (const auto& a : kSchema) ok = ok || (accepts(a) && k.str() == a.key);
             if (!ok) {
                 std::string list;
-                for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+                for (const auto& a : kSchema)
+                    if (accepts(a)) list += (list.empty() ? "" : ", ") + std::string(a.key);
+                const std::string where = name.empty() ? std::string("the top level")
+                                          : name == "topology.members" ? std::string("[[topology.members]]")
+                                                                       : "[" + std::string(name) + "]";
                 fail(&v, "unknown key '" + std::string(k.str()) + "' in " + where + " (expected one of: " + list + ")");
             }
         }
@@ -243,7 +323,7 @@ public:
                                                                    : std::string();
         in.registry_path = scope.empty() ? "/pgrelay/instances" : "/pgrelay/" + scope + "/instances";
         if (!t) return;
-        only_keys(*t, "[instance]", {"id", "peer_address", "peers", "register", "registry_path", "ttl"});
+        only_keys(*t, "instance");
         in.id = get_string(*t, "id", in.id);
         // It names a znode or an etcd key, and shows up in logs and labels.
         if (in.id.empty() || in.id.size() > 200 || in.id == "." || in.id == ".." ||
@@ -298,13 +378,10 @@ public:
     Config load_main(const toml::table& root) {
         Config c;
         c.path = path_;
-        only_keys(root, "the top level", {"server", "listen", "routing", "topology", "admin", "tls", "pool", "instance"});
+        only_keys(root, "");
 
         if (const toml::table* s = table(root, "server")) {
-            only_keys(*s, "[server]",
-                      {"threads", "log_level", "log_format", "connect_timeout", "startup_timeout", "max_frame_size",
-                       "shutdown_grace", "max_client_connections", "idle_client_timeout", "tcp_keepalive_idle",
-                       "tcp_keepalive_interval", "tcp_keepalive_count"});
+            only_keys(*s, "server");
             c.idle_client_timeout = get_duration(*s, "idle_client_timeout", c.idle_client_timeout);
             auto keepalive_secs = [&](std::string_view key, std::chrono::seconds def) {
                 const auto d = get_duration(*s, key, def);
@@ -334,12 +411,12 @@ public:
         }
 
         if (const toml::table* l = table(root, "listen")) {
-            only_keys(*l, "[listen]", {"rw", "ro"});
+            only_keys(*l, "listen");
             c.rw = get_listen(*l, "rw", PortRole::ReadWrite, "");
             c.ro = get_listen(*l, "ro", PortRole::ReadOnly, "");
         }
         if (const toml::table* a = table(root, "admin")) {
-            only_keys(*a, "[admin]", {"listen"});
+            only_keys(*a, "admin");
             c.admin = get_listen(*a, "listen", PortRole::ReadWrite, "127.0.0.1:9187");
         }
         if (!c.rw.enabled && !c.ro.enabled) fail(root.get("listen"), "[listen] must set rw and/or ro (\"address:port\")");
@@ -350,8 +427,7 @@ public:
         if (const toml::table* pool = table(root, "pool")) load_pool(*pool, c);
 
         if (const toml::table* r = table(root, "routing")) {
-            only_keys(*r, "[routing]", {"ro_fallback_to_primary", "ro_balance", "max_replica_lag", "weights", "exclude",
-                                        "hold_timeout", "switchover_hold", "allow_standby_leader"});
+            only_keys(*r, "routing");
             c.hold_timeout = get_duration(*r, "hold_timeout", c.hold_timeout);
             c.switchover_hold = get_duration(*r, "switchover_hold", c.switchover_hold);
             c.allow_standby_leader = get_bool(*r, "allow_standby_leader", false);
@@ -374,9 +450,7 @@ public:
 
         const toml::table* t = table(root, "topology");
         if (!t) fail(nullptr, "missing [topology] section (source and members)");
-        only_keys(*t, "[topology]",
-                  {"source", "health_check_interval", "health_check_timeout", "members", "zookeeper", "etcd",
-                   "patroni_api", "probe", "rest_fallback", "member_addresses", "backend_tls", "backend_tls_ca", "backend_tls_sni"});
+        only_keys(*t, "topology");
         load_backend_tls(*t, c);
         c.topology_source = get_string(*t, "source", "static");
         if (c.topology_source != "static" && c.topology_source != "zookeeper" && c.topology_source != "etcd" &&
@@ -391,7 +465,7 @@ public:
         if (c.health_check_interval.count() == 0) fail(t->get("health_check_interval"), "health_check_interval must be above 0");
         if (c.health_check_timeout.count() == 0) fail(t->get("health_check_timeout"), "health_check_timeout must be above 0");
         if (const toml::table* p = table(*t, "probe")) {
-            only_keys(*p, "[topology.probe]", {"user", "password", "dbname", "interval", "connect_timeout"});
+            only_keys(*p, "topology.probe");
             c.probe.user = get_string(*p, "user", c.probe.user);
             c.probe.password = get_string(*p, "password", c.probe.password);
             c.probe.dbname = get_string(*p, "dbname", c.probe.dbname);
@@ -414,7 +488,7 @@ public:
         if (const toml::table* f = table(*t, "rest_fallback")) {
             if (c.topology_source != "zookeeper" && c.topology_source != "etcd")
                 fail(t->get("rest_fallback"), "[topology.rest_fallback] is only for source \"zookeeper\" or \"etcd\"");
-            only_keys(*f, "[topology.rest_fallback]", {"enabled", "interval", "request_timeout", "ca", "cert", "key"});
+            only_keys(*f, "topology.rest_fallback");
             c.rest_fallback.enabled = get_bool(*f, "enabled", c.rest_fallback.enabled);
             c.rest_fallback.interval = get_duration(*f, "interval", c.rest_fallback.interval);
             c.rest_fallback.request_timeout = get_duration(*f, "request_timeout", c.rest_fallback.request_timeout);
@@ -446,7 +520,7 @@ public:
     void load_zookeeper(const toml::table& t, Config& c) {
         const toml::table* z = table(t, "zookeeper");
         if (!z) fail(t.get("source"), "[topology] source \"zookeeper\" needs a [topology.zookeeper] section (hosts, scope)");
-        only_keys(*z, "[topology.zookeeper]", {"hosts", "namespace", "scope", "session_timeout"});
+        only_keys(*z, "topology.zookeeper");
         c.zookeeper.hosts = get_string(*z, "hosts", "");
         if (c.zookeeper.hosts.empty()) fail(z, "[topology.zookeeper] hosts is required, e.g. \"zk1:2181,zk2:2181\"");
         c.zookeeper.namespace_ = get_string(*z, "namespace", c.zookeeper.namespace_);
@@ -493,9 +567,7 @@ public:
     void load_etcd(const toml::table& t, Config& c) {
         const toml::table* e = table(t, "etcd");
         if (!e) fail(t.get("source"), "[topology] source \"etcd\" needs a [topology.etcd] section (endpoints, scope)");
-        only_keys(*e, "[topology.etcd]",
-                  {"endpoints", "namespace", "scope", "username", "password", "password_file", "ca", "cert", "key",
-                   "request_timeout", "check_interval"});
+        only_keys(*e, "topology.etcd");
         get_store_tls(*e, "[topology.etcd]", c.etcd.ca, c.etcd.cert, c.etcd.key);
         const bool tls_files = !c.etcd.ca.empty() || !c.etcd.cert.empty();
         c.etcd.endpoints = get_urls(*e, "endpoints", "[topology.etcd]", tls_files, 2379,
@@ -533,7 +605,7 @@ public:
     void load_patroni_api(const toml::table& t, Config& c) {
         const toml::table* a = table(t, "patroni_api");
         if (!a) fail(t.get("source"), "[topology] source \"patroni_api\" needs a [topology.patroni_api] section (urls)");
-        only_keys(*a, "[topology.patroni_api]", {"urls", "ca", "cert", "key", "interval", "request_timeout"});
+        only_keys(*a, "topology.patroni_api");
         get_store_tls(*a, "[topology.patroni_api]", c.patroni_api.ca, c.patroni_api.cert, c.patroni_api.key);
         c.patroni_api.urls = get_urls(*a, "urls", "[topology.patroni_api]", false, 8008,
                                       "[\"http://pg1:8008\", \"http://pg2:8008\"]");
@@ -545,11 +617,6 @@ public:
             fail(a->get("request_timeout"), "[topology.patroni_api] request_timeout must be at least 100ms");
     }
 
-    // Every key of [pool]; [pool.rw] and [pool.ro] take the same ones.
-    static constexpr std::string_view kPoolKeys[] = {
-        "pool_mode",       "pool_size",           "min_pool_size",      "max_db_connections",
-        "server_lifetime", "server_idle_timeout", "query_wait_timeout", "server_reset_query",
-        "auth_file",       "auth_query",          "auth_user",          "admin_users"};
     static constexpr int64_t kMaxPoolConnections = 100000;
 
     // Reads the keys `t` sets over `p` (which holds the defaults so far).
@@ -615,21 +682,18 @@ public:
     }
 
     void load_pool(const toml::table& t, Config& c) {
-        std::vector<std::string_view> keys(std::begin(kPoolKeys), std::end(kPoolKeys));
-        keys.push_back("rw");
-        keys.push_back("ro");
-        only_keys(t, "[pool]", keys);
+        only_keys(t, "pool");
         PoolConfig base;
         read_pool(t, "[pool]", base);
         const toml::table* rw = table(t, "rw");
         const toml::table* ro = table(t, "ro");
         c.pool_rw = c.pool_ro = base;
         if (rw) {
-            only_keys(*rw, "[pool.rw]", kPoolKeys);
+            only_keys(*rw, "pool.rw");
             read_pool(*rw, "[pool.rw]", c.pool_rw);
         }
         if (ro) {
-            only_keys(*ro, "[pool.ro]", kPoolKeys);
+            only_keys(*ro, "pool.ro");
             read_pool(*ro, "[pool.ro]", c.pool_ro);
         }
         check_pool(t, rw, "[pool.rw]", PortRole::ReadWrite, c.pool_rw);
@@ -637,7 +701,7 @@ public:
     }
 
     void load_tls(const toml::table& t, Config& c) {
-        only_keys(t, "[tls]", {"cert", "key", "client_ca", "client_tls", "min_version", "ciphers"});
+        only_keys(t, "tls");
         c.tls.cert = get_string(t, "cert", "");
         c.tls.key = get_string(t, "key", "");
         c.tls.client_ca = get_string(t, "client_ca", "");
@@ -691,7 +755,7 @@ public:
         for (const auto& e : *arr) {
             const toml::table* m = e.as_table();
             if (!m) fail(&e, "each [[topology.members]] entry must be a table");
-            only_keys(*m, "[[topology.members]]", {"name", "host", "port", "role", "tags"});
+            only_keys(*m, "topology.members");
             topology::Member mem;
             mem.name = get_string(*m, "name", "");
             if (mem.name.empty()) fail(&e, "member without a name");

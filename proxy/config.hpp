@@ -6,8 +6,10 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "proxy/log.hpp"
@@ -187,6 +189,18 @@ struct Config {
 };
 
 const char* to_string(Config::BackendTls m) noexcept;  // "disable" ... "verify-full"
+
+// One key the parser accepts: in `table` ("" = the top level, "server",
+// "topology.etcd", "topology.members" for [[topology.members]] entries; [pool.rw]
+// and [pool.ro] take [pool]'s keys), and whether a change needs a restart
+// (true) or SIGHUP applies it. A key naming a subtable is listed too.
+struct ConfigKey {
+    std::string_view table;
+    std::string_view key;
+    bool restart;
+};
+// Every key, in the order conf/pgrelay.toml documents them.
+std::span<const ConfigKey> config_keys() noexcept;
 
 // Throws ConfigError.
 Config load_config(const std::string& path);
