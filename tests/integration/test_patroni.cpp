@@ -744,8 +744,15 @@ TEST_CASE("patroni_api: a switchover is followed within the poll interval plus t
     WARN("patroni_api rerouted " << behind * 1000 << " ms after the " << cluster.dcs() << " source (poll interval "
                                   << kInterval * 1000 << " ms)");
     // One poll interval, plus the probe (retried every 5 ms), plus slack for a
-    // loaded machine: a bound on a defect, not a benchmark.
-    CHECK(behind < kInterval + 1.0);
+    // loaded machine: a bound on a defect, not a benchmark. Under ASan every
+    // poll and probe runs several times slower (2.4 s seen in CI), so the
+    // slack is wider there; the release pass keeps the tight bound.
+#if defined(__SANITIZE_ADDRESS__)
+    constexpr double kSlack = 4.0;
+#else
+    constexpr double kSlack = 1.0;
+#endif
+    CHECK(behind < kInterval + kSlack);
     CHECK(port_via(api.rw_port()) == pg_port_of(candidate));
     CHECK_THAT(api.log(), Catch::Contains("ms after the poll that saw the new leader"));
 }
