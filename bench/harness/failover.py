@@ -25,8 +25,12 @@ long-lived, mostly idle connections, as an application's connection pool
 holds them: each writes a row every 0.3-1.2 s and keeps its connection
 unless the connection itself is gone. Per target: client errors per
 switchover, connections that had to reconnect, and the slowest single write.
-One more target takes part here only: pgrelay-tx, a second pgrelay whose rw
-port pools in transaction mode (started for this scenario).
+Two more targets take part here only, each a pgrelay started for this
+scenario: pgrelay-tx, whose rw port pools in transaction mode, and
+pgrelay-api, which follows Patroni by polling its REST API (source =
+"patroni_api", every 250 ms) instead of watching the DCS. Per switchover,
+pgrelay-api's reroute minus pgrelay's is what a poll costs against a watch,
+measured on the very same switchover.
 """
 
 import array
@@ -51,6 +55,7 @@ CREATE TABLE IF NOT EXISTS bench_failover (
 DSN_OPTS = dict(connect_timeout=10, application_name="pgrelay-bench-failover",
                 keepalives=1, keepalives_idle=5, keepalives_interval=1, keepalives_count=3,
                 options="'-c statement_timeout=5000'", sslmode="disable")
+API_INTERVAL_MS = 250   # pgrelay-api's poll interval (the patroni_api default)
 REROUTE_WAIT = 90        # a target that has not written to the new primary by then failed
 SUCCESS_PAUSE = 0.001    # between writes, to leave CPU to the cluster
 ERROR_PAUSE = 0.01
@@ -599,15 +604,29 @@ def failover(bench):
     cluster = bench.cluster
     port_of = {n: v["pg_port"] for n, v in cluster.nodes.items()}
     dsns = write_dsns(bench)
-    pooled_tx = pooled.start_pgrelay_pooled(bench, "transaction")
+    started = [pooled.start_pgrelay_pooled(bench, "transaction")]
     try:
-        return run_failover(bench, o, admin, cluster, port_of, dsns, pooled_tx)
+        started.append(start_pgrelay_api(bench))
+        dsns["pgrelay-tx"] = started[0].rw.dsn(**DSN_OPTS)
+        dsns["pgrelay-api"] = started[1].rw.dsn(**DSN_OPTS)
+        return run_failover(bench, o, admin, cluster, port_of, dsns)
     finally:
-        pooled.stop_all(bench, [pooled_tx])
+        pooled.stop_all(bench, started)
 
 
-def run_failover(bench, o, admin, cluster, port_of, dsns, pooled_tx):
-    dsns["pgrelay-tx"] = pooled_tx.rw.dsn(**DSN_OPTS)
+def start_pgrelay_api(bench):
+    rw, admin = common.free_ports(2)
+    name = "pgrelay-api"
+    proc = services.start_pgrelay(bench.reg, bench.pgrelay, bench.workdir, name,
+                                  services.pgrelay_api_config(rw, admin, bench.cluster, API_INTERVAL_MS),
+                                  rw, admin_port=admin, health=("/health",))
+    t = services.Target("pgrelay", services.Endpoint(rw), None, proc,
+                        notes={"process": name, "admin": admin})
+    pooled.check_primary(t)
+    return t
+
+
+def run_failover(bench, o, admin, cluster, port_of, dsns):
     runs, errors, switchovers = [], [], []
     etcd = getattr(cluster, "dcs", "zookeeper") == "etcd"
     if etcd:
@@ -725,6 +744,8 @@ def run_failover(bench, o, admin, cluster, port_of, dsns, pooled_tx):
                                         "so it keeps sending writes to the old primary"}}
     config["crowd"] = o.crowd
     config["pgrelay-tx"] = "a second pgrelay, rw in transaction pool mode (pool_size %d)" % services.POOL_SIZE
+    config["pgrelay-api"] = ("a third pgrelay, rw only, source = \"patroni_api\" polling GET /cluster "
+                             "every %d ms" % API_INTERVAL_MS)
     out = {"config": config, "switchovers": switchovers, "runs": runs, "writes": totals,
            "errors": errors, "crowd": crowd}
     if etcd:

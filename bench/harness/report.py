@@ -9,7 +9,8 @@ PROXIES = ["pgrelay", "haproxy", "pgbouncer"]
 TITLES = {"select_rw": "select-only, rw", "select_ro": "select-only, ro",
           "tpcb_rw": "tpcb-like, rw"}
 COLORS = {"direct": "#888888", "pgrelay": "#1f77b4", "haproxy": "#ff7f0e",
-          "pgbouncer": "#2ca02c", "pgrelay-tx": "#17becf"}
+          "pgbouncer": "#2ca02c", "pgrelay-tx": "#17becf",
+          "pgrelay-api": "#8c564b"}
 # The failover scenario's wording per DCS (results without "dcs" are ZooKeeper's).
 DCS_TEXTS = {
     "zookeeper": {
@@ -200,9 +201,33 @@ def summarize(results):
                          % fmt_ms(median(list(gap.values()))), "unit": "ms", "fmt": None,
                          "cells": {t: {"value": extra[t]} for t in TARGETS if t in extra},
                          "target": "", "met": None})
+        api_row = patroni_api_row(fo, n)
+        if api_row:
+            rows.append(api_row)
     rows += crowd_rows(results)
     rows += pooled_rows(results)
     return rows
+
+
+def patroni_api_row(fo, n):
+    """pgrelay-api (source = "patroni_api") against pgrelay watching the DCS,
+    switchover by switchover: what polling Patroni's REST API costs."""
+    api = {r["round"]: r["reroute_ms"] for r in ok_runs(fo["runs"], target="pgrelay-api")
+           if "reroute_ms" in r}
+    watch = {r["round"]: r["reroute_ms"] for r in ok_runs(fo["runs"], target="pgrelay")
+             if "reroute_ms" in r}
+    behind = [api[i] - watch[i] for i in sorted(api) if i in watch]
+    if not behind:
+        return None
+    interval = fo["config"].get("pgrelay-api", "")
+    return {"scenario": "6. failover", "metric": "%d switchovers: pgrelay with source = patroni_api "
+            "(%s): reroute ms p50 / p99, and behind pgrelay on the DCS in the same switchover, "
+            "median / max" % (n, interval.split("polling ", 1)[-1]),
+            "unit": "ms", "fmt": None,
+            "cells": {"pgrelay": {"value": "%s / %s; behind %s / %s" % (
+                fmt_ms(percentile(list(api.values()), 50)), fmt_ms(percentile(list(api.values()), 99)),
+                fmt_ms(median(behind)), fmt_ms(max(behind)))}},
+            "target": "", "met": None}
 
 
 def crowd_text(c):

@@ -164,6 +164,33 @@ password = "{pp}"
            scope=cluster.scope, pu=PROBE_USER, pp=PROBE_PASSWORD)
 
 
+def pgrelay_api_config(rw, admin, cluster, interval_ms=250):
+    """A pgrelay polling Patroni's REST API (source = "patroni_api") instead
+    of reading the DCS, rw only: the failover scenario's pgrelay-api target,
+    for how far a poll lags a watch."""
+    urls = ", ".join('"http://%s:%d"' % (HOST, v["rest_port"])
+                     for _, v in sorted(cluster.nodes.items()))
+    return """\
+# Written by bench/run: pgrelay following the Patroni cluster through its REST API.
+[server]
+threads = 0
+log_level = "warning"
+[listen]
+rw = "{h}:{rw}"
+ro = ""
+[admin]
+listen = "{h}:{admin}"
+[topology]
+source = "patroni_api"
+[topology.patroni_api]
+urls = [{urls}]
+interval = "{iv}ms"
+[topology.probe]
+user = "{pu}"
+password = "{pp}"
+""".format(h=HOST, rw=rw, admin=admin, urls=urls, iv=interval_ms, pu=PROBE_USER, pp=PROBE_PASSWORD)
+
+
 def pgrelay_static_config(rw, backend_port):
     return """\
 # Written by bench/run: pgrelay in front of the fake backend (memory scenario).
