@@ -618,7 +618,8 @@ def start_pgrelay_api(bench):
     rw, admin = common.free_ports(2)
     name = "pgrelay-api"
     proc = services.start_pgrelay(bench.reg, bench.pgrelay, bench.workdir, name,
-                                  services.pgrelay_api_config(rw, admin, bench.cluster, API_INTERVAL_MS),
+                                  services.pgrelay_config(rw, 0, admin, bench.cluster, API_INTERVAL_MS).replace(
+                                      'ro = "%s:0"' % services.HOST, 'ro = ""'),
                                   rw, admin_port=admin, health=("/health",))
     t = services.Target("pgrelay", services.Endpoint(rw), None, proc,
                         notes={"process": name, "admin": admin})

@@ -137,12 +137,22 @@ class Cluster:
 
 # ---------------------------------------------------------------- pgrelay
 
-def pgrelay_config(rw, ro, admin, cluster):
-    """pgrelay following the cluster through its DCS (ZooKeeper or etcd)."""
-    if cluster.dcs == "etcd":
-        name, store = "etcd", 'source = "etcd"\n[topology.etcd]\nendpoints = ["%s"]' % cluster.etcd_url
+def pgrelay_config(rw, ro, admin, cluster, api_interval_ms=None):
+    """pgrelay following the cluster through its DCS (ZooKeeper or etcd), or
+    with api_interval_ms by polling Patroni's REST API (source =
+    "patroni_api"): the failover scenario's pgrelay-api target, for how far a
+    poll lags a watch."""
+    if api_interval_ms is not None:
+        urls = ", ".join('"http://%s:%d"' % (HOST, v["rest_port"])
+                         for _, v in sorted(cluster.nodes.items()))
+        name, store = "its REST API", ('source = "patroni_api"\n[topology.patroni_api]\nurls = [%s]\n'
+                                       'interval = "%dms"' % (urls, api_interval_ms))
     else:
-        name, store = "ZooKeeper", 'source = "zookeeper"\n[topology.zookeeper]\nhosts = "%s"' % cluster.zk_hosts
+        if cluster.dcs == "etcd":
+            name, store = "etcd", 'source = "etcd"\n[topology.etcd]\nendpoints = ["%s"]' % cluster.etcd_url
+        else:
+            name, store = "ZooKeeper", 'source = "zookeeper"\n[topology.zookeeper]\nhosts = "%s"' % cluster.zk_hosts
+        store += '\nnamespace = "%s"\nscope = "%s"' % (cluster.namespace, cluster.scope)
     return """\
 # Written by bench/run: pgrelay following the Patroni cluster through {name}.
 [server]
@@ -155,40 +165,10 @@ ro = "{h}:{ro}"
 listen = "{h}:{admin}"
 [topology]
 {store}
-namespace = "{ns}"
-scope = "{scope}"
 [topology.probe]
 user = "{pu}"
 password = "{pp}"
-""".format(name=name, store=store, h=HOST, rw=rw, ro=ro, admin=admin, ns=cluster.namespace,
-           scope=cluster.scope, pu=PROBE_USER, pp=PROBE_PASSWORD)
-
-
-def pgrelay_api_config(rw, admin, cluster, interval_ms=250):
-    """A pgrelay polling Patroni's REST API (source = "patroni_api") instead
-    of reading the DCS, rw only: the failover scenario's pgrelay-api target,
-    for how far a poll lags a watch."""
-    urls = ", ".join('"http://%s:%d"' % (HOST, v["rest_port"])
-                     for _, v in sorted(cluster.nodes.items()))
-    return """\
-# Written by bench/run: pgrelay following the Patroni cluster through its REST API.
-[server]
-threads = 0
-log_level = "warning"
-[listen]
-rw = "{h}:{rw}"
-ro = ""
-[admin]
-listen = "{h}:{admin}"
-[topology]
-source = "patroni_api"
-[topology.patroni_api]
-urls = [{urls}]
-interval = "{iv}ms"
-[topology.probe]
-user = "{pu}"
-password = "{pp}"
-""".format(h=HOST, rw=rw, admin=admin, urls=urls, iv=interval_ms, pu=PROBE_USER, pp=PROBE_PASSWORD)
+""".format(name=name, store=store, h=HOST, rw=rw, ro=ro, admin=admin, pu=PROBE_USER, pp=PROBE_PASSWORD)
 
 
 def pgrelay_static_config(rw, backend_port):
